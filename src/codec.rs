@@ -1,0 +1,795 @@
+//! The wire protocol: message types, their binary encoding, and a sans-IO frame decoder.
+//!
+//! Every frame is `u32 length (big endian) | u8 kind | body`, where `length` counts the kind byte
+//! and the body. The first frame on any connection is a hello (`Hello` to the server, `PeerHello`
+//! between clients) whose body starts with the magic `P2PS` and the protocol version. Control
+//! frames are capped at [`MAX_CONTROL_FRAME`]; a `Piece` frame may carry at most the run's chunk
+//! size. A `Piece` is never built as one buffer on the sending side: [`piece_header`] gives the
+//! 13 header bytes and the payload goes out as a slice of the memory-mapped file. On the receiving
+//! side the decoder hands out the piece's own buffer as the read target, so payload bytes go from
+//! the socket straight into the buffer that is later hashed, with no intermediate copy.
+
+use crate::ids::{ChunkId, Digest, FileId, PeerId};
+use std::fmt;
+
+pub const MAGIC: [u8; 4] = *b"P2PS";
+pub const VERSION: u16 = 1;
+/// Largest control frame (everything but `Piece`), kind byte included.
+pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
+/// Length prefix plus kind byte.
+pub const FRAME_HEADER_LEN: usize = 5;
+/// Frame header plus file id and chunk index.
+pub const PIECE_HEADER_LEN: usize = 13;
+/// Most digests in one `ChunkDigests` frame (64 KiB of digests), well under the control cap.
+pub const MAX_DIGESTS_PER_FRAME: usize = 4096;
+
+/// A file as a client declares it in its hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDecl {
+    pub name: String,
+    pub size: u64,
+}
+
+/// A client as the server announces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    pub name: String,
+    pub addr: String,
+}
+
+/// A file as the server announces it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub id: FileId,
+    pub owner: PeerId,
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    // client -> server
+    Hello { version: u16, listen: String, name: String, files: Vec<FileDecl> },
+    Progress { bytes_received: u64, bytes_sent: u64, have: Vec<(FileId, u32)> },
+    FileComplete { file: FileId },
+    Done { bytes_received: u64, bytes_sent: u64 },
+    // server -> client
+    Welcome { id: PeerId, name: String, clock_us: u64, chunk_size: u32, clients: u32, files: Vec<FileId> },
+    Refuse { reason: String },
+    Start { peers: Vec<PeerInfo>, files: Vec<FileInfo> },
+    Shutdown,
+    // both directions between client and server
+    ChunkDigests { file: FileId, first: u32, digests: Vec<Digest> },
+    FileDigest { file: FileId, md5: Digest },
+    // client <-> client
+    PeerHello { version: u16, id: PeerId },
+    Bitfield { file: FileId, bits: Vec<u8> },
+    Have { chunk: ChunkId },
+    Request { chunk: ChunkId },
+    Cancel { chunk: ChunkId },
+}
+
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const REFUSE: u8 = 3;
+    pub const START: u8 = 4;
+    pub const CHUNK_DIGESTS: u8 = 5;
+    pub const FILE_DIGEST: u8 = 6;
+    pub const PROGRESS: u8 = 7;
+    pub const FILE_COMPLETE: u8 = 8;
+    pub const DONE: u8 = 9;
+    pub const SHUTDOWN: u8 = 10;
+    pub const PEER_HELLO: u8 = 20;
+    pub const BITFIELD: u8 = 21;
+    pub const HAVE: u8 = 22;
+    pub const REQUEST: u8 = 23;
+    pub const CANCEL: u8 = 24;
+    pub const PIECE: u8 = 25;
+}
+
+impl Message {
+    /// Short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Progress { .. } => "progress",
+            Message::FileComplete { .. } => "file_complete",
+            Message::Done { .. } => "done",
+            Message::Welcome { .. } => "welcome",
+            Message::Refuse { .. } => "refuse",
+            Message::Start { .. } => "start",
+            Message::Shutdown => "shutdown",
+            Message::ChunkDigests { .. } => "chunk_digests",
+            Message::FileDigest { .. } => "file_digest",
+            Message::PeerHello { .. } => "peer_hello",
+            Message::Bitfield { .. } => "bitfield",
+            Message::Have { .. } => "have",
+            Message::Request { .. } => "request",
+            Message::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The length prefix exceeds the cap for that kind of frame.
+    TooLong { len: u64, max: u64 },
+    /// A field runs past the end of its frame.
+    Truncated,
+    /// Bytes are left over after the last field of a frame.
+    Trailing,
+    UnknownKind(u8),
+    BadMagic,
+    BadVersion(u16),
+    /// A string field is not UTF-8.
+    BadUtf8,
+    /// A count that cannot fit in the frame it claims to be in.
+    BadCount,
+    /// A zero length prefix (a frame must at least hold its kind).
+    Empty,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLong { len, max } => write!(f, "frame of {len} bytes exceeds the cap of {max}"),
+            DecodeError::Truncated => f.write_str("truncated frame"),
+            DecodeError::Trailing => f.write_str("trailing bytes in frame"),
+            DecodeError::UnknownKind(k) => write!(f, "unknown message kind {k}"),
+            DecodeError::BadMagic => f.write_str("bad magic (not a p2pshare peer)"),
+            DecodeError::BadVersion(v) => write!(f, "unsupported protocol version {v} (we speak {VERSION})"),
+            DecodeError::BadUtf8 => f.write_str("string is not UTF-8"),
+            DecodeError::BadCount => f.write_str("element count larger than the frame"),
+            DecodeError::Empty => f.write_str("empty frame"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+// ---------------------------------------------------------------- encoding
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn frame(kind: u8) -> Self {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(&[0, 0, 0, 0, kind]);
+        Writer(v)
+    }
+    fn u16(&mut self, x: u16) {
+        self.0.extend_from_slice(&x.to_be_bytes());
+    }
+    fn u32(&mut self, x: u32) {
+        self.0.extend_from_slice(&x.to_be_bytes());
+    }
+    fn u64(&mut self, x: u64) {
+        self.0.extend_from_slice(&x.to_be_bytes());
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        self.0.extend_from_slice(b);
+    }
+    /// Strings longer than u16::MAX are cut; every caller checks names are short long before.
+    fn str(&mut self, s: &str) {
+        let b = &s.as_bytes()[..s.len().min(u16::MAX as usize)];
+        self.u16(b.len() as u16);
+        self.bytes(b);
+    }
+    fn chunk(&mut self, c: ChunkId) {
+        self.u32(c.file.0);
+        self.u32(c.index);
+    }
+    fn finish(mut self) -> Vec<u8> {
+        let len = (self.0.len() - 4) as u32;
+        self.0[..4].copy_from_slice(&len.to_be_bytes());
+        self.0
+    }
+}
+
+/// Encodes one control message as a complete frame.
+pub fn encode(msg: &Message) -> Vec<u8> {
+    use kind::*;
+    let w = match msg {
+        Message::Hello { version, listen, name, files } => {
+            let mut w = Writer::frame(HELLO);
+            w.bytes(&MAGIC);
+            w.u16(*version);
+            w.str(listen);
+            w.str(name);
+            w.u32(files.len() as u32);
+            for f in files {
+                w.str(&f.name);
+                w.u64(f.size);
+            }
+            w
+        }
+        Message::Progress { bytes_received, bytes_sent, have } => {
+            let mut w = Writer::frame(PROGRESS);
+            w.u64(*bytes_received);
+            w.u64(*bytes_sent);
+            w.u32(have.len() as u32);
+            for (f, n) in have {
+                w.u32(f.0);
+                w.u32(*n);
+            }
+            w
+        }
+        Message::FileComplete { file } => {
+            let mut w = Writer::frame(FILE_COMPLETE);
+            w.u32(file.0);
+            w
+        }
+        Message::Done { bytes_received, bytes_sent } => {
+            let mut w = Writer::frame(DONE);
+            w.u64(*bytes_received);
+            w.u64(*bytes_sent);
+            w
+        }
+        Message::Welcome { id, name, clock_us, chunk_size, clients, files } => {
+            let mut w = Writer::frame(WELCOME);
+            w.u32(id.0);
+            w.str(name);
+            w.u64(*clock_us);
+            w.u32(*chunk_size);
+            w.u32(*clients);
+            w.u32(files.len() as u32);
+            for f in files {
+                w.u32(f.0);
+            }
+            w
+        }
+        Message::Refuse { reason } => {
+            let mut w = Writer::frame(REFUSE);
+            w.str(reason);
+            w
+        }
+        Message::Start { peers, files } => {
+            let mut w = Writer::frame(START);
+            w.u32(peers.len() as u32);
+            for p in peers {
+                w.u32(p.id.0);
+                w.str(&p.name);
+                w.str(&p.addr);
+            }
+            w.u32(files.len() as u32);
+            for f in files {
+                w.u32(f.id.0);
+                w.u32(f.owner.0);
+                w.str(&f.name);
+                w.u64(f.size);
+            }
+            w
+        }
+        Message::Shutdown => Writer::frame(SHUTDOWN),
+        Message::ChunkDigests { file, first, digests } => {
+            let mut w = Writer::frame(CHUNK_DIGESTS);
+            w.u32(file.0);
+            w.u32(*first);
+            w.u32(digests.len() as u32);
+            for d in digests {
+                w.bytes(d);
+            }
+            w
+        }
+        Message::FileDigest { file, md5 } => {
+            let mut w = Writer::frame(FILE_DIGEST);
+            w.u32(file.0);
+            w.bytes(md5);
+            w
+        }
+        Message::PeerHello { version, id } => {
+            let mut w = Writer::frame(PEER_HELLO);
+            w.bytes(&MAGIC);
+            w.u16(*version);
+            w.u32(id.0);
+            w
+        }
+        Message::Bitfield { file, bits } => {
+            let mut w = Writer::frame(BITFIELD);
+            w.u32(file.0);
+            w.u32(bits.len() as u32);
+            w.bytes(bits);
+            w
+        }
+        Message::Have { chunk } => {
+            let mut w = Writer::frame(HAVE);
+            w.chunk(*chunk);
+            w
+        }
+        Message::Request { chunk } => {
+            let mut w = Writer::frame(REQUEST);
+            w.chunk(*chunk);
+            w
+        }
+        Message::Cancel { chunk } => {
+            let mut w = Writer::frame(CANCEL);
+            w.chunk(*chunk);
+            w
+        }
+    };
+    w.finish()
+}
+
+/// The 13 bytes that precede a chunk's payload on the wire.
+pub fn piece_header(chunk: ChunkId, payload_len: u32) -> [u8; PIECE_HEADER_LEN] {
+    let mut h = [0u8; PIECE_HEADER_LEN];
+    h[..4].copy_from_slice(&(payload_len + 9).to_be_bytes());
+    h[4] = kind::PIECE;
+    h[5..9].copy_from_slice(&chunk.file.0.to_be_bytes());
+    h[9..13].copy_from_slice(&chunk.index.to_be_bytes());
+    h
+}
+
+// ---------------------------------------------------------------- decoding
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.b.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (h, t) = self.b.split_at(n);
+        self.b = t;
+        Ok(h)
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default()))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default()))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()))
+    }
+    fn digest(&mut self) -> Result<Digest, DecodeError> {
+        let mut d = [0u8; 16];
+        d.copy_from_slice(self.take(16)?);
+        Ok(d)
+    }
+    fn str(&mut self) -> Result<String, DecodeError> {
+        let n = self.u16()? as usize;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::BadUtf8)
+    }
+    /// An element count, checked against what the rest of the frame could possibly hold, so a
+    /// hostile count never makes us allocate more than the frame's own size.
+    fn count(&mut self, min_elem: usize) -> Result<usize, DecodeError> {
+        let n = self.u32()? as usize;
+        if n.saturating_mul(min_elem) > self.b.len() {
+            return Err(DecodeError::BadCount);
+        }
+        Ok(n)
+    }
+    fn chunk(&mut self) -> Result<ChunkId, DecodeError> {
+        Ok(ChunkId { file: FileId(self.u32()?), index: self.u32()? })
+    }
+    fn magic_version(&mut self) -> Result<u16, DecodeError> {
+        if self.take(4)? != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        let v = self.u16()?;
+        if v != VERSION {
+            return Err(DecodeError::BadVersion(v));
+        }
+        Ok(v)
+    }
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.b.is_empty() { Ok(()) } else { Err(DecodeError::Trailing) }
+    }
+}
+
+/// Decodes the body of a control frame of the given kind.
+pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
+    use kind::*;
+    let mut r = Reader { b: body };
+    let msg = match k {
+        HELLO => {
+            let version = r.magic_version()?;
+            let listen = r.str()?;
+            let name = r.str()?;
+            let n = r.count(10)?;
+            let mut files = Vec::with_capacity(n);
+            for _ in 0..n {
+                files.push(FileDecl { name: r.str()?, size: r.u64()? });
+            }
+            Message::Hello { version, listen, name, files }
+        }
+        PROGRESS => {
+            let bytes_received = r.u64()?;
+            let bytes_sent = r.u64()?;
+            let n = r.count(8)?;
+            let mut have = Vec::with_capacity(n);
+            for _ in 0..n {
+                have.push((FileId(r.u32()?), r.u32()?));
+            }
+            Message::Progress { bytes_received, bytes_sent, have }
+        }
+        FILE_COMPLETE => Message::FileComplete { file: FileId(r.u32()?) },
+        DONE => Message::Done { bytes_received: r.u64()?, bytes_sent: r.u64()? },
+        WELCOME => {
+            let id = PeerId(r.u32()?);
+            let name = r.str()?;
+            let clock_us = r.u64()?;
+            let chunk_size = r.u32()?;
+            let clients = r.u32()?;
+            let n = r.count(4)?;
+            let mut files = Vec::with_capacity(n);
+            for _ in 0..n {
+                files.push(FileId(r.u32()?));
+            }
+            Message::Welcome { id, name, clock_us, chunk_size, clients, files }
+        }
+        REFUSE => Message::Refuse { reason: r.str()? },
+        START => {
+            let n = r.count(8)?;
+            let mut peers = Vec::with_capacity(n);
+            for _ in 0..n {
+                peers.push(PeerInfo { id: PeerId(r.u32()?), name: r.str()?, addr: r.str()? });
+            }
+            let n = r.count(18)?;
+            let mut files = Vec::with_capacity(n);
+            for _ in 0..n {
+                files.push(FileInfo { id: FileId(r.u32()?), owner: PeerId(r.u32()?), name: r.str()?, size: r.u64()? });
+            }
+            Message::Start { peers, files }
+        }
+        SHUTDOWN => Message::Shutdown,
+        CHUNK_DIGESTS => {
+            let file = FileId(r.u32()?);
+            let first = r.u32()?;
+            let n = r.count(16)?;
+            if n > MAX_DIGESTS_PER_FRAME {
+                return Err(DecodeError::BadCount);
+            }
+            let mut digests = Vec::with_capacity(n);
+            for _ in 0..n {
+                digests.push(r.digest()?);
+            }
+            Message::ChunkDigests { file, first, digests }
+        }
+        FILE_DIGEST => Message::FileDigest { file: FileId(r.u32()?), md5: r.digest()? },
+        PEER_HELLO => {
+            let version = r.magic_version()?;
+            Message::PeerHello { version, id: PeerId(r.u32()?) }
+        }
+        BITFIELD => {
+            let file = FileId(r.u32()?);
+            let n = r.count(1)?;
+            Message::Bitfield { file, bits: r.take(n)?.to_vec() }
+        }
+        HAVE => Message::Have { chunk: r.chunk()? },
+        REQUEST => Message::Request { chunk: r.chunk()? },
+        CANCEL => Message::Cancel { chunk: r.chunk()? },
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    r.end()?;
+    Ok(msg)
+}
+
+/// What the decoder yields.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Inbound {
+    Msg(Message),
+    /// A whole chunk payload, in a buffer from the pool (give it back with [`BufPool::put`]).
+    Piece { chunk: ChunkId, data: Vec<u8> },
+}
+
+/// Recycled chunk buffers, so receiving a chunk costs no allocation in the steady state.
+#[derive(Default)]
+pub struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+impl BufPool {
+    /// Keeps at most this many idle buffers.
+    const KEEP: usize = 64;
+
+    pub fn get(&mut self, len: usize) -> Vec<u8> {
+        let mut b = self.free.pop().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+
+    pub fn put(&mut self, b: Vec<u8>) {
+        if self.free.len() < Self::KEEP {
+            self.free.push(b);
+        }
+    }
+}
+
+struct PendingPiece {
+    chunk: ChunkId,
+    data: Vec<u8>,
+    filled: usize,
+}
+
+/// Sans-IO frame decoder. Feed it bytes (or let it name where the next read should land, with
+/// [`FrameDecoder::read_target`]) and take frames out with [`FrameDecoder::next`].
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max_piece: u32,
+    piece: Option<PendingPiece>,
+    /// Whether the last `read_target` handed out the piece buffer rather than scratch space.
+    target_is_piece: bool,
+}
+
+/// Size of the scratch buffer for control traffic and piece headers.
+const SCRATCH: usize = 64 * 1024;
+
+impl FrameDecoder {
+    /// `max_piece` is the largest chunk payload this connection may carry (0: no pieces at all).
+    pub fn new(max_piece: u32) -> Self {
+        FrameDecoder { buf: vec![0; SCRATCH], start: 0, end: 0, max_piece, piece: None, target_is_piece: false }
+    }
+
+    /// Bytes received but not yet decoded (excluding a piece payload being filled).
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Where the next read should write. While a piece payload is being received and no other
+    /// bytes are pending, this is the piece's own buffer (zero-copy); otherwise scratch space.
+    pub fn read_target(&mut self) -> &mut [u8] {
+        self.target_is_piece = false;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if let Some(p) = &mut self.piece
+                && p.filled < p.data.len()
+            {
+                self.target_is_piece = true;
+                return &mut p.data[p.filled..];
+            }
+        }
+        if self.end == self.buf.len() {
+            // Compact; grow only if a single frame needs more room (bounded by the control cap).
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            if self.end == self.buf.len() {
+                let grow = (self.buf.len() * 2).min(MAX_CONTROL_FRAME as usize + FRAME_HEADER_LEN);
+                self.buf.resize(grow.max(self.buf.len() + 1), 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were written into the slice returned by the last `read_target`.
+    pub fn advance(&mut self, n: usize) {
+        match &mut self.piece {
+            Some(p) if self.target_is_piece => p.filled += n,
+            _ => self.end += n,
+        }
+        self.target_is_piece = false;
+    }
+
+    /// Appends bytes (the generic path, used by tests and simulations).
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let t = self.read_target();
+            let n = t.len().min(bytes.len());
+            t[..n].copy_from_slice(&bytes[..n]);
+            self.advance(n);
+            bytes = &bytes[n..];
+        }
+    }
+
+    /// The next complete frame, if one is buffered. After an error the connection must be closed.
+    pub fn next(&mut self, pool: &mut BufPool) -> Result<Option<Inbound>, DecodeError> {
+        if let Some(p) = &mut self.piece {
+            let n = (self.end - self.start).min(p.data.len() - p.filled);
+            p.data[p.filled..p.filled + n].copy_from_slice(&self.buf[self.start..self.start + n]);
+            p.filled += n;
+            self.start += n;
+            if p.filled < p.data.len() {
+                return Ok(None);
+            }
+            let p = self.piece.take().expect("checked above");
+            return Ok(Some(Inbound::Piece { chunk: p.chunk, data: p.data }));
+        }
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]);
+        let k = avail[4];
+        if len == 0 {
+            return Err(DecodeError::Empty);
+        }
+        if k == kind::PIECE {
+            let max = self.max_piece as u64 + 9;
+            if len as u64 > max || self.max_piece == 0 {
+                return Err(DecodeError::TooLong { len: len as u64, max });
+            }
+            if len < 9 {
+                return Err(DecodeError::Truncated);
+            }
+            if avail.len() < PIECE_HEADER_LEN {
+                return Ok(None);
+            }
+            let mut r = Reader { b: &avail[5..13] };
+            let chunk = r.chunk()?;
+            self.start += PIECE_HEADER_LEN;
+            let data = pool.get((len - 9) as usize);
+            self.piece = Some(PendingPiece { chunk, data, filled: 0 });
+            return self.next(pool);
+        }
+        if len > MAX_CONTROL_FRAME {
+            return Err(DecodeError::TooLong { len: len as u64, max: MAX_CONTROL_FRAME as u64 });
+        }
+        let total = 4 + len as usize;
+        if avail.len() < total {
+            return Ok(None);
+        }
+        let msg = decode_body(k, &avail[FRAME_HEADER_LEN..total])?;
+        self.start += total;
+        Ok(Some(Inbound::Msg(msg)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Message> {
+        let c = ChunkId { file: FileId(3), index: 77 };
+        vec![
+            Message::Hello {
+                version: VERSION,
+                listen: "127.0.0.1:4000".into(),
+                name: "client1".into(),
+                files: vec![FileDecl { name: "a.bin".into(), size: 5 << 32 }],
+            },
+            Message::Progress { bytes_received: 1, bytes_sent: 2, have: vec![(FileId(0), 9), (FileId(2), 0)] },
+            Message::FileComplete { file: FileId(1) },
+            Message::Done { bytes_received: 10, bytes_sent: 20 },
+            Message::Welcome {
+                id: PeerId(2),
+                name: "client2".into(),
+                clock_us: 123_456,
+                chunk_size: 262_144,
+                clients: 4,
+                files: vec![FileId(1)],
+            },
+            Message::Refuse { reason: "run is full".into() },
+            Message::Start {
+                peers: vec![PeerInfo { id: PeerId(1), name: "client1".into(), addr: "10.0.0.1:5".into() }],
+                files: vec![FileInfo { id: FileId(0), owner: PeerId(1), name: "f".into(), size: 0 }],
+            },
+            Message::Shutdown,
+            Message::ChunkDigests { file: FileId(0), first: 5, digests: vec![[7; 16], [9; 16]] },
+            Message::FileDigest { file: FileId(0), md5: [1; 16] },
+            Message::PeerHello { version: VERSION, id: PeerId(4) },
+            Message::Bitfield { file: FileId(0), bits: vec![0xff, 0x01] },
+            Message::Have { chunk: c },
+            Message::Request { chunk: c },
+            Message::Cancel { chunk: c },
+        ]
+    }
+
+    fn stream() -> (Vec<u8>, Vec<Inbound>) {
+        let mut bytes = Vec::new();
+        let mut expect = Vec::new();
+        for (i, m) in samples().into_iter().enumerate() {
+            bytes.extend(encode(&m));
+            expect.push(Inbound::Msg(m));
+            let chunk = ChunkId { file: FileId(i as u32), index: i as u32 };
+            let data: Vec<u8> = (0..(i * 37 % 300)).map(|x| x as u8).collect();
+            bytes.extend(piece_header(chunk, data.len() as u32));
+            bytes.extend(&data);
+            expect.push(Inbound::Piece { chunk, data });
+        }
+        (bytes, expect)
+    }
+
+    fn decode_all(d: &mut FrameDecoder, pool: &mut BufPool, out: &mut Vec<Inbound>) {
+        while let Some(x) = d.next(pool).expect("valid stream") {
+            out.push(x);
+        }
+    }
+
+    #[test]
+    fn round_trip_whole_stream() {
+        let (bytes, expect) = stream();
+        let mut d = FrameDecoder::new(1024);
+        let mut pool = BufPool::default();
+        d.feed(&bytes);
+        let mut got = Vec::new();
+        decode_all(&mut d, &mut pool, &mut got);
+        assert_eq!(got, expect);
+        assert_eq!(d.buffered(), 0);
+    }
+
+    #[test]
+    fn split_at_every_byte() {
+        let (bytes, expect) = stream();
+        let mut pool = BufPool::default();
+        for cut in 0..=bytes.len() {
+            let mut d = FrameDecoder::new(1024);
+            let mut got = Vec::new();
+            d.feed(&bytes[..cut]);
+            decode_all(&mut d, &mut pool, &mut got);
+            d.feed(&bytes[cut..]);
+            decode_all(&mut d, &mut pool, &mut got);
+            assert_eq!(got, expect, "split at {cut}");
+        }
+    }
+
+    #[test]
+    fn one_byte_at_a_time_through_read_target() {
+        let (bytes, expect) = stream();
+        let mut d = FrameDecoder::new(1024);
+        let mut pool = BufPool::default();
+        let mut got = Vec::new();
+        for b in &bytes {
+            let t = d.read_target();
+            t[0] = *b;
+            d.advance(1);
+            decode_all(&mut d, &mut pool, &mut got);
+        }
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn every_truncation_of_every_body_is_rejected() {
+        for m in samples() {
+            let f = encode(&m);
+            let body = &f[FRAME_HEADER_LEN..];
+            for cut in 0..body.len() {
+                let r = decode_body(f[4], &body[..cut]);
+                assert!(r.is_err(), "{} cut at {cut} decoded as {r:?}", m.name());
+            }
+            let mut long = body.to_vec();
+            long.push(0);
+            assert_eq!(decode_body(f[4], &long), Err(DecodeError::Trailing), "{}", m.name());
+        }
+    }
+
+    #[test]
+    fn oversized_control_frame_rejected_from_header_alone() {
+        let mut d = FrameDecoder::new(1024);
+        let mut pool = BufPool::default();
+        d.feed(&(MAX_CONTROL_FRAME + 1).to_be_bytes());
+        d.feed(&[kind::HELLO]);
+        assert!(matches!(d.next(&mut pool), Err(DecodeError::TooLong { .. })));
+    }
+
+    #[test]
+    fn oversized_piece_rejected() {
+        let mut d = FrameDecoder::new(1024);
+        let mut pool = BufPool::default();
+        d.feed(&piece_header(ChunkId { file: FileId(0), index: 0 }, 1025));
+        assert_eq!(d.next(&mut pool), Err(DecodeError::TooLong { len: 1034, max: 1033 }));
+        let mut d = FrameDecoder::new(0);
+        d.feed(&piece_header(ChunkId { file: FileId(0), index: 0 }, 1));
+        assert!(d.next(&mut pool).is_err(), "a control connection carries no pieces");
+    }
+
+    #[test]
+    fn bad_magic_version_kind() {
+        let mut f = encode(&Message::PeerHello { version: VERSION, id: PeerId(1) });
+        f[5] = b'X';
+        assert_eq!(decode_body(f[4], &f[5..]), Err(DecodeError::BadMagic));
+        let f = encode(&Message::PeerHello { version: 9, id: PeerId(1) });
+        assert_eq!(decode_body(f[4], &f[5..]), Err(DecodeError::BadVersion(9)));
+        assert_eq!(decode_body(200, &[]), Err(DecodeError::UnknownKind(200)));
+        let mut d = FrameDecoder::new(16);
+        d.feed(&[0, 0, 0, 0, 1]);
+        assert_eq!(d.next(&mut BufPool::default()), Err(DecodeError::Empty));
+    }
+
+    #[test]
+    fn hostile_count_does_not_allocate() {
+        // A Progress frame claiming 2^32-1 entries in a 20-byte body.
+        let mut body = vec![0u8; 16];
+        body.extend(u32::MAX.to_be_bytes());
+        assert_eq!(decode_body(kind::PROGRESS, &body), Err(DecodeError::BadCount));
+    }
+}

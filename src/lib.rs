@@ -1,0 +1,9 @@
+//! p2pshare: a coordinator server and clients that distribute files among themselves in chunks.
+//!
+//! The protocol logic (codec, session state machines, scheduler) is sans-IO; the reactor shells
+//! in `client` and `server` own the sockets, the memory maps and the clock.
+
+pub mod bits;
+pub mod codec;
+pub mod geometry;
+pub mod ids;
