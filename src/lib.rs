@@ -7,3 +7,4 @@ pub mod bits;
 pub mod codec;
 pub mod geometry;
 pub mod ids;
+pub mod scheduler;
