@@ -4,7 +4,10 @@
 //! in `client` and `server` own the sockets, the memory maps and the clock.
 
 pub mod bits;
+pub mod client_core;
 pub mod codec;
 pub mod geometry;
 pub mod ids;
 pub mod scheduler;
+pub mod server_core;
+pub mod summary;

@@ -1,0 +1,676 @@
+//! The client's session state machine, sans-IO: it takes messages from the server and from
+//! peers, hash results and the time (`now`, µs on the node's monotonic clock) and returns
+//! [`Action`]s for the reactor shell to carry out. It owns the run's file table, the chunk
+//! digests, the scheduler, and the decision of when a file is complete.
+
+use crate::codec::{FileDecl, FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo, VERSION};
+use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
+use crate::scheduler::{PieceOutcome, Scheduler};
+use log::{debug, info, warn};
+use std::collections::{BTreeMap, VecDeque};
+
+/// Chunks per own-file hashing job (4 MiB at 256 KiB chunks): digests reach peers early.
+pub const HASH_BATCH: u32 = 16;
+/// Chunks per whole-file hashing job.
+pub const STREAM_BATCH: u32 = 32;
+/// Least time between two progress reports to the server (µs).
+pub const PROGRESS_EVERY_US: u64 = 250_000;
+/// Most requests a peer may have queued at this node.
+pub const MAX_SERVE_QUEUE: usize = 1024;
+/// Bad chunks after which a peer is disconnected.
+pub const MAX_BAD_CHUNKS: u32 = 3;
+
+/// What the shell must do.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    ToServer(Message),
+    ToPeer(PeerId, Message),
+    Connect { peer: PeerId, addr: String },
+    Disconnect { peer: PeerId, reason: String },
+    /// Create and pre-size the `.part` output file of a file this node downloads.
+    CreateOutput { file: FileId },
+    /// Compute the digests of chunks `first..first+count` of an own file.
+    HashOwn { file: FileId, first: u32, count: u32 },
+    /// Feed chunks `from..to` of a file into its whole-file MD5 (finish it when `to` is the end).
+    Stream { file: FileId, from: u32, to: u32 },
+    /// The file verified whole: rename `.part` to its final name.
+    Finalize { file: FileId },
+    /// Stop the node with this exit code.
+    Exit { code: i32, reason: String },
+}
+
+/// What the shell must do with an arriving piece.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PieceVerdict {
+    /// Hash it against `digest` on the pool; write it at `offset` if it matches.
+    Verify { digest: Digest, offset: u64, requested_at: u64 },
+    /// Drop it (a duplicate or a cancelled request).
+    Discard,
+    /// Close the connection: the peer broke the protocol.
+    Violation(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Hello,
+    Joined,
+    Started,
+    Complete,
+    Exited,
+}
+
+/// One file of the run, as this node sees it.
+pub struct FileSlot {
+    pub info: FileInfo,
+    pub geo: Geometry,
+    pub owned: bool,
+    digests: Vec<Digest>,
+    known: u32,
+    whole: Option<Digest>,
+    computed: Option<Digest>,
+    stream_pos: u32,
+    stream_busy: bool,
+    done: bool,
+}
+
+struct PeerSlot {
+    info: PeerInfo,
+    connected: bool,
+    serve: VecDeque<ChunkId>,
+    bad_chunks: u32,
+}
+
+pub struct ClientCore {
+    name: String,
+    listen: String,
+    decls: Vec<FileDecl>,
+    id: PeerId,
+    chunk_size: u32,
+    joined_at: u64,
+    phase: Phase,
+    files: BTreeMap<FileId, FileSlot>,
+    peers: BTreeMap<PeerId, PeerSlot>,
+    sched: Scheduler,
+    actions: VecDeque<Action>,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    progress_dirty: bool,
+    last_progress: u64,
+    own_hashed: BTreeMap<FileId, u32>,
+}
+
+impl ClientCore {
+    /// `listen` is the address peers should dial; `name` may be empty (the server picks one).
+    pub fn new(name: String, listen: String, decls: Vec<FileDecl>) -> Self {
+        let mut c = ClientCore {
+            name,
+            listen,
+            decls,
+            id: PeerId(0),
+            chunk_size: 0,
+            joined_at: 0,
+            phase: Phase::Hello,
+            files: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            sched: Scheduler::new(PeerId(0)),
+            actions: VecDeque::new(),
+            bytes_received: 0,
+            bytes_sent: 0,
+            progress_dirty: false,
+            last_progress: 0,
+            own_hashed: BTreeMap::new(),
+        };
+        c.actions.push_back(Action::ToServer(Message::Hello {
+            version: VERSION,
+            listen: c.listen.clone(),
+            name: c.name.clone(),
+            files: c.decls.clone(),
+        }));
+        c
+    }
+
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    pub fn file(&self, f: FileId) -> Option<&FileSlot> {
+        self.files.get(&f)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.phase == Phase::Complete
+    }
+
+    /// Whether `c` is held, verified, and so may be served.
+    pub fn holds(&self, c: ChunkId) -> bool {
+        match self.files.get(&c.file) {
+            Some(f) if f.owned => c.index < f.geo.chunk_count(),
+            Some(_) => self.sched.have(c),
+            None => false,
+        }
+    }
+
+    fn exit(&mut self, code: i32, reason: String) {
+        if self.phase != Phase::Exited {
+            self.phase = Phase::Exited;
+            self.actions.push_back(Action::Exit { code, reason });
+        }
+    }
+
+    // ------------------------------------------------------------ server side
+
+    pub fn on_server_message(&mut self, msg: Message, now: u64) {
+        match (self.phase, msg) {
+            (Phase::Hello, Message::Welcome { id, name, chunk_size, files, clients, .. }) => {
+                self.on_welcome(id, name, chunk_size, files, clients, now)
+            }
+            (_, Message::Refuse { reason }) => {
+                warn!("refused event=refused reason={reason:?}");
+                self.exit(2, format!("the server refused this client: {reason}"));
+            }
+            (Phase::Joined, Message::Start { peers, files }) => self.on_start(peers, files, now),
+            (Phase::Started | Phase::Complete, Message::ChunkDigests { file, first, digests }) => {
+                self.on_digests(file, first, digests, now)
+            }
+            (Phase::Started | Phase::Complete, Message::FileDigest { file, md5 }) => self.on_whole_digest(file, md5),
+            (_, Message::Shutdown) => {
+                info!("shutdown event=shutdown_received");
+                if self.phase == Phase::Complete {
+                    self.exit(0, "every client holds every file".into());
+                } else {
+                    self.exit(1, "the server ended the run before this client held every file".into());
+                }
+            }
+            (phase, m) => {
+                let reason = format!("unexpected {} from the server in phase {phase:?}", m.name());
+                warn!("protocol_error event=server_protocol_error reason={reason:?}");
+                self.exit(1, reason);
+            }
+        }
+    }
+
+    fn on_welcome(&mut self, id: PeerId, name: String, chunk_size: u32, files: Vec<FileId>, clients: u32, now: u64) {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || files.len() != self.decls.len() {
+            self.exit(1, format!("the server sent a bad welcome (chunk size {chunk_size}, {} file ids)", files.len()));
+            return;
+        }
+        self.id = id;
+        self.name = name;
+        self.chunk_size = chunk_size;
+        self.joined_at = now;
+        self.phase = Phase::Joined;
+        self.sched = Scheduler::new(id);
+        info!("connected event=connected id={} name={} clients={clients} chunk_size={chunk_size}", id.0, self.name);
+        for (fid, d) in files.iter().zip(self.decls.clone()) {
+            let geo = Geometry::new(d.size, chunk_size);
+            let count = geo.chunk_count();
+            let info = FileInfo { id: *fid, owner: id, name: d.name, size: d.size };
+            self.files.insert(*fid, FileSlot::new(info, geo, true));
+            self.own_hashed.insert(*fid, 0);
+            let mut first = 0;
+            while first < count {
+                let n = HASH_BATCH.min(count - first);
+                self.actions.push_back(Action::HashOwn { file: *fid, first, count: n });
+                first += n;
+            }
+            self.maybe_stream(*fid);
+        }
+    }
+
+    fn on_start(&mut self, peers: Vec<PeerInfo>, files: Vec<FileInfo>, now: u64) {
+        if let Err(e) = self.check_start(&peers, &files) {
+            self.exit(1, format!("the server sent a bad start message: {e}"));
+            return;
+        }
+        self.phase = Phase::Started;
+        let names: Vec<String> = peers.iter().map(|p| format!("{}={}@{}", p.id.0, p.name, p.addr)).collect();
+        info!("client_list event=client_list_received clients={} files={} list={}", peers.len(), files.len(), names.join(","));
+        let all: Vec<PeerId> = peers.iter().map(|p| p.id).collect();
+        for f in &files {
+            let geo = Geometry::new(f.size, self.chunk_size);
+            self.sched.add_file(f.id, f.owner, geo.chunk_count(), &all);
+            if f.owner == self.id {
+                continue;
+            }
+            self.files.insert(f.id, FileSlot::new(f.clone(), geo, false));
+            self.actions.push_back(Action::CreateOutput { file: f.id });
+            self.maybe_stream(f.id);
+        }
+        for p in peers {
+            if p.id == self.id {
+                continue;
+            }
+            if p.id < self.id {
+                self.actions.push_back(Action::Connect { peer: p.id, addr: p.addr.clone() });
+            }
+            self.peers.insert(p.id, PeerSlot { info: p, connected: false, serve: VecDeque::new(), bad_chunks: 0 });
+        }
+        self.check_all_done(now);
+    }
+
+    fn check_start(&self, peers: &[PeerInfo], files: &[FileInfo]) -> Result<(), String> {
+        if !peers.iter().any(|p| p.id == self.id) {
+            return Err("this client is not in the client list".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, f) in files.iter().enumerate() {
+            if f.id.0 as usize != i {
+                return Err(format!("file ids out of order at {i}"));
+            }
+            check_file_name(&f.name).map_err(|e| format!("file name {:?}: {e}", f.name))?;
+            if !names.insert(f.name.as_str()) {
+                return Err(format!("file name {:?} appears twice", f.name));
+            }
+            if !peers.iter().any(|p| p.id == f.owner) {
+                return Err(format!("file {:?} has an unknown owner", f.name));
+            }
+            if Geometry::new(f.size, self.chunk_size).checked_chunk_count().is_none() {
+                return Err(format!("file {:?} has too many chunks", f.name));
+            }
+            let mine = self.files.get(&f.id).map(|s| s.owned).unwrap_or(false);
+            if mine != (f.owner == self.id) {
+                return Err(format!("file {:?} has the wrong owner", f.name));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>, now: u64) {
+        let Some(f) = self.files.get_mut(&file) else {
+            self.exit(1, format!("digests for unknown file {}", file.0));
+            return;
+        };
+        let count = f.geo.chunk_count();
+        let n = digests.len() as u32;
+        if f.owned || first != f.known || first.checked_add(n).is_none_or(|e| e > count) {
+            let reason = format!("digests for {} out of order or range ({first}+{n})", f.info.name);
+            self.exit(1, reason);
+            return;
+        }
+        f.digests.extend(digests);
+        f.known += n;
+        self.sched.set_known(file, first, n);
+        if f.known == count {
+            debug!("digests event=chunk_digests_complete file={} chunks={count}", f.info.name);
+        }
+        self.manifest_check();
+        self.fill_all(now);
+    }
+
+    fn on_whole_digest(&mut self, file: FileId, md5: Digest) {
+        let Some(f) = self.files.get_mut(&file) else {
+            self.exit(1, format!("file digest for unknown file {}", file.0));
+            return;
+        };
+        if f.owned || f.whole.is_some() {
+            let reason = format!("unexpected file digest for {}", f.info.name);
+            self.exit(1, reason);
+            return;
+        }
+        f.whole = Some(md5);
+        self.manifest_check();
+        self.maybe_finish(file);
+    }
+
+    fn manifest_check(&self) {
+        let complete = self.files.values().all(|f| f.owned || (f.known == f.geo.chunk_count() && f.whole.is_some()));
+        if complete && self.phase == Phase::Started {
+            let all_known = self.files.values().filter(|f| !f.owned).all(|f| f.whole.is_some());
+            if all_known {
+                info!("manifest event=manifest_received files={}", self.files.len());
+            }
+        }
+    }
+
+    /// The server connection is gone.
+    pub fn on_server_lost(&mut self) {
+        warn!("server_lost event=server_lost phase={:?}", self.phase);
+        match self.phase {
+            Phase::Complete => self.exit(0, "the server is gone and this client holds every file".into()),
+            Phase::Exited => {}
+            _ => self.exit(1, "lost the connection to the server before holding every file".into()),
+        }
+    }
+
+    // ------------------------------------------------------------ hashing results
+
+    /// Digests of own-file chunks `first..` are ready.
+    pub fn on_own_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>) {
+        let Some(f) = self.files.get_mut(&file) else { return };
+        let count = f.geo.chunk_count();
+        for (k, d) in digests.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
+            let at = first + (k * MAX_DIGESTS_PER_FRAME) as u32;
+            self.actions.push_back(Action::ToServer(Message::ChunkDigests { file, first: at, digests: d.to_vec() }));
+        }
+        let done = self.own_hashed.entry(file).or_insert(0);
+        *done += digests.len() as u32;
+        if *done == count {
+            info!("md5_sent event=chunk_md5_sent file={} chunks={count}", f.info.name);
+        }
+    }
+
+    /// A whole-file hashing job ended at chunk `upto`; `md5` is set when the file is finished.
+    pub fn on_stream(&mut self, file: FileId, upto: u32, md5: Option<Digest>) {
+        let Some(f) = self.files.get_mut(&file) else { return };
+        f.stream_busy = false;
+        f.stream_pos = upto;
+        if let Some(d) = md5 {
+            f.computed = Some(d);
+            if f.owned {
+                info!("md5_sent event=file_md5_sent file={} md5={}", f.info.name, hex(&d));
+                self.actions.push_back(Action::ToServer(Message::FileDigest { file, md5: d }));
+            } else {
+                self.maybe_finish(file);
+            }
+        }
+        self.maybe_stream(file);
+    }
+
+    fn maybe_stream(&mut self, file: FileId) {
+        let Some(f) = self.files.get_mut(&file) else { return };
+        let count = f.geo.chunk_count();
+        if f.stream_busy || f.computed.is_some() || (self.phase == Phase::Hello) {
+            return;
+        }
+        let held = |i: u32| f.owned || self.sched.have(ChunkId { file, index: i });
+        let mut to = f.stream_pos;
+        while to < count && to - f.stream_pos < STREAM_BATCH && held(to) {
+            to += 1;
+        }
+        if to > f.stream_pos || count == 0 {
+            f.stream_busy = true;
+            self.actions.push_back(Action::Stream { file, from: f.stream_pos, to });
+        }
+    }
+
+    fn maybe_finish(&mut self, file: FileId) {
+        let Some(f) = self.files.get_mut(&file) else { return };
+        let (Some(w), Some(c)) = (f.whole, f.computed) else { return };
+        if f.done || f.owned {
+            return;
+        }
+        if w == c {
+            f.done = true;
+            self.actions.push_back(Action::Finalize { file });
+        } else {
+            let reason = format!(
+                "{}: every chunk matched its digest but the whole file's MD5 is {} instead of {}",
+                f.info.name,
+                hex(&c),
+                hex(&w)
+            );
+            warn!("file_failed event=file_md5_mismatch file={} reason={reason:?}", f.info.name);
+            self.exit(1, reason);
+        }
+    }
+
+    /// The shell renamed the verified file to its final name.
+    pub fn on_finalized(&mut self, file: FileId, now: u64) {
+        let Some(f) = self.files.get(&file) else { return };
+        let ms = now.saturating_sub(self.joined_at) as f64 / 1000.0;
+        info!(
+            "file_complete event=file_complete file={} bytes={} md5={} elapsed_ms={ms:.3}",
+            f.info.name,
+            f.info.size,
+            hex(&f.computed.unwrap_or_default())
+        );
+        self.actions.push_back(Action::ToServer(Message::FileComplete { file }));
+        self.check_all_done(now);
+    }
+
+    fn check_all_done(&mut self, now: u64) {
+        if self.phase != Phase::Started || !self.files.values().all(|f| f.owned || f.done) {
+            return;
+        }
+        self.phase = Phase::Complete;
+        let ms = now.saturating_sub(self.joined_at) as f64 / 1000.0;
+        info!(
+            "all_complete event=all_complete files={} bytes_received={} bytes_sent={} elapsed_ms={ms:.3}",
+            self.files.len(),
+            self.bytes_received,
+            self.bytes_sent
+        );
+        self.send_progress(now);
+        self.actions.push_back(Action::ToServer(Message::Done {
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+        }));
+    }
+
+    // ------------------------------------------------------------ peers
+
+    /// Checks the hello of an incoming peer connection.
+    pub fn accept_peer(&self, id: PeerId) -> Result<(), String> {
+        if !matches!(self.phase, Phase::Started | Phase::Complete) {
+            return Err("not started yet".into());
+        }
+        match self.peers.get(&id) {
+            None => Err(format!("unknown peer id {}", id.0)),
+            Some(p) if p.connected => Err(format!("peer {} is already connected", id.0)),
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub fn peer_name(&self, id: PeerId) -> String {
+        self.peers.get(&id).map_or_else(|| format!("peer{}", id.0), |p| p.info.name.clone())
+    }
+
+    /// A peer connection is established (either direction) and its hello checked.
+    pub fn on_peer_connected(&mut self, p: PeerId, now: u64) {
+        let Some(slot) = self.peers.get_mut(&p) else { return };
+        slot.connected = true;
+        info!("peer_connected event=peer_connected peer={} addr={}", slot.info.name, slot.info.addr);
+        self.sched.peer_connected(p);
+        for (id, f) in &self.files {
+            if f.owned || f.info.owner == p {
+                continue;
+            }
+            if let Some(h) = self.sched.have_set(*id)
+                && h.count() > 0
+            {
+                self.actions.push_back(Action::ToPeer(p, Message::Bitfield { file: *id, bits: h.to_bytes() }));
+            }
+        }
+        self.fill(p, now);
+    }
+
+    pub fn on_peer_lost(&mut self, p: PeerId, reason: &str, now: u64) {
+        let Some(slot) = self.peers.get_mut(&p) else { return };
+        if !slot.connected {
+            return;
+        }
+        slot.connected = false;
+        slot.serve.clear();
+        info!("peer_disconnected event=peer_disconnected peer={} reason={reason:?}", slot.info.name);
+        self.sched.peer_disconnected(p);
+        self.fill_all(now);
+    }
+
+    /// A control message from a connected peer. An error closes that connection.
+    pub fn on_peer_message(&mut self, p: PeerId, msg: Message, now: u64) -> Result<(), String> {
+        match msg {
+            Message::Bitfield { file, bits } => {
+                if !self.sched.peer_bitfield(p, file, &bits) {
+                    return Err(format!("bad bitfield for file {}", file.0));
+                }
+            }
+            Message::Have { chunk } => {
+                if !self.sched.peer_has(p, chunk) {
+                    return Err(format!("have for out-of-range chunk {chunk}"));
+                }
+            }
+            Message::Request { chunk } => {
+                if !self.holds(chunk) {
+                    return Err(format!("request for chunk {chunk}, which this node does not hold"));
+                }
+                let slot = self.peers.get_mut(&p).ok_or("unknown peer")?;
+                if slot.serve.len() >= MAX_SERVE_QUEUE {
+                    return Err(format!("more than {MAX_SERVE_QUEUE} requests queued"));
+                }
+                slot.serve.push_back(chunk);
+                return Ok(());
+            }
+            Message::Cancel { chunk } => {
+                if let Some(slot) = self.peers.get_mut(&p) {
+                    slot.serve.retain(|c| *c != chunk);
+                }
+                return Ok(());
+            }
+            other => return Err(format!("unexpected {} from a peer", other.name())),
+        }
+        self.fill(p, now);
+        Ok(())
+    }
+
+    /// The next chunk to send to `p`, if it asked for one.
+    pub fn next_piece(&mut self, p: PeerId) -> Option<(ChunkId, u64, u32)> {
+        let c = self.peers.get_mut(&p)?.serve.pop_front()?;
+        let f = self.files.get(&c.file)?;
+        let len = f.geo.chunk_len(c.index);
+        self.bytes_sent += len as u64;
+        self.progress_dirty = true;
+        Some((c, f.geo.offset(c.index), len))
+    }
+
+    /// Whether `p` has requests waiting to be served.
+    pub fn has_pieces_for(&self, p: PeerId) -> bool {
+        self.peers.get(&p).is_some_and(|s| !s.serve.is_empty())
+    }
+
+    /// The header of a piece arrived from `p` with a payload of `len` bytes.
+    pub fn on_piece(&mut self, p: PeerId, c: ChunkId, len: usize) -> PieceVerdict {
+        let Some(f) = self.files.get(&c.file) else {
+            return PieceVerdict::Violation(format!("piece for unknown file {}", c.file.0));
+        };
+        if f.owned || c.index >= f.geo.chunk_count() {
+            return PieceVerdict::Violation(format!("piece {c} out of range"));
+        }
+        if len != f.geo.chunk_len(c.index) as usize {
+            return PieceVerdict::Violation(format!("piece {c} has {len} bytes, expected {}", f.geo.chunk_len(c.index)));
+        }
+        let (digest, offset) = (f.digests[c.index as usize], f.geo.offset(c.index));
+        match self.sched.on_piece(p, c) {
+            PieceOutcome::Verify { requested_at } => PieceVerdict::Verify { digest, offset, requested_at },
+            PieceOutcome::Discard => PieceVerdict::Discard,
+            PieceOutcome::Unrequested => PieceVerdict::Violation(format!("unrequested piece {c}")),
+        }
+    }
+
+    /// The verification of a piece from `p` finished (and, if `ok`, it is written).
+    pub fn on_verified(&mut self, p: PeerId, c: ChunkId, ok: bool, requested_at: u64, now: u64) {
+        let cancel = self.sched.on_verified(c, p, ok);
+        for q in cancel {
+            self.actions.push_back(Action::ToPeer(q, Message::Cancel { chunk: c }));
+        }
+        let Some(f) = self.files.get(&c.file) else { return };
+        let len = f.geo.chunk_len(c.index);
+        let from = self.peer_name(p);
+        let ms = now.saturating_sub(requested_at) as f64 / 1000.0;
+        if ok {
+            self.bytes_received += len as u64;
+            self.progress_dirty = true;
+            info!(
+                "chunk event=chunk_received file={} index={} from={from} bytes={len} download_ms={ms:.3}",
+                f.info.name, c.index
+            );
+            let owner = f.info.owner;
+            for (q, s) in &self.peers {
+                if s.connected && *q != p && *q != owner {
+                    self.actions.push_back(Action::ToPeer(*q, Message::Have { chunk: c }));
+                }
+            }
+            self.maybe_stream(c.file);
+        } else {
+            warn!("chunk_failed event=chunk_md5_failed file={} index={} from={from} bytes={len}", f.info.name, c.index);
+            if let Some(s) = self.peers.get_mut(&p) {
+                s.bad_chunks += 1;
+                if s.bad_chunks >= MAX_BAD_CHUNKS && s.connected {
+                    let reason = format!("{} chunks failed their MD5", s.bad_chunks);
+                    self.actions.push_back(Action::Disconnect { peer: p, reason });
+                }
+            }
+        }
+        self.fill_all(now);
+    }
+
+    // ------------------------------------------------------------ time
+
+    pub fn on_tick(&mut self, now: u64) {
+        for (p, c) in self.sched.expire(now) {
+            warn!("request_timeout event=request_timeout peer={} chunk={c}", self.peer_name(p));
+            self.actions.push_back(Action::ToPeer(p, Message::Cancel { chunk: c }));
+        }
+        if self.progress_dirty && now.saturating_sub(self.last_progress) >= PROGRESS_EVERY_US {
+            self.send_progress(now);
+        }
+        self.fill_all(now);
+    }
+
+    fn send_progress(&mut self, now: u64) {
+        if !matches!(self.phase, Phase::Started | Phase::Complete) {
+            return;
+        }
+        self.progress_dirty = false;
+        self.last_progress = now;
+        let have = self
+            .files
+            .iter()
+            .filter(|(_, f)| !f.owned)
+            .map(|(id, _)| (*id, self.sched.have_set(*id).map_or(0, |h| h.count())))
+            .collect();
+        self.actions.push_back(Action::ToServer(Message::Progress {
+            bytes_received: self.bytes_received,
+            bytes_sent: self.bytes_sent,
+            have,
+        }));
+    }
+
+    fn fill(&mut self, p: PeerId, now: u64) {
+        if !self.peers.get(&p).is_some_and(|s| s.connected) {
+            return;
+        }
+        while let Some(c) = self.sched.next_request(p, now) {
+            self.actions.push_back(Action::ToPeer(p, Message::Request { chunk: c }));
+        }
+    }
+
+    fn fill_all(&mut self, now: u64) {
+        if !matches!(self.phase, Phase::Started) {
+            return;
+        }
+        let ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        for p in ids {
+            self.fill(p, now);
+        }
+    }
+}
+
+impl FileSlot {
+    fn new(info: FileInfo, geo: Geometry, owned: bool) -> Self {
+        FileSlot {
+            info,
+            geo,
+            owned,
+            digests: Vec::new(),
+            known: 0,
+            whole: None,
+            computed: None,
+            stream_pos: 0,
+            stream_busy: false,
+            done: false,
+        }
+    }
+}

@@ -1,0 +1,358 @@
+//! The server's session state machine, sans-IO: admits clients, numbers them and their files,
+//! relays the manifest (file table, chunk digests, whole-file digests), records progress and
+//! completion, and decides when the run is over. `now` is the System Clock in µs (0 at start).
+
+use crate::codec::{FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo};
+use crate::geometry::Geometry;
+use crate::ids::{Digest, FileId, PeerId, check_file_name, hex};
+use crate::summary::{ClientSummary, FileSummary, Summary};
+use log::{debug, info, warn};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+
+/// The shell's handle for one connection.
+pub type ConnId = usize;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ServerAction {
+    Send(ConnId, Message),
+    /// Close after flushing what was queued for it.
+    Close(ConnId, String),
+    /// The run is over: every client completed or was lost.
+    Finished { code: i32 },
+}
+
+struct ClientRec {
+    info: PeerInfo,
+    conn: Option<ConnId>,
+    files: Vec<FileId>,
+    connected_at: u64,
+    done_at: Option<u64>,
+    lost_at: Option<u64>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    files_done: u32,
+}
+
+struct FileRec {
+    info: FileInfo,
+    chunks: u32,
+    digests: Vec<Digest>,
+    whole: Option<Digest>,
+}
+
+pub struct ServerCore {
+    expected: u32,
+    chunk_size: u32,
+    conns: BTreeMap<ConnId, Option<PeerId>>,
+    clients: BTreeMap<PeerId, ClientRec>,
+    files: Vec<FileRec>,
+    started: bool,
+    finished: bool,
+    actions: VecDeque<ServerAction>,
+}
+
+impl ServerCore {
+    pub fn new(expected: u32, chunk_size: u32) -> Self {
+        ServerCore {
+            expected,
+            chunk_size,
+            conns: BTreeMap::new(),
+            clients: BTreeMap::new(),
+            files: Vec::new(),
+            started: false,
+            finished: false,
+            actions: VecDeque::new(),
+        }
+    }
+
+    pub fn poll_action(&mut self) -> Option<ServerAction> {
+        self.actions.pop_front()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    pub fn on_connect(&mut self, conn: ConnId, from: &str) {
+        debug!("accepted event=connection_accepted conn={conn} from={from}");
+        self.conns.insert(conn, None);
+    }
+
+    fn close(&mut self, conn: ConnId, reason: String) {
+        warn!("protocol_error event=connection_closed conn={conn} reason={reason:?}");
+        self.actions.push_back(ServerAction::Close(conn, reason));
+    }
+
+    fn refuse(&mut self, conn: ConnId, reason: String) {
+        warn!("refused event=client_refused conn={conn} reason={reason:?}");
+        self.actions.push_back(ServerAction::Send(conn, Message::Refuse { reason: reason.clone() }));
+        self.actions.push_back(ServerAction::Close(conn, reason));
+    }
+
+    pub fn on_message(&mut self, conn: ConnId, msg: Message, now: u64) {
+        let Some(&who) = self.conns.get(&conn) else { return };
+        match (who, msg) {
+            (None, Message::Hello { listen, name, files, .. }) => self.on_hello(conn, listen, name, files, now),
+            (None, m) => self.close(conn, format!("{} before hello", m.name())),
+            (Some(_), Message::Hello { .. }) => self.close(conn, "second hello".into()),
+            (Some(id), Message::ChunkDigests { file, first, digests }) => self.on_digests(conn, id, file, first, digests),
+            (Some(id), Message::FileDigest { file, md5 }) => self.on_whole(conn, id, file, md5),
+            (Some(id), Message::Progress { bytes_received, bytes_sent, have }) => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.bytes_received = bytes_received;
+                    c.bytes_sent = bytes_sent;
+                    debug!("progress event=progress_received client={} have={have:?} bytes_received={bytes_received}", c.info.name);
+                }
+            }
+            (Some(id), Message::FileComplete { file }) => {
+                let Some(c) = self.clients.get_mut(&id) else { return };
+                let Some(f) = self.files.get(file.0 as usize) else {
+                    return self.close(conn, format!("completion of unknown file {}", file.0));
+                };
+                c.files_done += 1;
+                let ms = now.saturating_sub(c.connected_at) as f64 / 1000.0;
+                info!("file_complete event=file_complete_received client={} file={} elapsed_ms={ms:.3}", c.info.name, f.info.name);
+            }
+            (Some(id), Message::Done { bytes_received, bytes_sent }) => self.on_done(id, bytes_received, bytes_sent, now),
+            (Some(_), m) => self.close(conn, format!("unexpected {} from a client", m.name())),
+        }
+    }
+
+    fn on_hello(&mut self, conn: ConnId, listen: String, name: String, files: Vec<crate::codec::FileDecl>, now: u64) {
+        if self.started || self.clients.len() as u32 >= self.expected {
+            return self.refuse(conn, format!("the run is full ({} clients)", self.expected));
+        }
+        if listen.parse::<SocketAddr>().is_err() {
+            return self.refuse(conn, format!("bad listen address {listen:?}"));
+        }
+        let id = PeerId(self.clients.len() as u32 + 1);
+        let name = if name.is_empty() { format!("client{}", id.0) } else { name };
+        if let Err(e) = check_file_name(&name) {
+            return self.refuse(conn, format!("bad client name {name:?}: {e}"));
+        }
+        if self.clients.values().any(|c| c.info.name == name) {
+            return self.refuse(conn, format!("client name {name:?} is taken"));
+        }
+        let mut seen: BTreeSet<&str> = self.files.iter().map(|f| f.info.name.as_str()).collect();
+        for f in &files {
+            if let Err(e) = check_file_name(&f.name) {
+                return self.refuse(conn, format!("bad file name {:?}: {e}", f.name));
+            }
+            if !seen.insert(&f.name) {
+                return self.refuse(conn, format!("file name {:?} is already in the run", f.name));
+            }
+            if Geometry::new(f.size, self.chunk_size).checked_chunk_count().is_none() {
+                return self.refuse(conn, format!("file {:?} is too large", f.name));
+            }
+        }
+        let mut ids = Vec::new();
+        for f in files {
+            let fid = FileId(self.files.len() as u32);
+            ids.push(fid);
+            let chunks = Geometry::new(f.size, self.chunk_size).chunk_count();
+            let info = FileInfo { id: fid, owner: id, name: f.name, size: f.size };
+            self.files.push(FileRec { info, chunks, digests: Vec::new(), whole: None });
+        }
+        let info = PeerInfo { id, name: name.clone(), addr: listen };
+        info!(
+            "client_connected event=client_connected client={name} id={} addr={} files={}",
+            id.0,
+            info.addr,
+            ids.len()
+        );
+        self.clients.insert(
+            id,
+            ClientRec {
+                info,
+                conn: Some(conn),
+                files: ids.clone(),
+                connected_at: now,
+                done_at: None,
+                lost_at: None,
+                bytes_sent: 0,
+                bytes_received: 0,
+                files_done: 0,
+            },
+        );
+        self.conns.insert(conn, Some(id));
+        self.actions.push_back(ServerAction::Send(
+            conn,
+            Message::Welcome {
+                id,
+                name,
+                clock_us: now,
+                chunk_size: self.chunk_size,
+                clients: self.expected,
+                files: ids,
+            },
+        ));
+        if self.clients.len() as u32 == self.expected {
+            self.start();
+        }
+    }
+
+    fn live_conns(&self) -> Vec<(PeerId, ConnId)> {
+        self.clients.iter().filter_map(|(id, c)| c.conn.map(|k| (*id, k))).collect()
+    }
+
+    fn start(&mut self) {
+        self.started = true;
+        let peers: Vec<PeerInfo> = self.clients.values().map(|c| c.info.clone()).collect();
+        let files: Vec<FileInfo> = self.files.iter().map(|f| f.info.clone()).collect();
+        info!("client_list event=client_list_broadcast clients={} files={}", peers.len(), files.len());
+        for (_, conn) in self.live_conns() {
+            self.actions.push_back(ServerAction::Send(conn, Message::Start { peers: peers.clone(), files: files.clone() }));
+        }
+        // Digests that arrived before the start go out now.
+        for fi in 0..self.files.len() {
+            let f = &self.files[fi];
+            let (owner, file) = (f.info.owner, f.info.id);
+            let digests = f.digests.clone();
+            let whole = f.whole;
+            for (k, d) in digests.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
+                let first = (k * MAX_DIGESTS_PER_FRAME) as u32;
+                self.relay(owner, Message::ChunkDigests { file, first, digests: d.to_vec() });
+            }
+            if let Some(md5) = whole {
+                self.relay(owner, Message::FileDigest { file, md5 });
+            }
+        }
+    }
+
+    /// Sends to every live client but `except` (the file's owner, which has the data).
+    fn relay(&mut self, except: PeerId, msg: Message) {
+        for (id, conn) in self.live_conns() {
+            if id != except {
+                self.actions.push_back(ServerAction::Send(conn, msg.clone()));
+            }
+        }
+    }
+
+    fn owned_file(&self, id: PeerId, file: FileId) -> Option<usize> {
+        let f = self.files.get(file.0 as usize)?;
+        (f.info.owner == id).then_some(file.0 as usize)
+    }
+
+    fn on_digests(&mut self, conn: ConnId, id: PeerId, file: FileId, first: u32, digests: Vec<Digest>) {
+        let Some(fi) = self.owned_file(id, file) else {
+            return self.close(conn, format!("digests for file {} it does not own", file.0));
+        };
+        let f = &mut self.files[fi];
+        let n = digests.len() as u32;
+        if first as usize != f.digests.len() || first.checked_add(n).is_none_or(|e| e > f.chunks) {
+            return self.close(conn, format!("digests {first}+{n} out of order or range"));
+        }
+        f.digests.extend_from_slice(&digests);
+        if f.digests.len() as u32 == f.chunks {
+            info!("md5_received event=chunk_md5_received file={} chunks={}", f.info.name, f.chunks);
+        }
+        if self.started {
+            self.relay(id, Message::ChunkDigests { file, first, digests });
+        }
+    }
+
+    fn on_whole(&mut self, conn: ConnId, id: PeerId, file: FileId, md5: Digest) {
+        let Some(fi) = self.owned_file(id, file) else {
+            return self.close(conn, format!("file digest for file {} it does not own", file.0));
+        };
+        let f = &mut self.files[fi];
+        if f.whole.is_some() {
+            return self.close(conn, "second file digest".into());
+        }
+        f.whole = Some(md5);
+        info!("md5_received event=file_md5_received file={} md5={}", f.info.name, hex(&md5));
+        if self.started {
+            self.relay(id, Message::FileDigest { file, md5 });
+        }
+        if self.files.iter().all(|f| f.whole.is_some() && f.digests.len() as u32 == f.chunks) && self.started {
+            info!("manifest event=manifest_complete files={}", self.files.len());
+        }
+    }
+
+    fn on_done(&mut self, id: PeerId, bytes_received: u64, bytes_sent: u64, now: u64) {
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        if c.done_at.is_some() {
+            return;
+        }
+        c.done_at = Some(now);
+        c.bytes_received = bytes_received;
+        c.bytes_sent = bytes_sent;
+        let ms = now.saturating_sub(c.connected_at) as f64 / 1000.0;
+        info!("client_done event=client_complete client={} elapsed_ms={ms:.3} bytes_received={bytes_received} bytes_sent={bytes_sent}", c.info.name);
+        self.check_finish(now);
+    }
+
+    pub fn on_disconnect(&mut self, conn: ConnId, now: u64) {
+        let Some(who) = self.conns.remove(&conn) else { return };
+        let Some(id) = who else { return };
+        let Some(c) = self.clients.get_mut(&id) else { return };
+        c.conn = None;
+        if c.done_at.is_none() && !self.finished {
+            c.lost_at = Some(now);
+            warn!("client_lost event=client_lost client={} id={}", c.info.name, id.0);
+            self.check_finish(now);
+        }
+    }
+
+    fn check_finish(&mut self, now: u64) {
+        if self.finished || !self.started {
+            return;
+        }
+        if !self.clients.values().all(|c| c.done_at.is_some() || c.lost_at.is_some()) {
+            return;
+        }
+        self.finished = true;
+        let lost = self.clients.values().filter(|c| c.done_at.is_none()).count();
+        let s = self.summary(now);
+        info!(
+            "all_complete event=run_finished clients={} lost={lost} total_ms={:.3}",
+            self.clients.len(),
+            s.total_ms
+        );
+        for (_, conn) in self.live_conns() {
+            self.actions.push_back(ServerAction::Send(conn, Message::Shutdown));
+        }
+        self.actions.push_back(ServerAction::Finished { code: if lost == 0 { 0 } else { 1 } });
+    }
+
+    pub fn summary(&self, now: u64) -> Summary {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let clients: Vec<ClientSummary> = self
+            .clients
+            .values()
+            .map(|c| ClientSummary {
+                id: c.info.id.0,
+                name: c.info.name.clone(),
+                addr: c.info.addr.clone(),
+                connect_ms: ms(c.connected_at),
+                done_ms: c.done_at.map(ms),
+                elapsed_ms: c.done_at.map(|d| ms(d.saturating_sub(c.connected_at))),
+                bytes_sent: c.bytes_sent,
+                bytes_received: c.bytes_received,
+                files: c.files.iter().map(|f| self.files[f.0 as usize].info.name.clone()).collect(),
+                files_completed: c.files_done,
+                complete: c.done_at.is_some(),
+            })
+            .collect();
+        let first = self.clients.values().map(|c| c.connected_at).min().unwrap_or(0);
+        let last = self.clients.values().filter_map(|c| c.done_at).max().unwrap_or(now);
+        Summary {
+            clients,
+            files: self
+                .files
+                .iter()
+                .map(|f| FileSummary {
+                    name: f.info.name.clone(),
+                    owner: self.clients.get(&f.info.owner).map(|c| c.info.name.clone()).unwrap_or_default(),
+                    size: f.info.size,
+                    chunks: f.chunks,
+                    md5: f.whole.map(|d| hex(&d)).unwrap_or_default(),
+                })
+                .collect(),
+            chunk_size: self.chunk_size,
+            total_ms: ms(last.saturating_sub(first)),
+            end_ms: ms(now),
+        }
+    }
+}
