@@ -97,7 +97,9 @@ pub struct ClientCore {
     pub bytes_sent: u64,
     progress_dirty: bool,
     last_progress: u64,
+    /// Own-file digests sent to the server so far (a prefix), and batches waiting for it.
     own_hashed: BTreeMap<FileId, u32>,
+    own_pending: BTreeMap<FileId, BTreeMap<u32, Vec<Digest>>>,
 }
 
 impl ClientCore {
@@ -120,6 +122,7 @@ impl ClientCore {
             progress_dirty: false,
             last_progress: 0,
             own_hashed: BTreeMap::new(),
+            own_pending: BTreeMap::new(),
         };
         c.actions.push_back(Action::ToServer(Message::Hello {
             version: VERSION,
@@ -337,6 +340,9 @@ impl ClientCore {
 
     /// The server connection is gone.
     pub fn on_server_lost(&mut self) {
+        if self.phase == Phase::Exited {
+            return;
+        }
         warn!("server_lost event=server_lost phase={:?}", self.phase);
         match self.phase {
             Phase::Complete => self.exit(0, "the server is gone and this client holds every file".into()),
@@ -347,18 +353,23 @@ impl ClientCore {
 
     // ------------------------------------------------------------ hashing results
 
-    /// Digests of own-file chunks `first..` are ready.
+    /// Digests of own-file chunks `first..` are ready. Jobs finish out of order on the pool;
+    /// digests go to the server in order, as soon as the prefix before them is complete.
     pub fn on_own_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>) {
         let Some(f) = self.files.get_mut(&file) else { return };
         let count = f.geo.chunk_count();
-        for (k, d) in digests.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
-            let at = first + (k * MAX_DIGESTS_PER_FRAME) as u32;
-            self.actions.push_back(Action::ToServer(Message::ChunkDigests { file, first: at, digests: d.to_vec() }));
-        }
-        let done = self.own_hashed.entry(file).or_insert(0);
-        *done += digests.len() as u32;
-        if *done == count {
-            info!("md5_sent event=chunk_md5_sent file={} chunks={count}", f.info.name);
+        let pending = self.own_pending.entry(file).or_default();
+        pending.insert(first, digests);
+        let sent = self.own_hashed.entry(file).or_insert(0);
+        while let Some(batch) = pending.remove(sent) {
+            for (k, d) in batch.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
+                let at = *sent + (k * MAX_DIGESTS_PER_FRAME) as u32;
+                self.actions.push_back(Action::ToServer(Message::ChunkDigests { file, first: at, digests: d.to_vec() }));
+            }
+            *sent += batch.len() as u32;
+            if *sent == count {
+                info!("md5_sent event=chunk_md5_sent file={} chunks={count}", f.info.name);
+            }
         }
     }
 

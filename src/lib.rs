@@ -4,10 +4,19 @@
 //! in `client` and `server` own the sockets, the memory maps and the clock.
 
 pub mod bits;
+pub mod cli;
+pub mod client;
 pub mod client_core;
 pub mod codec;
+pub mod conn;
+pub mod error;
+pub mod hashpool;
+pub mod datagen;
 pub mod geometry;
 pub mod ids;
+pub mod logging;
 pub mod scheduler;
+pub mod server;
 pub mod server_core;
+pub mod storage;
 pub mod summary;

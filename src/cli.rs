@@ -1,0 +1,147 @@
+//! The command line: clap definitions, validation of raw flags into node configs (in one place),
+//! and the mapping of errors to exit codes (0 ok, 1 run failed, 2 bad usage or input).
+
+use crate::client::{self, ClientConfig};
+use crate::error::Error;
+use crate::geometry::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::server::{self, ServerConfig};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "p2pshare", version, about = "Peer-to-peer chunk distribution: a coordinator server and clients")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the coordinator server.
+    Server {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8888")]
+        listen: String,
+        /// Number of clients in the run.
+        #[arg(long, default_value_t = 4)]
+        clients: u32,
+        /// Chunk size in bytes.
+        #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
+        chunk_size: u32,
+        /// Directory for server.log (and the summary, by default).
+        #[arg(long, default_value = "logs")]
+        log_dir: PathBuf,
+        /// Where to write the JSON summary [default: LOG_DIR/summary.json].
+        #[arg(long)]
+        summary: Option<PathBuf>,
+    },
+    /// Run a client.
+    Client {
+        /// The server's HOST:PORT.
+        #[arg(long)]
+        server: String,
+        /// A file this client shares (repeat for several; none is allowed).
+        #[arg(long)]
+        file: Vec<PathBuf>,
+        /// Address to listen on for peers.
+        #[arg(long, default_value = "0.0.0.0:0")]
+        listen: String,
+        /// Address peers should dial (IP or IP:PORT) [default: this host's address on its
+        /// connection to the server].
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Where downloaded files go [default: downloads/NAME].
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// This client's name [default: given by the server, client1..N].
+        #[arg(long)]
+        name: Option<String>,
+        /// Directory for NAME.log.
+        #[arg(long, default_value = "logs")]
+        log_dir: PathBuf,
+        /// MD5 helper threads.
+        #[arg(long, default_value_t = 2)]
+        hash_threads: usize,
+        /// Seconds to keep retrying the server at start.
+        #[arg(long, default_value_t = 20)]
+        connect_timeout: u64,
+    },
+    /// Write a deterministic pseudo-random file.
+    Gen {
+        /// Size: bytes, or with a unit (K, M, G = KiB, MiB, GiB; KB, MB, GB = powers of 1000).
+        #[arg(long)]
+        size: String,
+        /// Seed: the same size and seed give the same bytes.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output file.
+        out: PathBuf,
+    },
+}
+
+fn parse_addr(flag: &str, s: &str) -> Result<SocketAddr, Error> {
+    s.parse().map_err(|_| Error::Usage(format!("{flag} {s:?} is not an IP:PORT address")))
+}
+
+fn dispatch(cmd: Cmd) -> Result<i32, Error> {
+    match cmd {
+        Cmd::Server { listen, clients, chunk_size, log_dir, summary } => {
+            if clients == 0 || clients > 1000 {
+                return Err(Error::Usage(format!("--clients must be between 1 and 1000, not {clients}")));
+            }
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+                return Err(Error::Usage(format!(
+                    "--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes, not {chunk_size}"
+                )));
+            }
+            let listen = parse_addr("--listen", &listen)?;
+            let summary = summary.unwrap_or_else(|| log_dir.join("summary.json"));
+            server::run(ServerConfig { listen, clients, chunk_size, log_dir, summary })
+        }
+        Cmd::Client { server, file, listen, advertise, out_dir, name, log_dir, hash_threads, connect_timeout } => {
+            if !server.contains(':') {
+                return Err(Error::Usage(format!("--server {server:?} must be HOST:PORT")));
+            }
+            let listen = parse_addr("--listen", &listen)?;
+            if !(1..=64).contains(&hash_threads) {
+                return Err(Error::Usage("--hash-threads must be between 1 and 64".into()));
+            }
+            client::run(ClientConfig {
+                server,
+                files: file,
+                listen,
+                advertise,
+                out_dir,
+                name,
+                log_dir,
+                hash_threads,
+                connect_for: Duration::from_secs(connect_timeout),
+            })
+        }
+        Cmd::Gen { size, seed, out } => {
+            let size = crate::datagen::parse_size(&size).map_err(Error::Usage)?;
+            crate::datagen::run(size, seed, &out)?;
+            Ok(0)
+        }
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    match dispatch(cli.cmd) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("p2pshare: {e}");
+            e.exit_code()
+        }
+    }
+}

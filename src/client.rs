@@ -1,0 +1,537 @@
+//! The client node: the reactor shell around [`ClientCore`]. It owns the mio `Poll`, the
+//! listener, the server connection, the peer connections (in a `Slab`, slab key + 3 = token),
+//! the memory maps, the output files and the hash pool, and carries out the core's actions.
+
+use crate::client_core::{Action, ClientCore, PieceVerdict};
+use crate::codec::{BufPool, FileDecl, Inbound, Message, VERSION};
+use crate::conn::{Conn, ConnEnd};
+use crate::error::Error;
+use crate::geometry::Geometry;
+use crate::hashpool::{Done, HashPool, Job};
+use crate::ids::{FileId, PeerId};
+use crate::logging::{self, LogSink, now_us};
+use crate::storage::{Output, Source};
+use log::{info, warn};
+use md5::Md5;
+use memmap2::Mmap;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const SERVER: Token = Token(2);
+const FIRST_PEER: usize = 3;
+/// Pieces queued per peer connection at once: enough to keep the socket busy, few enough that
+/// a cancel still finds most requests unsent.
+const PIECES_QUEUED: usize = 2;
+/// How often the core's timers run.
+const TICK: Duration = Duration::from_millis(20);
+/// Most incoming connections still waiting for their hello.
+const MAX_PENDING_HANDSHAKES: usize = 64;
+
+pub struct ClientConfig {
+    pub server: String,
+    pub files: Vec<PathBuf>,
+    pub listen: SocketAddr,
+    pub advertise: Option<String>,
+    pub out_dir: Option<PathBuf>,
+    pub name: Option<String>,
+    pub log_dir: PathBuf,
+    pub hash_threads: usize,
+    /// How long to keep trying to reach the server at start.
+    pub connect_for: Duration,
+}
+
+struct PeerConn {
+    conn: Conn,
+    peer: Option<PeerId>,
+    /// Outgoing and waiting for the connect to finish.
+    connecting: bool,
+    /// Its hello was checked and the core was told.
+    established: bool,
+}
+
+/// Where a file's bytes are read from when serving and whole-file hashing.
+struct FileIo {
+    map: Option<Arc<Mmap>>,
+    geo: Geometry,
+    output: Option<Output>,
+    stream_ctx: Option<Box<Md5>>,
+}
+
+struct Client {
+    poll: Poll,
+    core: ClientCore,
+    server: Option<Conn>,
+    listener: TcpListener,
+    peers: Slab<PeerConn>,
+    by_peer: BTreeMap<PeerId, usize>,
+    pool: HashPool,
+    bufs: BufPool,
+    files: BTreeMap<FileId, FileIo>,
+    sources: Vec<Source>,
+    out_dir: Option<PathBuf>,
+    log_dir: PathBuf,
+    sink: LogSink,
+    hello_sent_at: u64,
+    exit: Option<(i32, String)>,
+}
+
+fn connect_server(addr: &str, give_up: Duration) -> Result<std::net::TcpStream, Error> {
+    let deadline = Instant::now() + give_up;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let attempt = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::Usage(format!("cannot resolve server address {addr:?}: {e}")))?
+            .next()
+            .ok_or_else(|| Error::Usage(format!("server address {addr:?} resolves to nothing")))
+            .and_then(|sa| std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3)).map_err(|e| Error::Usage(e.to_string())));
+        match attempt {
+            Ok(s) => return Ok(s),
+            Err(e) if Instant::now() + backoff >= deadline => {
+                return Err(Error::Usage(format!("cannot reach the server at {addr} after {give_up:?}: {e}")));
+            }
+            Err(_) => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
+    let sink = logging::init(cfg.name.as_deref().unwrap_or("client"));
+    if let Some(n) = &cfg.name {
+        crate::ids::check_file_name(n).map_err(|e| Error::Usage(format!("bad --name {n:?}: {e}")))?;
+        sink.open(&cfg.log_dir, n).map_err(|e| Error::Usage(format!("cannot write logs in {}: {e}", cfg.log_dir.display())))?;
+    }
+    let mut sources = Vec::new();
+    for p in &cfg.files {
+        sources.push(Source::open(p)?);
+    }
+    let mut names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    names.sort();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::Usage("two --file arguments have the same file name".into()));
+    }
+    let listener = TcpListener::bind(cfg.listen).map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let port = listener.local_addr().map_err(|e| Error::Usage(e.to_string()))?.port();
+    let std_stream = connect_server(&cfg.server, cfg.connect_for)?;
+    let local_ip = std_stream.local_addr().map_err(|e| Error::Usage(e.to_string()))?.ip();
+    std_stream.set_nonblocking(true).map_err(|e| Error::Usage(e.to_string()))?;
+    let _ = std_stream.set_nodelay(true);
+    let advertise = match &cfg.advertise {
+        Some(h) if h.parse::<SocketAddr>().is_ok() => h.clone(),
+        Some(h) => {
+            let ip: std::net::IpAddr = h.parse().map_err(|_| Error::Usage(format!("--advertise {h:?} is not an IP address")))?;
+            SocketAddr::new(ip, port).to_string()
+        }
+        None => SocketAddr::new(local_ip, port).to_string(),
+    };
+    let decls = sources.iter().map(|s| FileDecl { name: s.name.clone(), size: s.size }).collect();
+    let core = ClientCore::new(cfg.name.clone().unwrap_or_default(), advertise.clone(), decls);
+
+    let poll = Poll::new().map_err(|e| Error::Usage(format!("cannot create poll: {e}")))?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Error::Usage(e.to_string()))?);
+    let pool = HashPool::new(cfg.hash_threads, Arc::new(move || {
+        let _ = waker.wake();
+    }))
+    .map_err(|e| Error::Usage(format!("cannot start hash threads: {e}")))?;
+    let mut server = Conn::new(TcpStream::from_std(std_stream), 0);
+    let mut listener = listener;
+    poll.registry()
+        .register(&mut server.stream, SERVER, Interest::READABLE | Interest::WRITABLE)
+        .and_then(|_| poll.registry().register(&mut listener, LISTENER, Interest::READABLE))
+        .map_err(|e| Error::Usage(format!("cannot register sockets: {e}")))?;
+    info!("start event=client_start server={} listen={} advertise={advertise} files={}", cfg.server, cfg.listen, sources.len());
+    let mut c = Client {
+        poll,
+        core,
+        server: Some(server),
+        listener,
+        peers: Slab::new(),
+        by_peer: BTreeMap::new(),
+        pool,
+        bufs: BufPool::default(),
+        files: BTreeMap::new(),
+        sources,
+        out_dir: cfg.out_dir,
+        log_dir: cfg.log_dir,
+        sink,
+        hello_sent_at: now_us(),
+        exit: None,
+    };
+    c.run_loop()
+}
+
+impl Client {
+    fn run_loop(&mut self) -> Result<i32, Error> {
+        let mut events = Events::with_capacity(256);
+        let mut last_tick = Instant::now();
+        self.actions();
+        loop {
+            if let Some((code, reason)) = self.exit.take() {
+                if let Some(s) = self.server.as_mut() {
+                    let _ = s.flush();
+                }
+                if code == 0 {
+                    eprintln!("{}: {reason}", self.core.name());
+                    info!("exit event=exit code=0 reason={reason:?}");
+                } else {
+                    warn!("exit event=exit code={code} reason={reason:?}");
+                }
+                let _ = log::logger().flush();
+                return if code == 0 { Ok(0) } else if code == 2 { Err(Error::Usage(reason)) } else { Err(Error::Failed(reason)) };
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(Error::Failed(format!("poll failed: {e}")));
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    SERVER => self.server_io(),
+                    Token(t) => self.peer_io(t - FIRST_PEER, ev.is_writable()),
+                }
+            }
+            self.results();
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.core.on_tick(now_us());
+            }
+            self.actions();
+            self.serve_and_flush();
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, from)) => {
+                    let pending = self.peers.iter().filter(|(_, p)| !p.established).count();
+                    if pending >= MAX_PENDING_HANDSHAKES {
+                        warn!("peer_refused event=handshake_cap from={from}");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.peers.vacant_entry();
+                    let key = entry.key();
+                    if self.poll.registry().register(&mut stream, Token(key + FIRST_PEER), Interest::READABLE | Interest::WRITABLE).is_err() {
+                        continue;
+                    }
+                    let conn = Conn::new(stream, self.core.chunk_size());
+                    entry.insert(PeerConn { conn, peer: None, connecting: false, established: false });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accept_error event=accept_error error={e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn server_io(&mut self) {
+        let Some(s) = self.server.as_mut() else { return };
+        let mut inbound = Vec::new();
+        let r = s.read(&mut self.bufs, &mut inbound);
+        for x in inbound {
+            match x {
+                Inbound::Msg(m) => {
+                    if let Message::Welcome { clock_us, ref name, .. } = m {
+                        let now = now_us();
+                        let rtt = now.saturating_sub(self.hello_sent_at);
+                        logging::set_offset_us(clock_us as i64 + (rtt / 2) as i64 - now as i64);
+                        logging::set_node(name);
+                        if let Err(e) = self.sink.open(&self.log_dir, name) {
+                            warn!("log_error event=log_open_failed error={e}");
+                        }
+                        if self.out_dir.is_none() {
+                            self.out_dir = Some(PathBuf::from("downloads").join(name));
+                        }
+                    }
+                    self.core.on_server_message(m, now_us());
+                }
+                Inbound::Piece { data, .. } => self.bufs.put(data),
+            }
+        }
+        let w = s.flush();
+        if let Err(e) = r.and(w.map(|_| ())) {
+            if !matches!(e, ConnEnd::Closed) {
+                warn!("server_error event=server_connection_error error={e}");
+            }
+            if let Some(mut s) = self.server.take() {
+                let _ = self.poll.registry().deregister(&mut s.stream);
+            }
+            self.core.on_server_lost();
+        }
+    }
+
+    fn peer_io(&mut self, key: usize, writable: bool) {
+        let Some(pc) = self.peers.get_mut(key) else { return };
+        if pc.connecting {
+            if !writable {
+                return;
+            }
+            let err = match pc.conn.stream.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => pc.conn.stream.peer_addr().err(),
+            };
+            if let Some(e) = err {
+                if e.kind() == std::io::ErrorKind::NotConnected {
+                    return; // not connected yet (mio: wait for the next writable event)
+                }
+                return self.drop_peer(key, &format!("connect failed: {e}"));
+            }
+            pc.connecting = false;
+        }
+        let mut inbound = Vec::new();
+        let r = pc.conn.read(&mut self.bufs, &mut inbound);
+        for x in inbound {
+            if let Err(reason) = self.peer_inbound(key, x) {
+                return self.drop_peer(key, &reason);
+            }
+        }
+        if let Err(e) = r {
+            self.drop_peer(key, &e.to_string());
+        }
+    }
+
+    fn peer_inbound(&mut self, key: usize, x: Inbound) -> Result<(), String> {
+        let now = now_us();
+        let pc = self.peers.get_mut(key).ok_or("gone")?;
+        match (pc.established, pc.peer, x) {
+            (false, expected, Inbound::Msg(Message::PeerHello { id, .. })) => {
+                if let Some(want) = expected {
+                    if want != id {
+                        return Err(format!("dialled peer {} but it says it is {}", want.0, id.0));
+                    }
+                } else {
+                    self.core.accept_peer(id)?;
+                    pc.conn.queue(&Message::PeerHello { version: VERSION, id: self.core.id() });
+                    pc.peer = Some(id);
+                }
+                pc.established = true;
+                self.by_peer.insert(id, key);
+                self.core.on_peer_connected(id, now);
+                Ok(())
+            }
+            (false, _, _) => Err("message before hello".into()),
+            (true, Some(p), Inbound::Msg(m)) => self.core.on_peer_message(p, m, now),
+            (true, Some(p), Inbound::Piece { chunk, data }) => match self.core.on_piece(p, chunk, data.len()) {
+                PieceVerdict::Verify { digest, offset, requested_at } => {
+                    let Some(out) = self.files.get(&chunk.file).and_then(|f| f.output.as_ref()) else {
+                        self.bufs.put(data);
+                        return Err("piece for a file without output".into());
+                    };
+                    let out = Arc::clone(&out.file);
+                    self.pool.submit(Job::Verify { peer: p, chunk, data, digest, out, offset, requested_at });
+                    Ok(())
+                }
+                PieceVerdict::Discard => {
+                    self.bufs.put(data);
+                    Ok(())
+                }
+                PieceVerdict::Violation(r) => {
+                    self.bufs.put(data);
+                    Err(r)
+                }
+            },
+            (true, None, _) => Err("no peer id".into()),
+        }
+    }
+
+    fn drop_peer(&mut self, key: usize, reason: &str) {
+        let Some(mut pc) = self.peers.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(&mut pc.conn.stream);
+        if let Some(p) = pc.peer {
+            if self.by_peer.get(&p) == Some(&key) {
+                self.by_peer.remove(&p);
+            }
+            if pc.established {
+                self.core.on_peer_lost(p, reason, now_us());
+            } else {
+                warn!("peer_error event=peer_connect_failed peer={} reason={reason:?}", self.core.peer_name(p));
+            }
+        } else {
+            warn!("peer_error event=handshake_failed reason={reason:?}");
+        }
+    }
+
+    fn results(&mut self) {
+        while let Some(done) = self.pool.try_recv() {
+            let now = now_us();
+            match done {
+                Done::Hashed { file, first, digests } => self.core.on_own_digests(file, first, digests),
+                Done::Verified { peer, chunk, ok, data, requested_at, write_error } => {
+                    self.bufs.put(data);
+                    if let Some(e) = write_error {
+                        self.exit = Some((1, format!("cannot write chunk {chunk}: {e}")));
+                        return;
+                    }
+                    self.core.on_verified(peer, chunk, ok, requested_at, now);
+                }
+                Done::Streamed { file, upto, ctx, md5 } => {
+                    if let Some(f) = self.files.get_mut(&file) {
+                        f.stream_ctx = ctx;
+                    }
+                    self.core.on_stream(file, upto, md5);
+                }
+            }
+        }
+    }
+
+    fn file_io(&mut self, file: FileId) -> Option<&mut FileIo> {
+        if !self.files.contains_key(&file) {
+            let slot = self.core.file(file)?;
+            let geo = slot.geo;
+            let map = if slot.owned {
+                let src = self.sources.iter().find(|s| s.name == slot.info.name)?;
+                src.map.clone()
+            } else {
+                None
+            };
+            self.files.insert(file, FileIo { map, geo, output: None, stream_ctx: None });
+        }
+        self.files.get_mut(&file)
+    }
+
+    fn actions(&mut self) {
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                Action::ToServer(m) => {
+                    if let Some(s) = self.server.as_mut() {
+                        s.queue(&m);
+                    }
+                }
+                Action::ToPeer(p, m) => {
+                    if let Some(pc) = self.by_peer.get(&p).and_then(|k| self.peers.get_mut(*k)) {
+                        pc.conn.queue(&m);
+                    }
+                }
+                Action::Connect { peer, addr } => self.connect(peer, &addr),
+                Action::Disconnect { peer, reason } => {
+                    if let Some(k) = self.by_peer.get(&peer).copied() {
+                        self.drop_peer(k, &reason);
+                    }
+                }
+                Action::CreateOutput { file } => {
+                    let Some(slot) = self.core.file(file) else { continue };
+                    let (name, size) = (slot.info.name.clone(), slot.info.size);
+                    let dir = self.out_dir.clone().unwrap_or_else(|| PathBuf::from("downloads"));
+                    match Output::create(&dir, &name, size) {
+                        Ok(out) => {
+                            if let Some(f) = self.file_io(file) {
+                                f.map = out.map.clone();
+                                f.output = Some(out);
+                            }
+                        }
+                        Err(e) => self.exit = Some((2, e.to_string())),
+                    }
+                }
+                Action::HashOwn { file, first, count } => {
+                    let Some(f) = self.file_io(file) else { continue };
+                    if let Some(map) = f.map.clone() {
+                        let geo = f.geo;
+                        self.pool.submit(Job::HashChunks { file, map, geo, first, count });
+                    }
+                }
+                Action::Stream { file, from, to } => {
+                    let Some(f) = self.file_io(file) else { continue };
+                    let ctx = f.stream_ctx.take().unwrap_or_default();
+                    let finish = to == f.geo.chunk_count();
+                    let (map, geo) = (f.map.clone(), f.geo);
+                    self.pool.submit(Job::Stream { file, map, geo, from, to, ctx, finish });
+                }
+                Action::Finalize { file } => {
+                    let r = self.files.get(&file).and_then(|f| f.output.as_ref()).map(Output::finalize);
+                    match r {
+                        Some(Ok(())) => self.core.on_finalized(file, now_us()),
+                        Some(Err(e)) => self.exit = Some((1, e.to_string())),
+                        None => self.exit = Some((1, format!("no output for file {}", file.0))),
+                    }
+                }
+                Action::Exit { code, reason } => {
+                    self.exit = Some((code, reason));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, peer: PeerId, addr: &str) {
+        let Ok(sa) = addr.parse::<SocketAddr>() else {
+            warn!("peer_error event=bad_peer_address peer={} addr={addr:?}", self.core.peer_name(peer));
+            return;
+        };
+        let mut stream = match TcpStream::connect(sa) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("peer_error event=peer_connect_failed peer={} error={e}", self.core.peer_name(peer));
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let entry = self.peers.vacant_entry();
+        let key = entry.key();
+        if self.poll.registry().register(&mut stream, Token(key + FIRST_PEER), Interest::READABLE | Interest::WRITABLE).is_err() {
+            return;
+        }
+        let mut conn = Conn::new(stream, self.core.chunk_size());
+        conn.queue(&Message::PeerHello { version: VERSION, id: self.core.id() });
+        entry.insert(PeerConn { conn, peer: Some(peer), connecting: true, established: false });
+        self.by_peer.insert(peer, key);
+    }
+
+    /// Tops up each peer's queue of outgoing pieces and writes what each socket takes.
+    fn serve_and_flush(&mut self) {
+        let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            loop {
+                let Some(pc) = self.peers.get_mut(key) else { break };
+                if pc.connecting {
+                    break;
+                }
+                if let Some(p) = pc.peer.filter(|_| pc.established) {
+                    while pc.conn.pieces_queued() < PIECES_QUEUED {
+                        let Some((c, offset, len)) = self.core.next_piece(p) else { break };
+                        let map = self.files.get(&c.file).and_then(|f| f.map.clone());
+                        match map {
+                            Some(m) => pc.conn.queue_piece(c, m, offset as usize, len as usize),
+                            None => break,
+                        }
+                    }
+                }
+                match pc.conn.flush() {
+                    Ok(true) => {
+                        let more = pc.peer.is_some_and(|p| self.core.has_pieces_for(p));
+                        if !more {
+                            break;
+                        }
+                    }
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.drop_peer(key, &e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(s) = self.server.as_mut()
+            && let Err(e) = s.flush()
+        {
+            warn!("server_error event=server_connection_error error={e}");
+            self.server = None;
+            self.core.on_server_lost();
+            self.actions();
+        }
+    }
+}

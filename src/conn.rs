@@ -1,0 +1,186 @@
+//! One non-blocking TCP connection as the reactor sees it: the socket, a frame decoder, and an
+//! output queue of encoded control frames and chunk pieces. A piece is queued as its 13-byte
+//! header plus a reference to the memory map it comes from, and is written with vectored writes
+//! straight from the map: the payload is never copied into a user-space buffer.
+
+use crate::codec::{self, BufPool, DecodeError, FrameDecoder, Inbound, Message};
+use crate::ids::ChunkId;
+use memmap2::Mmap;
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::sync::Arc;
+
+enum Out {
+    Bytes { buf: Vec<u8>, pos: usize },
+    Piece { header: [u8; codec::PIECE_HEADER_LEN], map: Arc<Mmap>, start: usize, len: usize, pos: usize },
+}
+
+impl Out {
+    fn remaining(&self) -> usize {
+        match self {
+            Out::Bytes { buf, pos } => buf.len() - pos,
+            Out::Piece { header, len, pos, .. } => header.len() + len - pos,
+        }
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub enum ConnEnd {
+    /// The peer closed or reset it: an ordinary end.
+    Closed,
+    /// The peer broke the protocol.
+    Protocol(DecodeError),
+    /// Any other socket error.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for ConnEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnEnd::Closed => f.write_str("closed by peer"),
+            ConnEnd::Protocol(e) => write!(f, "protocol error: {e}"),
+            ConnEnd::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+/// Sorts socket errors at the edge: resets are ordinary closes.
+fn classify(e: io::Error) -> ConnEnd {
+    use io::ErrorKind::*;
+    match e.kind() {
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => ConnEnd::Closed,
+        _ => ConnEnd::Io(e),
+    }
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    pub decoder: FrameDecoder,
+    out: VecDeque<Out>,
+    out_bytes: usize,
+    pieces_queued: usize,
+    /// Bytes of chunk payload fully written so far.
+    pub payload_sent: u64,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, max_piece: u32) -> Self {
+        Conn {
+            stream,
+            decoder: FrameDecoder::new(max_piece),
+            out: VecDeque::new(),
+            out_bytes: 0,
+            pieces_queued: 0,
+            payload_sent: 0,
+        }
+    }
+
+    pub fn queue(&mut self, m: &Message) {
+        let buf = codec::encode(m);
+        self.out_bytes += buf.len();
+        self.out.push_back(Out::Bytes { buf, pos: 0 });
+    }
+
+    /// Queues chunk `c`: `len` bytes at `start` in `map`.
+    pub fn queue_piece(&mut self, c: ChunkId, map: Arc<Mmap>, start: usize, len: usize) {
+        let header = codec::piece_header(c, len as u32);
+        self.out_bytes += header.len() + len;
+        self.pieces_queued += 1;
+        self.out.push_back(Out::Piece { header, map, start, len, pos: 0 });
+    }
+
+    pub fn pieces_queued(&self) -> usize {
+        self.pieces_queued
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Writes until the queue is empty (Ok(true)) or the socket would block (Ok(false)).
+    pub fn flush(&mut self) -> Result<bool, ConnEnd> {
+        while !self.out.is_empty() {
+            let mut iov: [IoSlice<'_>; 32] = std::array::from_fn(|_| IoSlice::new(&[]));
+            let mut n = 0;
+            for item in self.out.iter() {
+                if n + 2 > iov.len() {
+                    break;
+                }
+                match item {
+                    Out::Bytes { buf, pos } => {
+                        iov[n] = IoSlice::new(&buf[*pos..]);
+                        n += 1;
+                    }
+                    Out::Piece { header, map, start, len, pos } => {
+                        let payload = &map[*start..*start + *len];
+                        if *pos < header.len() {
+                            iov[n] = IoSlice::new(&header[*pos..]);
+                            iov[n + 1] = IoSlice::new(payload);
+                            n += 2;
+                        } else {
+                            iov[n] = IoSlice::new(&payload[*pos - header.len()..]);
+                            n += 1;
+                        }
+                    }
+                }
+            }
+            match self.stream.write_vectored(&iov[..n]) {
+                Ok(0) => return Err(ConnEnd::Closed),
+                Ok(mut written) => {
+                    self.out_bytes -= written;
+                    while written > 0 {
+                        let Some(front) = self.out.front_mut() else { break };
+                        let rem = front.remaining();
+                        if written >= rem {
+                            written -= rem;
+                            if let Out::Piece { len, .. } = front {
+                                self.payload_sent += *len as u64;
+                                self.pieces_queued -= 1;
+                            }
+                            self.out.pop_front();
+                        } else {
+                            match front {
+                                Out::Bytes { pos, .. } | Out::Piece { pos, .. } => *pos += written,
+                            }
+                            written = 0;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads until the socket would block, decoding as it goes. Frames decoded before an error
+    /// are returned with it, so nothing already received is lost.
+    pub fn read(&mut self, pool: &mut BufPool, into: &mut Vec<Inbound>) -> Result<(), ConnEnd> {
+        loop {
+            let target = self.decoder.read_target();
+            match self.stream.read(target) {
+                Ok(0) => {
+                    self.drain(pool, into)?;
+                    return Err(ConnEnd::Closed);
+                }
+                Ok(n) => {
+                    self.decoder.advance(n);
+                    self.drain(pool, into)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(classify(e)),
+            }
+        }
+    }
+
+    fn drain(&mut self, pool: &mut BufPool, into: &mut Vec<Inbound>) -> Result<(), ConnEnd> {
+        while let Some(x) = self.decoder.next(pool).map_err(ConnEnd::Protocol)? {
+            into.push(x);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,164 @@
+//! The MD5 helper pool: a few threads that hash chunks, verify received chunks (and write the
+//! good ones to their output file), and advance whole-file MD5s, so the reactor never hashes.
+//! Each result is sent back on a channel and the reactor is woken through its mio `Waker`.
+//!
+//! Jobs run by priority: own-file chunk digests first (every peer waits for them), then
+//! verifications (they free request slots), then whole-file hashing (only the finish waits).
+
+use crate::geometry::Geometry;
+use crate::ids::{ChunkId, Digest, FileId, PeerId};
+use md5::{Digest as _, Md5};
+use memmap2::Mmap;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+pub enum Job {
+    /// Digests of chunks `first..first+count` of a mapped file.
+    HashChunks { file: FileId, map: Arc<Mmap>, geo: Geometry, first: u32, count: u32 },
+    /// Check a received chunk against its digest and, if it matches, write it at `offset`.
+    Verify {
+        peer: PeerId,
+        chunk: ChunkId,
+        data: Vec<u8>,
+        digest: Digest,
+        out: Arc<File>,
+        offset: u64,
+        requested_at: u64,
+    },
+    /// Feed chunks `from..to` of a mapped file into `ctx`; finish it if `finish`.
+    Stream { file: FileId, map: Option<Arc<Mmap>>, geo: Geometry, from: u32, to: u32, ctx: Box<Md5>, finish: bool },
+}
+
+pub enum Done {
+    Hashed { file: FileId, first: u32, digests: Vec<Digest> },
+    Verified { peer: PeerId, chunk: ChunkId, ok: bool, data: Vec<u8>, requested_at: u64, write_error: Option<String> },
+    Streamed { file: FileId, upto: u32, ctx: Option<Box<Md5>>, md5: Option<Digest> },
+}
+
+#[derive(Default)]
+struct Queues {
+    hash: VecDeque<Job>,
+    verify: VecDeque<Job>,
+    stream: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Queues {
+    fn pop(&mut self) -> Option<Job> {
+        self.hash.pop_front().or_else(|| self.verify.pop_front()).or_else(|| self.stream.pop_front())
+    }
+}
+
+pub struct HashPool {
+    shared: Arc<(Mutex<Queues>, Condvar)>,
+    results: Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How a worker tells the reactor that a result is waiting.
+pub type Wake = Arc<dyn Fn() + Send + Sync>;
+
+impl HashPool {
+    pub fn new(threads: usize, wake: Wake) -> std::io::Result<Self> {
+        let shared = Arc::new((Mutex::new(Queues::default()), Condvar::new()));
+        let (tx, results) = channel();
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let shared = Arc::clone(&shared);
+            let tx: Sender<Done> = tx.clone();
+            let wake = Arc::clone(&wake);
+            let h = std::thread::Builder::new().name(format!("md5-{i}")).spawn(move || worker(&shared, &tx, &wake))?;
+            handles.push(h);
+        }
+        Ok(HashPool { shared, results, threads: handles })
+    }
+
+    pub fn submit(&self, job: Job) {
+        let (m, cv) = &*self.shared;
+        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+        match job {
+            Job::HashChunks { .. } => q.hash.push_back(job),
+            Job::Verify { .. } => q.verify.push_back(job),
+            Job::Stream { .. } => q.stream.push_back(job),
+        }
+        cv.notify_one();
+    }
+
+    /// A finished job, if any.
+    pub fn try_recv(&self) -> Option<Done> {
+        self.results.try_recv().ok()
+    }
+}
+
+impl Drop for HashPool {
+    fn drop(&mut self) {
+        let (m, cv) = &*self.shared;
+        m.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        cv.notify_all();
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn worker(shared: &(Mutex<Queues>, Condvar), tx: &Sender<Done>, wake: &Wake) {
+    let (m, cv) = shared;
+    loop {
+        let job = {
+            let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                if q.closed {
+                    return;
+                }
+                if let Some(j) = q.pop() {
+                    break j;
+                }
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        if tx.send(run(job)).is_err() {
+            return;
+        }
+        wake();
+    }
+}
+
+/// The MD5 of one buffer.
+pub fn md5(data: &[u8]) -> Digest {
+    Md5::digest(data).into()
+}
+
+fn run(job: Job) -> Done {
+    match job {
+        Job::HashChunks { file, map, geo, first, count } => {
+            let digests = (first..first + count)
+                .map(|i| {
+                    let off = geo.offset(i) as usize;
+                    md5(&map[off..off + geo.chunk_len(i) as usize])
+                })
+                .collect();
+            Done::Hashed { file, first, digests }
+        }
+        Job::Verify { peer, chunk, data, digest, out, offset, requested_at } => {
+            let ok = md5(&data) == digest;
+            let write_error = if ok { out.write_all_at(&data, offset).err().map(|e| e.to_string()) } else { None };
+            Done::Verified { peer, chunk, ok, data, requested_at, write_error }
+        }
+        Job::Stream { file, map, geo, from, to, mut ctx, finish } => {
+            if let Some(map) = &map {
+                let start = geo.offset(from) as usize;
+                let end = (geo.offset(to) as usize).min(map.len());
+                ctx.update(&map[start..end]);
+            }
+            if finish {
+                Done::Streamed { file, upto: to, ctx: None, md5: Some(ctx.finalize().into()) }
+            } else {
+                Done::Streamed { file, upto: to, ctx: Some(ctx), md5: None }
+            }
+        }
+    }
+}

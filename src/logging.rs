@@ -1,0 +1,120 @@
+//! The System Clock as each node sees it, and the log set-up: one file per node in the log
+//! directory, every line stamped with the System Clock in ms and the node's name, and warnings
+//! also on stderr.
+//!
+//! A client learns its name and its offset to the server's clock only from the server's
+//! welcome, so its log lines are held in memory until [`LogSink::open`] names the file.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+static START: OnceLock<Instant> = OnceLock::new();
+static OFFSET_US: AtomicI64 = AtomicI64::new(0);
+static NODE: Mutex<String> = Mutex::new(String::new());
+
+/// µs on this node's monotonic clock since the process started.
+pub fn now_us() -> u64 {
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Sets the offset so that `system_ms` gives the server's System Clock.
+pub fn set_offset_us(offset: i64) {
+    OFFSET_US.store(offset, Ordering::Relaxed);
+}
+
+/// The System Clock in ms (0.0 when the server started).
+pub fn system_ms() -> f64 {
+    (now_us() as i64 + OFFSET_US.load(Ordering::Relaxed)) as f64 / 1000.0
+}
+
+pub fn set_node(name: &str) {
+    *NODE.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
+}
+
+enum SinkState {
+    Buffer(Vec<u8>),
+    File(BufWriter<File>),
+}
+
+/// Where the node's log lines go: memory until a file is opened, then that file.
+#[derive(Clone)]
+pub struct LogSink(Arc<Mutex<SinkState>>);
+
+impl LogSink {
+    fn new() -> Self {
+        LogSink(Arc::new(Mutex::new(SinkState::Buffer(Vec::new()))))
+    }
+
+    /// Opens `dir/NAME.log` and moves the lines held so far into it.
+    pub fn open(&self, dir: &Path, name: &str) -> io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut w = BufWriter::new(File::create(dir.join(format!("{name}.log")))?);
+        let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let SinkState::Buffer(b) = &*st {
+            w.write_all(b)?;
+        }
+        w.flush()?;
+        *st = SinkState::File(w);
+        Ok(())
+    }
+}
+
+impl Write for LogSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            SinkState::Buffer(b) => {
+                // Bounded: a node that never learns its name keeps only the first 4 MiB.
+                if b.len() < 4 << 20 {
+                    b.extend_from_slice(buf);
+                }
+                Ok(buf.len())
+            }
+            SinkState::File(f) => f.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            SinkState::Buffer(_) => Ok(()),
+            SinkState::File(f) => f.flush(),
+        }
+    }
+}
+
+/// Installs the logger for this process; returns the sink for the node's log file.
+pub fn init(node: &str) -> LogSink {
+    now_us();
+    set_node(node);
+    let sink = LogSink::new();
+    let level = match std::env::var("P2PSHARE_LOG").as_deref() {
+        Ok("debug") => log::LevelFilter::Debug,
+        Ok("trace") => log::LevelFilter::Trace,
+        _ => log::LevelFilter::Info,
+    };
+    let file = fern::Dispatch::new()
+        .format(|out, message, record| {
+            let node = NODE.lock().map(|n| n.clone()).unwrap_or_default();
+            let lvl = match record.level() {
+                log::Level::Error => "ERROR ",
+                log::Level::Warn => "WARN ",
+                _ => "",
+            };
+            out.finish(format_args!("[{:>10.3} ms] {node} {lvl}{message}", system_ms()))
+        })
+        .level(level)
+        .chain(Box::new(sink.clone()) as Box<dyn Write + Send>);
+    let stderr = fern::Dispatch::new()
+        .format(|out, message, _| {
+            let node = NODE.lock().map(|n| n.clone()).unwrap_or_default();
+            out.finish(format_args!("{node}: {message}"))
+        })
+        .level(log::LevelFilter::Warn)
+        .chain(io::stderr());
+    // A second init in one process (tests) keeps the first logger.
+    let _ = fern::Dispatch::new().chain(file).chain(stderr).apply();
+    sink
+}

@@ -1,0 +1,172 @@
+//! The server node: the reactor shell around [`ServerCore`]. It owns the listener and the client
+//! connections (slab key + 1 = token), runs the System Clock (0.0 ms at start), and writes the
+//! summary when the run is over.
+
+use crate::codec::Inbound;
+use crate::conn::{Conn, ConnEnd};
+use crate::error::Error;
+use crate::logging::{self, now_us};
+use crate::server_core::{ServerAction, ServerCore};
+use log::{info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(0);
+const FIRST_CONN: usize = 1;
+/// Connections at once (clients plus handshakes in progress).
+const MAX_CONNS: usize = 1024;
+/// After the run, how long to wait for the shutdown messages to leave.
+const LINGER: Duration = Duration::from_secs(2);
+
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub clients: u32,
+    pub chunk_size: u32,
+    pub log_dir: PathBuf,
+    pub summary: PathBuf,
+}
+
+pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
+    let sink = logging::init("server");
+    sink.open(&cfg.log_dir, "server").map_err(|e| Error::Usage(format!("cannot write logs in {}: {e}", cfg.log_dir.display())))?;
+    let mut listener = TcpListener::bind(cfg.listen).map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let local = listener.local_addr().map_err(|e| Error::Usage(e.to_string()))?;
+    let poll = Poll::new().map_err(|e| Error::Usage(format!("cannot create poll: {e}")))?;
+    poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(|e| Error::Usage(e.to_string()))?;
+    info!(
+        "start event=server_start listen={local} clients={} chunk_size={}",
+        cfg.clients, cfg.chunk_size
+    );
+    eprintln!("server: listening on {local}, waiting for {} clients", cfg.clients);
+    let mut s = Server { poll, listener, conns: Slab::new(), closing: BTreeSet::new(), core: ServerCore::new(cfg.clients, cfg.chunk_size) };
+    let code = s.run_loop()?;
+    let summary = s.core.summary(now_us());
+    let json = summary.to_json();
+    if let Some(parent) = cfg.summary.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let tmp = cfg.summary.with_extension("json.tmp");
+    std::fs::write(&tmp, &json)
+        .and_then(|_| std::fs::rename(&tmp, &cfg.summary))
+        .map_err(|e| Error::Failed(format!("cannot write the summary to {}: {e}", cfg.summary.display())))?;
+    for line in summary.to_text().lines() {
+        info!("summary {line}");
+    }
+    eprint!("{}", summary.to_text());
+    eprintln!("summary written to {}", cfg.summary.display());
+    let _ = log::logger().flush();
+    Ok(code)
+}
+
+struct Server {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    closing: BTreeSet<usize>,
+    core: ServerCore,
+}
+
+impl Server {
+    fn run_loop(&mut self) -> Result<i32, Error> {
+        let mut events = Events::with_capacity(256);
+        let mut finished: Option<(i32, Instant)> = None;
+        loop {
+            if let Some((code, at)) = finished
+                && (self.conns.iter().all(|(_, c)| !c.has_output()) || at.elapsed() > LINGER)
+            {
+                return Ok(code);
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(100))) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(Error::Failed(format!("poll failed: {e}")));
+                }
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    Token(t) => self.conn_io(t - FIRST_CONN),
+                }
+            }
+            while let Some(a) = self.core.poll_action() {
+                match a {
+                    ServerAction::Send(k, m) => {
+                        if let Some(c) = self.conns.get_mut(k) {
+                            c.queue(&m);
+                        }
+                    }
+                    ServerAction::Close(k, _) => {
+                        self.closing.insert(k);
+                    }
+                    ServerAction::Finished { code } => finished = Some((code, Instant::now())),
+                }
+            }
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for k in keys {
+                let r = self.conns.get_mut(k).map(Conn::flush);
+                match r {
+                    Some(Ok(true)) if self.closing.contains(&k) => self.drop_conn(k, None),
+                    Some(Err(e)) => self.drop_conn(k, Some(e)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, from)) => {
+                    if self.conns.len() >= MAX_CONNS {
+                        warn!("refused event=connection_cap from={from}");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    if self.poll.registry().register(&mut stream, Token(key + FIRST_CONN), Interest::READABLE | Interest::WRITABLE).is_err() {
+                        continue;
+                    }
+                    entry.insert(Conn::new(stream, 0));
+                    self.core.on_connect(key, &from.to_string());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!("accept_error event=accept_error error={e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn conn_io(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let mut inbound = Vec::new();
+        let mut pool = crate::codec::BufPool::default();
+        let r = c.read(&mut pool, &mut inbound);
+        for x in inbound {
+            if let Inbound::Msg(m) = x {
+                self.core.on_message(key, m, now_us());
+            }
+        }
+        if let Err(e) = r {
+            self.drop_conn(key, Some(e));
+        }
+    }
+
+    fn drop_conn(&mut self, key: usize, why: Option<ConnEnd>) {
+        let Some(mut c) = self.conns.try_remove(key) else { return };
+        self.closing.remove(&key);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if let Some(e) = why
+            && !matches!(e, ConnEnd::Closed)
+        {
+            warn!("conn_error event=connection_error conn={key} error={e}");
+        }
+        self.core.on_disconnect(key, now_us());
+    }
+}

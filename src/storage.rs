@@ -1,0 +1,114 @@
+//! Files on disk: source files mapped read-only, and output files that are created as
+//! `NAME.part` at their full size, filled chunk by chunk, mapped read-only for serving and
+//! whole-file hashing, and renamed to `NAME` only after their whole-file MD5 matched.
+//!
+//! # Safety of the maps
+//! A memory map of a file that another process truncates turns reads past the new end into
+//! SIGBUS. We map only files this node opened itself: sources the user named (which must not be
+//! truncated during a run, as documented in Readme.txt) and `.part` files that we created in our
+//! own output directory and never shrink.
+
+use crate::ids::check_file_name;
+use memmap2::Mmap;
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub enum StorageError {
+    Open { path: PathBuf, err: io::Error },
+    NotAFile(PathBuf),
+    BadName { path: PathBuf, why: String },
+    Map { path: PathBuf, err: io::Error },
+    Create { path: PathBuf, err: io::Error },
+    Rename { from: PathBuf, err: io::Error },
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorageError::Open { path, err } => write!(f, "cannot open {}: {err}", path.display()),
+            StorageError::NotAFile(p) => write!(f, "{} is not a regular file", p.display()),
+            StorageError::BadName { path, why } => write!(f, "{} has an unusable file name: {why}", path.display()),
+            StorageError::Map { path, err } => write!(f, "cannot map {}: {err}", path.display()),
+            StorageError::Create { path, err } => write!(f, "cannot create {}: {err}", path.display()),
+            StorageError::Rename { from, err } => write!(f, "cannot rename {}: {err}", from.display()),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// Maps a whole file read-only; `None` for an empty file (which cannot be mapped).
+fn map_file(file: &File, len: u64, path: &Path) -> Result<Option<Arc<Mmap>>, StorageError> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the file is one this node owns for the run (see the module docs); nothing in this
+    // process truncates it while the map lives.
+    let map = unsafe { Mmap::map(file) }.map_err(|err| StorageError::Map { path: path.to_owned(), err })?;
+    Ok(Some(Arc::new(map)))
+}
+
+/// A file this node shares from the start.
+pub struct Source {
+    pub name: String,
+    pub size: u64,
+    pub map: Option<Arc<Mmap>>,
+}
+
+impl Source {
+    pub fn open(path: &Path) -> Result<Source, StorageError> {
+        let open_err = |err| StorageError::Open { path: path.to_owned(), err };
+        let meta = fs::metadata(path).map_err(open_err)?;
+        if !meta.is_file() {
+            return Err(StorageError::NotAFile(path.to_owned()));
+        }
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| StorageError::BadName { path: path.to_owned(), why: "not UTF-8".into() })?
+            .to_string();
+        check_file_name(&name).map_err(|e| StorageError::BadName { path: path.to_owned(), why: e.to_string() })?;
+        let file = File::open(path).map_err(open_err)?;
+        let size = file.metadata().map_err(open_err)?.len();
+        let map = map_file(&file, size, path)?;
+        if let Some(m) = &map {
+            let _ = m.advise(memmap2::Advice::Sequential);
+        }
+        Ok(Source { name, size, map })
+    }
+}
+
+/// A file being downloaded.
+pub struct Output {
+    pub part: PathBuf,
+    pub dest: PathBuf,
+    pub file: Arc<File>,
+    pub map: Option<Arc<Mmap>>,
+}
+
+impl Output {
+    /// Creates `dir/NAME.part` at its full size. `name` must have passed `check_file_name`.
+    pub fn create(dir: &Path, name: &str, size: u64) -> Result<Output, StorageError> {
+        let create_err = |path: &Path| {
+            let path = path.to_owned();
+            move |err| StorageError::Create { path, err }
+        };
+        fs::create_dir_all(dir).map_err(create_err(dir))?;
+        let dest = dir.join(name);
+        let part = dir.join(format!("{name}.part"));
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part).map_err(create_err(&part))?;
+        file.set_len(size).map_err(create_err(&part))?;
+        let map = map_file(&file, size, &part)?;
+        Ok(Output { part, dest, file: Arc::new(file), map })
+    }
+
+    /// Renames `NAME.part` to `NAME` (after the whole-file check).
+    pub fn finalize(&self) -> Result<(), StorageError> {
+        self.file.sync_data().map_err(|err| StorageError::Rename { from: self.part.clone(), err })?;
+        fs::rename(&self.part, &self.dest).map_err(|err| StorageError::Rename { from: self.part.clone(), err })
+    }
+}
