@@ -9,7 +9,11 @@ pub struct BitSet {
 
 impl BitSet {
     pub fn new(len: u32) -> Self {
-        BitSet { words: vec![0; (len as usize).div_ceil(64)], len, ones: 0 }
+        BitSet {
+            words: vec![0; (len as usize).div_ceil(64)],
+            len,
+            ones: 0,
+        }
     }
 
     pub fn full(len: u32) -> Self {

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "p2pshare", version, about = "Peer-to-peer chunk distribution: a coordinator server and clients")]
+#[command(
+    name = "p2pshare",
+    version,
+    about = "Peer-to-peer chunk distribution: a coordinator server and clients"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -82,14 +86,23 @@ enum Cmd {
 }
 
 fn parse_addr(flag: &str, s: &str) -> Result<SocketAddr, Error> {
-    s.parse().map_err(|_| Error::Usage(format!("{flag} {s:?} is not an IP:PORT address")))
+    s.parse()
+        .map_err(|_| Error::Usage(format!("{flag} {s:?} is not an IP:PORT address")))
 }
 
 fn dispatch(cmd: Cmd) -> Result<i32, Error> {
     match cmd {
-        Cmd::Server { listen, clients, chunk_size, log_dir, summary } => {
+        Cmd::Server {
+            listen,
+            clients,
+            chunk_size,
+            log_dir,
+            summary,
+        } => {
             if clients == 0 || clients > 1000 {
-                return Err(Error::Usage(format!("--clients must be between 1 and 1000, not {clients}")));
+                return Err(Error::Usage(format!(
+                    "--clients must be between 1 and 1000, not {clients}"
+                )));
             }
             if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
                 return Err(Error::Usage(format!(
@@ -98,15 +111,35 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             }
             let listen = parse_addr("--listen", &listen)?;
             let summary = summary.unwrap_or_else(|| log_dir.join("summary.json"));
-            server::run(ServerConfig { listen, clients, chunk_size, log_dir, summary })
+            server::run(ServerConfig {
+                listen,
+                clients,
+                chunk_size,
+                log_dir,
+                summary,
+            })
         }
-        Cmd::Client { server, file, listen, advertise, out_dir, name, log_dir, hash_threads, connect_timeout } => {
+        Cmd::Client {
+            server,
+            file,
+            listen,
+            advertise,
+            out_dir,
+            name,
+            log_dir,
+            hash_threads,
+            connect_timeout,
+        } => {
             if !server.contains(':') {
-                return Err(Error::Usage(format!("--server {server:?} must be HOST:PORT")));
+                return Err(Error::Usage(format!(
+                    "--server {server:?} must be HOST:PORT"
+                )));
             }
             let listen = parse_addr("--listen", &listen)?;
             if !(1..=64).contains(&hash_threads) {
-                return Err(Error::Usage("--hash-threads must be between 1 and 64".into()));
+                return Err(Error::Usage(
+                    "--hash-threads must be between 1 and 64".into(),
+                ));
             }
             client::run(ClientConfig {
                 server,

@@ -92,11 +92,16 @@ fn connect_server(addr: &str, give_up: Duration) -> Result<std::net::TcpStream, 
             .map_err(|e| Error::Usage(format!("cannot resolve server address {addr:?}: {e}")))?
             .next()
             .ok_or_else(|| Error::Usage(format!("server address {addr:?} resolves to nothing")))
-            .and_then(|sa| std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3)).map_err(|e| Error::Usage(e.to_string())));
+            .and_then(|sa| {
+                std::net::TcpStream::connect_timeout(&sa, Duration::from_secs(3))
+                    .map_err(|e| Error::Usage(e.to_string()))
+            });
         match attempt {
             Ok(s) => return Ok(s),
             Err(e) if Instant::now() + backoff >= deadline => {
-                return Err(Error::Usage(format!("cannot reach the server at {addr} after {give_up:?}: {e}")));
+                return Err(Error::Usage(format!(
+                    "cannot reach the server at {addr} after {give_up:?}: {e}"
+                )));
             }
             Err(_) => {
                 std::thread::sleep(backoff);
@@ -109,8 +114,14 @@ fn connect_server(addr: &str, give_up: Duration) -> Result<std::net::TcpStream, 
 pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
     let sink = logging::init(cfg.name.as_deref().unwrap_or("client"));
     if let Some(n) = &cfg.name {
-        crate::ids::check_file_name(n).map_err(|e| Error::Usage(format!("bad --name {n:?}: {e}")))?;
-        sink.open(&cfg.log_dir, n).map_err(|e| Error::Usage(format!("cannot write logs in {}: {e}", cfg.log_dir.display())))?;
+        crate::ids::check_file_name(n)
+            .map_err(|e| Error::Usage(format!("bad --name {n:?}: {e}")))?;
+        sink.open(&cfg.log_dir, n).map_err(|e| {
+            Error::Usage(format!(
+                "cannot write logs in {}: {e}",
+                cfg.log_dir.display()
+            ))
+        })?;
     }
     let mut sources = Vec::new();
     for p in &cfg.files {
@@ -119,38 +130,77 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
     let mut names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
     names.sort();
     if names.windows(2).any(|w| w[0] == w[1]) {
-        return Err(Error::Usage("two --file arguments have the same file name".into()));
+        return Err(Error::Usage(
+            "two --file arguments have the same file name".into(),
+        ));
     }
-    let listener = TcpListener::bind(cfg.listen).map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let port = listener.local_addr().map_err(|e| Error::Usage(e.to_string()))?.port();
+    let listener = TcpListener::bind(cfg.listen)
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .port();
     let std_stream = connect_server(&cfg.server, cfg.connect_for)?;
-    let local_ip = std_stream.local_addr().map_err(|e| Error::Usage(e.to_string()))?.ip();
-    std_stream.set_nonblocking(true).map_err(|e| Error::Usage(e.to_string()))?;
+    let local_ip = std_stream
+        .local_addr()
+        .map_err(|e| Error::Usage(e.to_string()))?
+        .ip();
+    std_stream
+        .set_nonblocking(true)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let _ = std_stream.set_nodelay(true);
     let advertise = match &cfg.advertise {
         Some(h) if h.parse::<SocketAddr>().is_ok() => h.clone(),
         Some(h) => {
-            let ip: std::net::IpAddr = h.parse().map_err(|_| Error::Usage(format!("--advertise {h:?} is not an IP address")))?;
+            let ip: std::net::IpAddr = h
+                .parse()
+                .map_err(|_| Error::Usage(format!("--advertise {h:?} is not an IP address")))?;
             SocketAddr::new(ip, port).to_string()
         }
         None => SocketAddr::new(local_ip, port).to_string(),
     };
-    let decls = sources.iter().map(|s| FileDecl { name: s.name.clone(), size: s.size }).collect();
-    let core = ClientCore::new(cfg.name.clone().unwrap_or_default(), advertise.clone(), decls);
+    let decls = sources
+        .iter()
+        .map(|s| FileDecl {
+            name: s.name.clone(),
+            size: s.size,
+        })
+        .collect();
+    let core = ClientCore::new(
+        cfg.name.clone().unwrap_or_default(),
+        advertise.clone(),
+        decls,
+    );
 
     let poll = Poll::new().map_err(|e| Error::Usage(format!("cannot create poll: {e}")))?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Error::Usage(e.to_string()))?);
-    let pool = HashPool::new(cfg.hash_threads, Arc::new(move || {
-        let _ = waker.wake();
-    }))
+    let waker =
+        Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Error::Usage(e.to_string()))?);
+    let pool = HashPool::new(
+        cfg.hash_threads,
+        Arc::new(move || {
+            let _ = waker.wake();
+        }),
+    )
     .map_err(|e| Error::Usage(format!("cannot start hash threads: {e}")))?;
     let mut server = Conn::new(TcpStream::from_std(std_stream), 0);
     let mut listener = listener;
     poll.registry()
-        .register(&mut server.stream, SERVER, Interest::READABLE | Interest::WRITABLE)
-        .and_then(|_| poll.registry().register(&mut listener, LISTENER, Interest::READABLE))
+        .register(
+            &mut server.stream,
+            SERVER,
+            Interest::READABLE | Interest::WRITABLE,
+        )
+        .and_then(|_| {
+            poll.registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)
+        })
         .map_err(|e| Error::Usage(format!("cannot register sockets: {e}")))?;
-    info!("start event=client_start server={} listen={} advertise={advertise} files={}", cfg.server, cfg.listen, sources.len());
+    info!(
+        "start event=client_start server={} listen={} advertise={advertise} files={}",
+        cfg.server,
+        cfg.listen,
+        sources.len()
+    );
     let mut c = Client {
         poll,
         core,
@@ -187,13 +237,19 @@ impl Client {
                 } else {
                     warn!("exit event=exit code={code} reason={reason:?}");
                 }
-                let _ = log::logger().flush();
-                return if code == 0 { Ok(0) } else if code == 2 { Err(Error::Usage(reason)) } else { Err(Error::Failed(reason)) };
+                log::logger().flush();
+                return if code == 0 {
+                    Ok(0)
+                } else if code == 2 {
+                    Err(Error::Usage(reason))
+                } else {
+                    Err(Error::Failed(reason))
+                };
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(TICK)) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::Failed(format!("poll failed: {e}")));
-                }
+            if let Err(e) = self.poll.poll(&mut events, Some(TICK))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                return Err(Error::Failed(format!("poll failed: {e}")));
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -225,11 +281,25 @@ impl Client {
                     let _ = stream.set_nodelay(true);
                     let entry = self.peers.vacant_entry();
                     let key = entry.key();
-                    if self.poll.registry().register(&mut stream, Token(key + FIRST_PEER), Interest::READABLE | Interest::WRITABLE).is_err() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(key + FIRST_PEER),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
                         continue;
                     }
                     let conn = Conn::new(stream, self.core.chunk_size());
-                    entry.insert(PeerConn { conn, peer: None, connecting: false, established: false });
+                    entry.insert(PeerConn {
+                        conn,
+                        peer: None,
+                        connecting: false,
+                        established: false,
+                    });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -241,13 +311,18 @@ impl Client {
     }
 
     fn server_io(&mut self) {
-        let Some(s) = self.server.as_mut() else { return };
+        let Some(s) = self.server.as_mut() else {
+            return;
+        };
         let mut inbound = Vec::new();
         let r = s.read(&mut self.bufs, &mut inbound);
         for x in inbound {
             match x {
                 Inbound::Msg(m) => {
-                    if let Message::Welcome { clock_us, ref name, .. } = m {
+                    if let Message::Welcome {
+                        clock_us, ref name, ..
+                    } = m
+                    {
                         let now = now_us();
                         let rtt = now.saturating_sub(self.hello_sent_at);
                         logging::set_offset_us(clock_us as i64 + (rtt / 2) as i64 - now as i64);
@@ -277,7 +352,9 @@ impl Client {
     }
 
     fn peer_io(&mut self, key: usize, writable: bool) {
-        let Some(pc) = self.peers.get_mut(key) else { return };
+        let Some(pc) = self.peers.get_mut(key) else {
+            return;
+        };
         if pc.connecting {
             if !writable {
                 return;
@@ -313,11 +390,17 @@ impl Client {
             (false, expected, Inbound::Msg(Message::PeerHello { id, .. })) => {
                 if let Some(want) = expected {
                     if want != id {
-                        return Err(format!("dialled peer {} but it says it is {}", want.0, id.0));
+                        return Err(format!(
+                            "dialled peer {} but it says it is {}",
+                            want.0, id.0
+                        ));
                     }
                 } else {
                     self.core.accept_peer(id)?;
-                    pc.conn.queue(&Message::PeerHello { version: VERSION, id: self.core.id() });
+                    pc.conn.queue(&Message::PeerHello {
+                        version: VERSION,
+                        id: self.core.id(),
+                    });
                     pc.peer = Some(id);
                 }
                 pc.established = true;
@@ -327,31 +410,48 @@ impl Client {
             }
             (false, _, _) => Err("message before hello".into()),
             (true, Some(p), Inbound::Msg(m)) => self.core.on_peer_message(p, m, now),
-            (true, Some(p), Inbound::Piece { chunk, data }) => match self.core.on_piece(p, chunk, data.len()) {
-                PieceVerdict::Verify { digest, offset, requested_at } => {
-                    let Some(out) = self.files.get(&chunk.file).and_then(|f| f.output.as_ref()) else {
+            (true, Some(p), Inbound::Piece { chunk, data }) => {
+                match self.core.on_piece(p, chunk, data.len()) {
+                    PieceVerdict::Verify {
+                        digest,
+                        offset,
+                        requested_at,
+                    } => {
+                        let Some(out) = self.files.get(&chunk.file).and_then(|f| f.output.as_ref())
+                        else {
+                            self.bufs.put(data);
+                            return Err("piece for a file without output".into());
+                        };
+                        let out = Arc::clone(&out.file);
+                        self.pool.submit(Job::Verify {
+                            peer: p,
+                            chunk,
+                            data,
+                            digest,
+                            out,
+                            offset,
+                            requested_at,
+                        });
+                        Ok(())
+                    }
+                    PieceVerdict::Discard => {
                         self.bufs.put(data);
-                        return Err("piece for a file without output".into());
-                    };
-                    let out = Arc::clone(&out.file);
-                    self.pool.submit(Job::Verify { peer: p, chunk, data, digest, out, offset, requested_at });
-                    Ok(())
+                        Ok(())
+                    }
+                    PieceVerdict::Violation(r) => {
+                        self.bufs.put(data);
+                        Err(r)
+                    }
                 }
-                PieceVerdict::Discard => {
-                    self.bufs.put(data);
-                    Ok(())
-                }
-                PieceVerdict::Violation(r) => {
-                    self.bufs.put(data);
-                    Err(r)
-                }
-            },
+            }
             (true, None, _) => Err("no peer id".into()),
         }
     }
 
     fn drop_peer(&mut self, key: usize, reason: &str) {
-        let Some(mut pc) = self.peers.try_remove(key) else { return };
+        let Some(mut pc) = self.peers.try_remove(key) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut pc.conn.stream);
         if let Some(p) = pc.peer {
             if self.by_peer.get(&p) == Some(&key) {
@@ -360,7 +460,10 @@ impl Client {
             if pc.established {
                 self.core.on_peer_lost(p, reason, now_us());
             } else {
-                warn!("peer_error event=peer_connect_failed peer={} reason={reason:?}", self.core.peer_name(p));
+                warn!(
+                    "peer_error event=peer_connect_failed peer={} reason={reason:?}",
+                    self.core.peer_name(p)
+                );
             }
         } else {
             warn!("peer_error event=handshake_failed reason={reason:?}");
@@ -371,8 +474,19 @@ impl Client {
         while let Some(done) = self.pool.try_recv() {
             let now = now_us();
             match done {
-                Done::Hashed { file, first, digests } => self.core.on_own_digests(file, first, digests),
-                Done::Verified { peer, chunk, ok, data, requested_at, write_error } => {
+                Done::Hashed {
+                    file,
+                    first,
+                    digests,
+                } => self.core.on_own_digests(file, first, digests),
+                Done::Verified {
+                    peer,
+                    chunk,
+                    ok,
+                    data,
+                    requested_at,
+                    write_error,
+                } => {
                     self.bufs.put(data);
                     if let Some(e) = write_error {
                         self.exit = Some((1, format!("cannot write chunk {chunk}: {e}")));
@@ -380,7 +494,12 @@ impl Client {
                     }
                     self.core.on_verified(peer, chunk, ok, requested_at, now);
                 }
-                Done::Streamed { file, upto, ctx, md5 } => {
+                Done::Streamed {
+                    file,
+                    upto,
+                    ctx,
+                    md5,
+                } => {
                     if let Some(f) = self.files.get_mut(&file) {
                         f.stream_ctx = ctx;
                     }
@@ -400,7 +519,15 @@ impl Client {
             } else {
                 None
             };
-            self.files.insert(file, FileIo { map, geo, output: None, stream_ctx: None });
+            self.files.insert(
+                file,
+                FileIo {
+                    map,
+                    geo,
+                    output: None,
+                    stream_ctx: None,
+                },
+            );
         }
         self.files.get_mut(&file)
     }
@@ -425,9 +552,14 @@ impl Client {
                     }
                 }
                 Action::CreateOutput { file } => {
-                    let Some(slot) = self.core.file(file) else { continue };
+                    let Some(slot) = self.core.file(file) else {
+                        continue;
+                    };
                     let (name, size) = (slot.info.name.clone(), slot.info.size);
-                    let dir = self.out_dir.clone().unwrap_or_else(|| PathBuf::from("downloads"));
+                    let dir = self
+                        .out_dir
+                        .clone()
+                        .unwrap_or_else(|| PathBuf::from("downloads"));
                     match Output::create(&dir, &name, size) {
                         Ok(out) => {
                             if let Some(f) = self.file_io(file) {
@@ -439,21 +571,43 @@ impl Client {
                     }
                 }
                 Action::HashOwn { file, first, count } => {
-                    let Some(f) = self.file_io(file) else { continue };
+                    let Some(f) = self.file_io(file) else {
+                        continue;
+                    };
                     if let Some(map) = f.map.clone() {
                         let geo = f.geo;
-                        self.pool.submit(Job::HashChunks { file, map, geo, first, count });
+                        self.pool.submit(Job::HashChunks {
+                            file,
+                            map,
+                            geo,
+                            first,
+                            count,
+                        });
                     }
                 }
                 Action::Stream { file, from, to } => {
-                    let Some(f) = self.file_io(file) else { continue };
+                    let Some(f) = self.file_io(file) else {
+                        continue;
+                    };
                     let ctx = f.stream_ctx.take().unwrap_or_default();
                     let finish = to == f.geo.chunk_count();
                     let (map, geo) = (f.map.clone(), f.geo);
-                    self.pool.submit(Job::Stream { file, map, geo, from, to, ctx, finish });
+                    self.pool.submit(Job::Stream {
+                        file,
+                        map,
+                        geo,
+                        from,
+                        to,
+                        ctx,
+                        finish,
+                    });
                 }
                 Action::Finalize { file } => {
-                    let r = self.files.get(&file).and_then(|f| f.output.as_ref()).map(Output::finalize);
+                    let r = self
+                        .files
+                        .get(&file)
+                        .and_then(|f| f.output.as_ref())
+                        .map(Output::finalize);
                     match r {
                         Some(Ok(())) => self.core.on_finalized(file, now_us()),
                         Some(Err(e)) => self.exit = Some((1, e.to_string())),
@@ -469,25 +623,48 @@ impl Client {
 
     fn connect(&mut self, peer: PeerId, addr: &str) {
         let Ok(sa) = addr.parse::<SocketAddr>() else {
-            warn!("peer_error event=bad_peer_address peer={} addr={addr:?}", self.core.peer_name(peer));
+            warn!(
+                "peer_error event=bad_peer_address peer={} addr={addr:?}",
+                self.core.peer_name(peer)
+            );
             return;
         };
         let mut stream = match TcpStream::connect(sa) {
             Ok(s) => s,
             Err(e) => {
-                warn!("peer_error event=peer_connect_failed peer={} error={e}", self.core.peer_name(peer));
+                warn!(
+                    "peer_error event=peer_connect_failed peer={} error={e}",
+                    self.core.peer_name(peer)
+                );
                 return;
             }
         };
         let _ = stream.set_nodelay(true);
         let entry = self.peers.vacant_entry();
         let key = entry.key();
-        if self.poll.registry().register(&mut stream, Token(key + FIRST_PEER), Interest::READABLE | Interest::WRITABLE).is_err() {
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut stream,
+                Token(key + FIRST_PEER),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
             return;
         }
         let mut conn = Conn::new(stream, self.core.chunk_size());
-        conn.queue(&Message::PeerHello { version: VERSION, id: self.core.id() });
-        entry.insert(PeerConn { conn, peer: Some(peer), connecting: true, established: false });
+        conn.queue(&Message::PeerHello {
+            version: VERSION,
+            id: self.core.id(),
+        });
+        entry.insert(PeerConn {
+            conn,
+            peer: Some(peer),
+            connecting: true,
+            established: false,
+        });
         self.by_peer.insert(peer, key);
     }
 
@@ -495,14 +672,15 @@ impl Client {
     fn serve_and_flush(&mut self) {
         let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
         for key in keys {
-            loop {
-                let Some(pc) = self.peers.get_mut(key) else { break };
+            while let Some(pc) = self.peers.get_mut(key) {
                 if pc.connecting {
                     break;
                 }
                 if let Some(p) = pc.peer.filter(|_| pc.established) {
                     while pc.conn.pieces_queued() < PIECES_QUEUED {
-                        let Some((c, offset, len)) = self.core.next_piece(p) else { break };
+                        let Some((c, offset, len)) = self.core.next_piece(p) else {
+                            break;
+                        };
                         let map = self.files.get(&c.file).and_then(|f| f.map.clone());
                         match map {
                             Some(m) => pc.conn.queue_piece(c, m, offset as usize, len as usize),

@@ -26,25 +26,50 @@ pub const MAX_BAD_CHUNKS: u32 = 3;
 pub enum Action {
     ToServer(Message),
     ToPeer(PeerId, Message),
-    Connect { peer: PeerId, addr: String },
-    Disconnect { peer: PeerId, reason: String },
+    Connect {
+        peer: PeerId,
+        addr: String,
+    },
+    Disconnect {
+        peer: PeerId,
+        reason: String,
+    },
     /// Create and pre-size the `.part` output file of a file this node downloads.
-    CreateOutput { file: FileId },
+    CreateOutput {
+        file: FileId,
+    },
     /// Compute the digests of chunks `first..first+count` of an own file.
-    HashOwn { file: FileId, first: u32, count: u32 },
+    HashOwn {
+        file: FileId,
+        first: u32,
+        count: u32,
+    },
     /// Feed chunks `from..to` of a file into its whole-file MD5 (finish it when `to` is the end).
-    Stream { file: FileId, from: u32, to: u32 },
+    Stream {
+        file: FileId,
+        from: u32,
+        to: u32,
+    },
     /// The file verified whole: rename `.part` to its final name.
-    Finalize { file: FileId },
+    Finalize {
+        file: FileId,
+    },
     /// Stop the node with this exit code.
-    Exit { code: i32, reason: String },
+    Exit {
+        code: i32,
+        reason: String,
+    },
 }
 
 /// What the shell must do with an arriving piece.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PieceVerdict {
     /// Hash it against `digest` on the pool; write it at `offset` if it matches.
-    Verify { digest: Digest, offset: u64, requested_at: u64 },
+    Verify {
+        digest: Digest,
+        offset: u64,
+        requested_at: u64,
+    },
     /// Drop it (a duplicate or a cancelled request).
     Discard,
     /// Close the connection: the peer broke the protocol.
@@ -71,6 +96,9 @@ pub struct FileSlot {
     computed: Option<Digest>,
     stream_pos: u32,
     stream_busy: bool,
+    /// The whole-file MD5 matched and the rename was asked for.
+    finalizing: bool,
+    /// Renamed to its final name: complete.
     done: bool,
 }
 
@@ -177,24 +205,42 @@ impl ClientCore {
 
     pub fn on_server_message(&mut self, msg: Message, now: u64) {
         match (self.phase, msg) {
-            (Phase::Hello, Message::Welcome { id, name, chunk_size, files, clients, .. }) => {
-                self.on_welcome(id, name, chunk_size, files, clients, now)
-            }
+            (
+                Phase::Hello,
+                Message::Welcome {
+                    id,
+                    name,
+                    chunk_size,
+                    files,
+                    clients,
+                    ..
+                },
+            ) => self.on_welcome(id, name, chunk_size, files, clients, now),
             (_, Message::Refuse { reason }) => {
                 warn!("refused event=refused reason={reason:?}");
                 self.exit(2, format!("the server refused this client: {reason}"));
             }
             (Phase::Joined, Message::Start { peers, files }) => self.on_start(peers, files, now),
-            (Phase::Started | Phase::Complete, Message::ChunkDigests { file, first, digests }) => {
-                self.on_digests(file, first, digests, now)
+            (
+                Phase::Started | Phase::Complete,
+                Message::ChunkDigests {
+                    file,
+                    first,
+                    digests,
+                },
+            ) => self.on_digests(file, first, digests, now),
+            (Phase::Started | Phase::Complete, Message::FileDigest { file, md5 }) => {
+                self.on_whole_digest(file, md5)
             }
-            (Phase::Started | Phase::Complete, Message::FileDigest { file, md5 }) => self.on_whole_digest(file, md5),
             (_, Message::Shutdown) => {
                 info!("shutdown event=shutdown_received");
                 if self.phase == Phase::Complete {
                     self.exit(0, "every client holds every file".into());
                 } else {
-                    self.exit(1, "the server ended the run before this client held every file".into());
+                    self.exit(
+                        1,
+                        "the server ended the run before this client held every file".into(),
+                    );
                 }
             }
             (phase, m) => {
@@ -205,9 +251,25 @@ impl ClientCore {
         }
     }
 
-    fn on_welcome(&mut self, id: PeerId, name: String, chunk_size: u32, files: Vec<FileId>, clients: u32, now: u64) {
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) || files.len() != self.decls.len() {
-            self.exit(1, format!("the server sent a bad welcome (chunk size {chunk_size}, {} file ids)", files.len()));
+    fn on_welcome(
+        &mut self,
+        id: PeerId,
+        name: String,
+        chunk_size: u32,
+        files: Vec<FileId>,
+        clients: u32,
+        now: u64,
+    ) {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+            || files.len() != self.decls.len()
+        {
+            self.exit(
+                1,
+                format!(
+                    "the server sent a bad welcome (chunk size {chunk_size}, {} file ids)",
+                    files.len()
+                ),
+            );
             return;
         }
         self.id = id;
@@ -216,17 +278,29 @@ impl ClientCore {
         self.joined_at = now;
         self.phase = Phase::Joined;
         self.sched = Scheduler::new(id);
-        info!("connected event=connected id={} name={} clients={clients} chunk_size={chunk_size}", id.0, self.name);
+        info!(
+            "connected event=connected id={} name={} clients={clients} chunk_size={chunk_size}",
+            id.0, self.name
+        );
         for (fid, d) in files.iter().zip(self.decls.clone()) {
             let geo = Geometry::new(d.size, chunk_size);
             let count = geo.chunk_count();
-            let info = FileInfo { id: *fid, owner: id, name: d.name, size: d.size };
+            let info = FileInfo {
+                id: *fid,
+                owner: id,
+                name: d.name,
+                size: d.size,
+            };
             self.files.insert(*fid, FileSlot::new(info, geo, true));
             self.own_hashed.insert(*fid, 0);
             let mut first = 0;
             while first < count {
                 let n = HASH_BATCH.min(count - first);
-                self.actions.push_back(Action::HashOwn { file: *fid, first, count: n });
+                self.actions.push_back(Action::HashOwn {
+                    file: *fid,
+                    first,
+                    count: n,
+                });
                 first += n;
             }
             self.maybe_stream(*fid);
@@ -239,8 +313,16 @@ impl ClientCore {
             return;
         }
         self.phase = Phase::Started;
-        let names: Vec<String> = peers.iter().map(|p| format!("{}={}@{}", p.id.0, p.name, p.addr)).collect();
-        info!("client_list event=client_list_received clients={} files={} list={}", peers.len(), files.len(), names.join(","));
+        let names: Vec<String> = peers
+            .iter()
+            .map(|p| format!("{}={}@{}", p.id.0, p.name, p.addr))
+            .collect();
+        info!(
+            "client_list event=client_list_received clients={} files={} list={}",
+            peers.len(),
+            files.len(),
+            names.join(",")
+        );
         let all: Vec<PeerId> = peers.iter().map(|p| p.id).collect();
         for f in &files {
             let geo = Geometry::new(f.size, self.chunk_size);
@@ -248,7 +330,8 @@ impl ClientCore {
             if f.owner == self.id {
                 continue;
             }
-            self.files.insert(f.id, FileSlot::new(f.clone(), geo, false));
+            self.files
+                .insert(f.id, FileSlot::new(f.clone(), geo, false));
             self.actions.push_back(Action::CreateOutput { file: f.id });
             self.maybe_stream(f.id);
         }
@@ -257,9 +340,20 @@ impl ClientCore {
                 continue;
             }
             if p.id < self.id {
-                self.actions.push_back(Action::Connect { peer: p.id, addr: p.addr.clone() });
+                self.actions.push_back(Action::Connect {
+                    peer: p.id,
+                    addr: p.addr.clone(),
+                });
             }
-            self.peers.insert(p.id, PeerSlot { info: p, connected: false, serve: VecDeque::new(), bad_chunks: 0 });
+            self.peers.insert(
+                p.id,
+                PeerSlot {
+                    info: p,
+                    connected: false,
+                    serve: VecDeque::new(),
+                    bad_chunks: 0,
+                },
+            );
         }
         self.check_all_done(now);
     }
@@ -280,7 +374,10 @@ impl ClientCore {
             if !peers.iter().any(|p| p.id == f.owner) {
                 return Err(format!("file {:?} has an unknown owner", f.name));
             }
-            if Geometry::new(f.size, self.chunk_size).checked_chunk_count().is_none() {
+            if Geometry::new(f.size, self.chunk_size)
+                .checked_chunk_count()
+                .is_none()
+            {
                 return Err(format!("file {:?} has too many chunks", f.name));
             }
             let mine = self.files.get(&f.id).map(|s| s.owned).unwrap_or(false);
@@ -299,7 +396,10 @@ impl ClientCore {
         let count = f.geo.chunk_count();
         let n = digests.len() as u32;
         if f.owned || first != f.known || first.checked_add(n).is_none_or(|e| e > count) {
-            let reason = format!("digests for {} out of order or range ({first}+{n})", f.info.name);
+            let reason = format!(
+                "digests for {} out of order or range ({first}+{n})",
+                f.info.name
+            );
             self.exit(1, reason);
             return;
         }
@@ -307,7 +407,10 @@ impl ClientCore {
         f.known += n;
         self.sched.set_known(file, first, n);
         if f.known == count {
-            debug!("digests event=chunk_digests_complete file={} chunks={count}", f.info.name);
+            debug!(
+                "digests event=chunk_digests_complete file={} chunks={count}",
+                f.info.name
+            );
         }
         self.manifest_check();
         self.fill_all(now);
@@ -329,11 +432,21 @@ impl ClientCore {
     }
 
     fn manifest_check(&self) {
-        let complete = self.files.values().all(|f| f.owned || (f.known == f.geo.chunk_count() && f.whole.is_some()));
+        let complete = self
+            .files
+            .values()
+            .all(|f| f.owned || (f.known == f.geo.chunk_count() && f.whole.is_some()));
         if complete && self.phase == Phase::Started {
-            let all_known = self.files.values().filter(|f| !f.owned).all(|f| f.whole.is_some());
+            let all_known = self
+                .files
+                .values()
+                .filter(|f| !f.owned)
+                .all(|f| f.whole.is_some());
             if all_known {
-                info!("manifest event=manifest_received files={}", self.files.len());
+                info!(
+                    "manifest event=manifest_received files={}",
+                    self.files.len()
+                );
             }
         }
     }
@@ -345,9 +458,15 @@ impl ClientCore {
         }
         warn!("server_lost event=server_lost phase={:?}", self.phase);
         match self.phase {
-            Phase::Complete => self.exit(0, "the server is gone and this client holds every file".into()),
+            Phase::Complete => self.exit(
+                0,
+                "the server is gone and this client holds every file".into(),
+            ),
             Phase::Exited => {}
-            _ => self.exit(1, "lost the connection to the server before holding every file".into()),
+            _ => self.exit(
+                1,
+                "lost the connection to the server before holding every file".into(),
+            ),
         }
     }
 
@@ -356,7 +475,9 @@ impl ClientCore {
     /// Digests of own-file chunks `first..` are ready. Jobs finish out of order on the pool;
     /// digests go to the server in order, as soon as the prefix before them is complete.
     pub fn on_own_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>) {
-        let Some(f) = self.files.get_mut(&file) else { return };
+        let Some(f) = self.files.get_mut(&file) else {
+            return;
+        };
         let count = f.geo.chunk_count();
         let pending = self.own_pending.entry(file).or_default();
         pending.insert(first, digests);
@@ -364,25 +485,40 @@ impl ClientCore {
         while let Some(batch) = pending.remove(sent) {
             for (k, d) in batch.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
                 let at = *sent + (k * MAX_DIGESTS_PER_FRAME) as u32;
-                self.actions.push_back(Action::ToServer(Message::ChunkDigests { file, first: at, digests: d.to_vec() }));
+                self.actions
+                    .push_back(Action::ToServer(Message::ChunkDigests {
+                        file,
+                        first: at,
+                        digests: d.to_vec(),
+                    }));
             }
             *sent += batch.len() as u32;
             if *sent == count {
-                info!("md5_sent event=chunk_md5_sent file={} chunks={count}", f.info.name);
+                info!(
+                    "md5_sent event=chunk_md5_sent file={} chunks={count}",
+                    f.info.name
+                );
             }
         }
     }
 
     /// A whole-file hashing job ended at chunk `upto`; `md5` is set when the file is finished.
     pub fn on_stream(&mut self, file: FileId, upto: u32, md5: Option<Digest>) {
-        let Some(f) = self.files.get_mut(&file) else { return };
+        let Some(f) = self.files.get_mut(&file) else {
+            return;
+        };
         f.stream_busy = false;
         f.stream_pos = upto;
         if let Some(d) = md5 {
             f.computed = Some(d);
             if f.owned {
-                info!("md5_sent event=file_md5_sent file={} md5={}", f.info.name, hex(&d));
-                self.actions.push_back(Action::ToServer(Message::FileDigest { file, md5: d }));
+                info!(
+                    "md5_sent event=file_md5_sent file={} md5={}",
+                    f.info.name,
+                    hex(&d)
+                );
+                self.actions
+                    .push_back(Action::ToServer(Message::FileDigest { file, md5: d }));
             } else {
                 self.maybe_finish(file);
             }
@@ -391,7 +527,9 @@ impl ClientCore {
     }
 
     fn maybe_stream(&mut self, file: FileId) {
-        let Some(f) = self.files.get_mut(&file) else { return };
+        let Some(f) = self.files.get_mut(&file) else {
+            return;
+        };
         let count = f.geo.chunk_count();
         if f.stream_busy || f.computed.is_some() || (self.phase == Phase::Hello) {
             return;
@@ -403,18 +541,26 @@ impl ClientCore {
         }
         if to > f.stream_pos || count == 0 {
             f.stream_busy = true;
-            self.actions.push_back(Action::Stream { file, from: f.stream_pos, to });
+            self.actions.push_back(Action::Stream {
+                file,
+                from: f.stream_pos,
+                to,
+            });
         }
     }
 
     fn maybe_finish(&mut self, file: FileId) {
-        let Some(f) = self.files.get_mut(&file) else { return };
-        let (Some(w), Some(c)) = (f.whole, f.computed) else { return };
-        if f.done || f.owned {
+        let Some(f) = self.files.get_mut(&file) else {
+            return;
+        };
+        let (Some(w), Some(c)) = (f.whole, f.computed) else {
+            return;
+        };
+        if f.finalizing || f.owned {
             return;
         }
         if w == c {
-            f.done = true;
+            f.finalizing = true;
             self.actions.push_back(Action::Finalize { file });
         } else {
             let reason = format!(
@@ -423,14 +569,20 @@ impl ClientCore {
                 hex(&c),
                 hex(&w)
             );
-            warn!("file_failed event=file_md5_mismatch file={} reason={reason:?}", f.info.name);
+            warn!(
+                "file_failed event=file_md5_mismatch file={} reason={reason:?}",
+                f.info.name
+            );
             self.exit(1, reason);
         }
     }
 
     /// The shell renamed the verified file to its final name.
     pub fn on_finalized(&mut self, file: FileId, now: u64) {
-        let Some(f) = self.files.get(&file) else { return };
+        let Some(f) = self.files.get_mut(&file) else {
+            return;
+        };
+        f.done = true;
         let ms = now.saturating_sub(self.joined_at) as f64 / 1000.0;
         info!(
             "file_complete event=file_complete file={} bytes={} md5={} elapsed_ms={ms:.3}",
@@ -438,7 +590,8 @@ impl ClientCore {
             f.info.size,
             hex(&f.computed.unwrap_or_default())
         );
-        self.actions.push_back(Action::ToServer(Message::FileComplete { file }));
+        self.actions
+            .push_back(Action::ToServer(Message::FileComplete { file }));
         self.check_all_done(now);
     }
 
@@ -476,14 +629,21 @@ impl ClientCore {
     }
 
     pub fn peer_name(&self, id: PeerId) -> String {
-        self.peers.get(&id).map_or_else(|| format!("peer{}", id.0), |p| p.info.name.clone())
+        self.peers
+            .get(&id)
+            .map_or_else(|| format!("peer{}", id.0), |p| p.info.name.clone())
     }
 
     /// A peer connection is established (either direction) and its hello checked.
     pub fn on_peer_connected(&mut self, p: PeerId, now: u64) {
-        let Some(slot) = self.peers.get_mut(&p) else { return };
+        let Some(slot) = self.peers.get_mut(&p) else {
+            return;
+        };
         slot.connected = true;
-        info!("peer_connected event=peer_connected peer={} addr={}", slot.info.name, slot.info.addr);
+        info!(
+            "peer_connected event=peer_connected peer={} addr={}",
+            slot.info.name, slot.info.addr
+        );
         self.sched.peer_connected(p);
         for (id, f) in &self.files {
             if f.owned || f.info.owner == p {
@@ -492,20 +652,31 @@ impl ClientCore {
             if let Some(h) = self.sched.have_set(*id)
                 && h.count() > 0
             {
-                self.actions.push_back(Action::ToPeer(p, Message::Bitfield { file: *id, bits: h.to_bytes() }));
+                self.actions.push_back(Action::ToPeer(
+                    p,
+                    Message::Bitfield {
+                        file: *id,
+                        bits: h.to_bytes(),
+                    },
+                ));
             }
         }
         self.fill(p, now);
     }
 
     pub fn on_peer_lost(&mut self, p: PeerId, reason: &str, now: u64) {
-        let Some(slot) = self.peers.get_mut(&p) else { return };
+        let Some(slot) = self.peers.get_mut(&p) else {
+            return;
+        };
         if !slot.connected {
             return;
         }
         slot.connected = false;
         slot.serve.clear();
-        info!("peer_disconnected event=peer_disconnected peer={} reason={reason:?}", slot.info.name);
+        info!(
+            "peer_disconnected event=peer_disconnected peer={} reason={reason:?}",
+            slot.info.name
+        );
         self.sched.peer_disconnected(p);
         self.fill_all(now);
     }
@@ -525,7 +696,9 @@ impl ClientCore {
             }
             Message::Request { chunk } => {
                 if !self.holds(chunk) {
-                    return Err(format!("request for chunk {chunk}, which this node does not hold"));
+                    return Err(format!(
+                        "request for chunk {chunk}, which this node does not hold"
+                    ));
                 }
                 let slot = self.peers.get_mut(&p).ok_or("unknown peer")?;
                 if slot.serve.len() >= MAX_SERVE_QUEUE {
@@ -570,11 +743,18 @@ impl ClientCore {
             return PieceVerdict::Violation(format!("piece {c} out of range"));
         }
         if len != f.geo.chunk_len(c.index) as usize {
-            return PieceVerdict::Violation(format!("piece {c} has {len} bytes, expected {}", f.geo.chunk_len(c.index)));
+            return PieceVerdict::Violation(format!(
+                "piece {c} has {len} bytes, expected {}",
+                f.geo.chunk_len(c.index)
+            ));
         }
         let (digest, offset) = (f.digests[c.index as usize], f.geo.offset(c.index));
         match self.sched.on_piece(p, c) {
-            PieceOutcome::Verify { requested_at } => PieceVerdict::Verify { digest, offset, requested_at },
+            PieceOutcome::Verify { requested_at } => PieceVerdict::Verify {
+                digest,
+                offset,
+                requested_at,
+            },
             PieceOutcome::Discard => PieceVerdict::Discard,
             PieceOutcome::Unrequested => PieceVerdict::Violation(format!("unrequested piece {c}")),
         }
@@ -584,9 +764,12 @@ impl ClientCore {
     pub fn on_verified(&mut self, p: PeerId, c: ChunkId, ok: bool, requested_at: u64, now: u64) {
         let cancel = self.sched.on_verified(c, p, ok);
         for q in cancel {
-            self.actions.push_back(Action::ToPeer(q, Message::Cancel { chunk: c }));
+            self.actions
+                .push_back(Action::ToPeer(q, Message::Cancel { chunk: c }));
         }
-        let Some(f) = self.files.get(&c.file) else { return };
+        let Some(f) = self.files.get(&c.file) else {
+            return;
+        };
         let len = f.geo.chunk_len(c.index);
         let from = self.peer_name(p);
         let ms = now.saturating_sub(requested_at) as f64 / 1000.0;
@@ -600,17 +783,22 @@ impl ClientCore {
             let owner = f.info.owner;
             for (q, s) in &self.peers {
                 if s.connected && *q != p && *q != owner {
-                    self.actions.push_back(Action::ToPeer(*q, Message::Have { chunk: c }));
+                    self.actions
+                        .push_back(Action::ToPeer(*q, Message::Have { chunk: c }));
                 }
             }
             self.maybe_stream(c.file);
         } else {
-            warn!("chunk_failed event=chunk_md5_failed file={} index={} from={from} bytes={len}", f.info.name, c.index);
+            warn!(
+                "chunk_failed event=chunk_md5_failed file={} index={} from={from} bytes={len}",
+                f.info.name, c.index
+            );
             if let Some(s) = self.peers.get_mut(&p) {
                 s.bad_chunks += 1;
                 if s.bad_chunks >= MAX_BAD_CHUNKS && s.connected {
                     let reason = format!("{} chunks failed their MD5", s.bad_chunks);
-                    self.actions.push_back(Action::Disconnect { peer: p, reason });
+                    self.actions
+                        .push_back(Action::Disconnect { peer: p, reason });
                 }
             }
         }
@@ -621,8 +809,12 @@ impl ClientCore {
 
     pub fn on_tick(&mut self, now: u64) {
         for (p, c) in self.sched.expire(now) {
-            warn!("request_timeout event=request_timeout peer={} chunk={c}", self.peer_name(p));
-            self.actions.push_back(Action::ToPeer(p, Message::Cancel { chunk: c }));
+            warn!(
+                "request_timeout event=request_timeout peer={} chunk={c}",
+                self.peer_name(p)
+            );
+            self.actions
+                .push_back(Action::ToPeer(p, Message::Cancel { chunk: c }));
         }
         if self.progress_dirty && now.saturating_sub(self.last_progress) >= PROGRESS_EVERY_US {
             self.send_progress(now);
@@ -654,7 +846,8 @@ impl ClientCore {
             return;
         }
         while let Some(c) = self.sched.next_request(p, now) {
-            self.actions.push_back(Action::ToPeer(p, Message::Request { chunk: c }));
+            self.actions
+                .push_back(Action::ToPeer(p, Message::Request { chunk: c }));
         }
     }
 
@@ -681,6 +874,7 @@ impl FileSlot {
             computed: None,
             stream_pos: 0,
             stream_busy: false,
+            finalizing: false,
             done: false,
         }
     }

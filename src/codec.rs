@@ -50,24 +50,69 @@ pub struct FileInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     // client -> server
-    Hello { version: u16, listen: String, name: String, files: Vec<FileDecl> },
-    Progress { bytes_received: u64, bytes_sent: u64, have: Vec<(FileId, u32)> },
-    FileComplete { file: FileId },
-    Done { bytes_received: u64, bytes_sent: u64 },
+    Hello {
+        version: u16,
+        listen: String,
+        name: String,
+        files: Vec<FileDecl>,
+    },
+    Progress {
+        bytes_received: u64,
+        bytes_sent: u64,
+        have: Vec<(FileId, u32)>,
+    },
+    FileComplete {
+        file: FileId,
+    },
+    Done {
+        bytes_received: u64,
+        bytes_sent: u64,
+    },
     // server -> client
-    Welcome { id: PeerId, name: String, clock_us: u64, chunk_size: u32, clients: u32, files: Vec<FileId> },
-    Refuse { reason: String },
-    Start { peers: Vec<PeerInfo>, files: Vec<FileInfo> },
+    Welcome {
+        id: PeerId,
+        name: String,
+        clock_us: u64,
+        chunk_size: u32,
+        clients: u32,
+        files: Vec<FileId>,
+    },
+    Refuse {
+        reason: String,
+    },
+    Start {
+        peers: Vec<PeerInfo>,
+        files: Vec<FileInfo>,
+    },
     Shutdown,
     // both directions between client and server
-    ChunkDigests { file: FileId, first: u32, digests: Vec<Digest> },
-    FileDigest { file: FileId, md5: Digest },
+    ChunkDigests {
+        file: FileId,
+        first: u32,
+        digests: Vec<Digest>,
+    },
+    FileDigest {
+        file: FileId,
+        md5: Digest,
+    },
     // client <-> client
-    PeerHello { version: u16, id: PeerId },
-    Bitfield { file: FileId, bits: Vec<u8> },
-    Have { chunk: ChunkId },
-    Request { chunk: ChunkId },
-    Cancel { chunk: ChunkId },
+    PeerHello {
+        version: u16,
+        id: PeerId,
+    },
+    Bitfield {
+        file: FileId,
+        bits: Vec<u8>,
+    },
+    Have {
+        chunk: ChunkId,
+    },
+    Request {
+        chunk: ChunkId,
+    },
+    Cancel {
+        chunk: ChunkId,
+    },
 }
 
 mod kind {
@@ -115,7 +160,10 @@ impl Message {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// The length prefix exceeds the cap for that kind of frame.
-    TooLong { len: u64, max: u64 },
+    TooLong {
+        len: u64,
+        max: u64,
+    },
     /// A field runs past the end of its frame.
     Truncated,
     /// Bytes are left over after the last field of a frame.
@@ -134,12 +182,16 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::TooLong { len, max } => write!(f, "frame of {len} bytes exceeds the cap of {max}"),
+            DecodeError::TooLong { len, max } => {
+                write!(f, "frame of {len} bytes exceeds the cap of {max}")
+            }
             DecodeError::Truncated => f.write_str("truncated frame"),
             DecodeError::Trailing => f.write_str("trailing bytes in frame"),
             DecodeError::UnknownKind(k) => write!(f, "unknown message kind {k}"),
             DecodeError::BadMagic => f.write_str("bad magic (not a p2pshare peer)"),
-            DecodeError::BadVersion(v) => write!(f, "unsupported protocol version {v} (we speak {VERSION})"),
+            DecodeError::BadVersion(v) => {
+                write!(f, "unsupported protocol version {v} (we speak {VERSION})")
+            }
             DecodeError::BadUtf8 => f.write_str("string is not UTF-8"),
             DecodeError::BadCount => f.write_str("element count larger than the frame"),
             DecodeError::Empty => f.write_str("empty frame"),
@@ -192,7 +244,12 @@ impl Writer {
 pub fn encode(msg: &Message) -> Vec<u8> {
     use kind::*;
     let w = match msg {
-        Message::Hello { version, listen, name, files } => {
+        Message::Hello {
+            version,
+            listen,
+            name,
+            files,
+        } => {
             let mut w = Writer::frame(HELLO);
             w.bytes(&MAGIC);
             w.u16(*version);
@@ -205,7 +262,11 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             }
             w
         }
-        Message::Progress { bytes_received, bytes_sent, have } => {
+        Message::Progress {
+            bytes_received,
+            bytes_sent,
+            have,
+        } => {
             let mut w = Writer::frame(PROGRESS);
             w.u64(*bytes_received);
             w.u64(*bytes_sent);
@@ -221,13 +282,23 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.u32(file.0);
             w
         }
-        Message::Done { bytes_received, bytes_sent } => {
+        Message::Done {
+            bytes_received,
+            bytes_sent,
+        } => {
             let mut w = Writer::frame(DONE);
             w.u64(*bytes_received);
             w.u64(*bytes_sent);
             w
         }
-        Message::Welcome { id, name, clock_us, chunk_size, clients, files } => {
+        Message::Welcome {
+            id,
+            name,
+            clock_us,
+            chunk_size,
+            clients,
+            files,
+        } => {
             let mut w = Writer::frame(WELCOME);
             w.u32(id.0);
             w.str(name);
@@ -263,7 +334,11 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w
         }
         Message::Shutdown => Writer::frame(SHUTDOWN),
-        Message::ChunkDigests { file, first, digests } => {
+        Message::ChunkDigests {
+            file,
+            first,
+            digests,
+        } => {
             let mut w = Writer::frame(CHUNK_DIGESTS);
             w.u32(file.0);
             w.u32(*first);
@@ -338,13 +413,19 @@ impl<'a> Reader<'a> {
         Ok(h)
     }
     fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().unwrap_or_default()))
+        Ok(u16::from_be_bytes(
+            self.take(2)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(self.take(4)?.try_into().unwrap_or_default()))
+        Ok(u32::from_be_bytes(
+            self.take(4)?.try_into().unwrap_or_default(),
+        ))
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()))
+        Ok(u64::from_be_bytes(
+            self.take(8)?.try_into().unwrap_or_default(),
+        ))
     }
     fn digest(&mut self) -> Result<Digest, DecodeError> {
         let mut d = [0u8; 16];
@@ -366,7 +447,10 @@ impl<'a> Reader<'a> {
         Ok(n)
     }
     fn chunk(&mut self) -> Result<ChunkId, DecodeError> {
-        Ok(ChunkId { file: FileId(self.u32()?), index: self.u32()? })
+        Ok(ChunkId {
+            file: FileId(self.u32()?),
+            index: self.u32()?,
+        })
     }
     fn magic_version(&mut self) -> Result<u16, DecodeError> {
         if self.take(4)? != MAGIC {
@@ -379,7 +463,11 @@ impl<'a> Reader<'a> {
         Ok(v)
     }
     fn end(&self) -> Result<(), DecodeError> {
-        if self.b.is_empty() { Ok(()) } else { Err(DecodeError::Trailing) }
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::Trailing)
+        }
     }
 }
 
@@ -395,9 +483,17 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
             let n = r.count(10)?;
             let mut files = Vec::with_capacity(n);
             for _ in 0..n {
-                files.push(FileDecl { name: r.str()?, size: r.u64()? });
+                files.push(FileDecl {
+                    name: r.str()?,
+                    size: r.u64()?,
+                });
             }
-            Message::Hello { version, listen, name, files }
+            Message::Hello {
+                version,
+                listen,
+                name,
+                files,
+            }
         }
         PROGRESS => {
             let bytes_received = r.u64()?;
@@ -407,10 +503,19 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
             for _ in 0..n {
                 have.push((FileId(r.u32()?), r.u32()?));
             }
-            Message::Progress { bytes_received, bytes_sent, have }
+            Message::Progress {
+                bytes_received,
+                bytes_sent,
+                have,
+            }
         }
-        FILE_COMPLETE => Message::FileComplete { file: FileId(r.u32()?) },
-        DONE => Message::Done { bytes_received: r.u64()?, bytes_sent: r.u64()? },
+        FILE_COMPLETE => Message::FileComplete {
+            file: FileId(r.u32()?),
+        },
+        DONE => Message::Done {
+            bytes_received: r.u64()?,
+            bytes_sent: r.u64()?,
+        },
         WELCOME => {
             let id = PeerId(r.u32()?);
             let name = r.str()?;
@@ -422,19 +527,35 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
             for _ in 0..n {
                 files.push(FileId(r.u32()?));
             }
-            Message::Welcome { id, name, clock_us, chunk_size, clients, files }
+            Message::Welcome {
+                id,
+                name,
+                clock_us,
+                chunk_size,
+                clients,
+                files,
+            }
         }
         REFUSE => Message::Refuse { reason: r.str()? },
         START => {
             let n = r.count(8)?;
             let mut peers = Vec::with_capacity(n);
             for _ in 0..n {
-                peers.push(PeerInfo { id: PeerId(r.u32()?), name: r.str()?, addr: r.str()? });
+                peers.push(PeerInfo {
+                    id: PeerId(r.u32()?),
+                    name: r.str()?,
+                    addr: r.str()?,
+                });
             }
             let n = r.count(18)?;
             let mut files = Vec::with_capacity(n);
             for _ in 0..n {
-                files.push(FileInfo { id: FileId(r.u32()?), owner: PeerId(r.u32()?), name: r.str()?, size: r.u64()? });
+                files.push(FileInfo {
+                    id: FileId(r.u32()?),
+                    owner: PeerId(r.u32()?),
+                    name: r.str()?,
+                    size: r.u64()?,
+                });
             }
             Message::Start { peers, files }
         }
@@ -450,17 +571,30 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
             for _ in 0..n {
                 digests.push(r.digest()?);
             }
-            Message::ChunkDigests { file, first, digests }
+            Message::ChunkDigests {
+                file,
+                first,
+                digests,
+            }
         }
-        FILE_DIGEST => Message::FileDigest { file: FileId(r.u32()?), md5: r.digest()? },
+        FILE_DIGEST => Message::FileDigest {
+            file: FileId(r.u32()?),
+            md5: r.digest()?,
+        },
         PEER_HELLO => {
             let version = r.magic_version()?;
-            Message::PeerHello { version, id: PeerId(r.u32()?) }
+            Message::PeerHello {
+                version,
+                id: PeerId(r.u32()?),
+            }
         }
         BITFIELD => {
             let file = FileId(r.u32()?);
             let n = r.count(1)?;
-            Message::Bitfield { file, bits: r.take(n)?.to_vec() }
+            Message::Bitfield {
+                file,
+                bits: r.take(n)?.to_vec(),
+            }
         }
         HAVE => Message::Have { chunk: r.chunk()? },
         REQUEST => Message::Request { chunk: r.chunk()? },
@@ -476,7 +610,10 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
 pub enum Inbound {
     Msg(Message),
     /// A whole chunk payload, in a buffer from the pool (give it back with [`BufPool::put`]).
-    Piece { chunk: ChunkId, data: Vec<u8> },
+    Piece {
+        chunk: ChunkId,
+        data: Vec<u8>,
+    },
 }
 
 /// Recycled chunk buffers, so receiving a chunk costs no allocation in the steady state.
@@ -526,7 +663,14 @@ const SCRATCH: usize = 64 * 1024;
 impl FrameDecoder {
     /// `max_piece` is the largest chunk payload this connection may carry (0: no pieces at all).
     pub fn new(max_piece: u32) -> Self {
-        FrameDecoder { buf: vec![0; SCRATCH], start: 0, end: 0, max_piece, piece: None, target_is_piece: false }
+        FrameDecoder {
+            buf: vec![0; SCRATCH],
+            start: 0,
+            end: 0,
+            max_piece,
+            piece: None,
+            target_is_piece: false,
+        }
     }
 
     /// Bytes received but not yet decoded (excluding a piece payload being filled).
@@ -592,7 +736,10 @@ impl FrameDecoder {
                 return Ok(None);
             }
             let p = self.piece.take().expect("checked above");
-            return Ok(Some(Inbound::Piece { chunk: p.chunk, data: p.data }));
+            return Ok(Some(Inbound::Piece {
+                chunk: p.chunk,
+                data: p.data,
+            }));
         }
         let avail = &self.buf[self.start..self.end];
         if avail.len() < FRAME_HEADER_LEN {
@@ -606,7 +753,10 @@ impl FrameDecoder {
         if k == kind::PIECE {
             let max = self.max_piece as u64 + 9;
             if len as u64 > max || self.max_piece == 0 {
-                return Err(DecodeError::TooLong { len: len as u64, max });
+                return Err(DecodeError::TooLong {
+                    len: len as u64,
+                    max,
+                });
             }
             if len < 9 {
                 return Err(DecodeError::Truncated);
@@ -618,11 +768,18 @@ impl FrameDecoder {
             let chunk = r.chunk()?;
             self.start += PIECE_HEADER_LEN;
             let data = pool.get((len - 9) as usize);
-            self.piece = Some(PendingPiece { chunk, data, filled: 0 });
+            self.piece = Some(PendingPiece {
+                chunk,
+                data,
+                filled: 0,
+            });
             return self.next(pool);
         }
         if len > MAX_CONTROL_FRAME {
-            return Err(DecodeError::TooLong { len: len as u64, max: MAX_CONTROL_FRAME as u64 });
+            return Err(DecodeError::TooLong {
+                len: len as u64,
+                max: MAX_CONTROL_FRAME as u64,
+            });
         }
         let total = 4 + len as usize;
         if avail.len() < total {
@@ -639,17 +796,30 @@ mod tests {
     use super::*;
 
     fn samples() -> Vec<Message> {
-        let c = ChunkId { file: FileId(3), index: 77 };
+        let c = ChunkId {
+            file: FileId(3),
+            index: 77,
+        };
         vec![
             Message::Hello {
                 version: VERSION,
                 listen: "127.0.0.1:4000".into(),
                 name: "client1".into(),
-                files: vec![FileDecl { name: "a.bin".into(), size: 5 << 32 }],
+                files: vec![FileDecl {
+                    name: "a.bin".into(),
+                    size: 5 << 32,
+                }],
             },
-            Message::Progress { bytes_received: 1, bytes_sent: 2, have: vec![(FileId(0), 9), (FileId(2), 0)] },
+            Message::Progress {
+                bytes_received: 1,
+                bytes_sent: 2,
+                have: vec![(FileId(0), 9), (FileId(2), 0)],
+            },
             Message::FileComplete { file: FileId(1) },
-            Message::Done { bytes_received: 10, bytes_sent: 20 },
+            Message::Done {
+                bytes_received: 10,
+                bytes_sent: 20,
+            },
             Message::Welcome {
                 id: PeerId(2),
                 name: "client2".into(),
@@ -658,16 +828,40 @@ mod tests {
                 clients: 4,
                 files: vec![FileId(1)],
             },
-            Message::Refuse { reason: "run is full".into() },
+            Message::Refuse {
+                reason: "run is full".into(),
+            },
             Message::Start {
-                peers: vec![PeerInfo { id: PeerId(1), name: "client1".into(), addr: "10.0.0.1:5".into() }],
-                files: vec![FileInfo { id: FileId(0), owner: PeerId(1), name: "f".into(), size: 0 }],
+                peers: vec![PeerInfo {
+                    id: PeerId(1),
+                    name: "client1".into(),
+                    addr: "10.0.0.1:5".into(),
+                }],
+                files: vec![FileInfo {
+                    id: FileId(0),
+                    owner: PeerId(1),
+                    name: "f".into(),
+                    size: 0,
+                }],
             },
             Message::Shutdown,
-            Message::ChunkDigests { file: FileId(0), first: 5, digests: vec![[7; 16], [9; 16]] },
-            Message::FileDigest { file: FileId(0), md5: [1; 16] },
-            Message::PeerHello { version: VERSION, id: PeerId(4) },
-            Message::Bitfield { file: FileId(0), bits: vec![0xff, 0x01] },
+            Message::ChunkDigests {
+                file: FileId(0),
+                first: 5,
+                digests: vec![[7; 16], [9; 16]],
+            },
+            Message::FileDigest {
+                file: FileId(0),
+                md5: [1; 16],
+            },
+            Message::PeerHello {
+                version: VERSION,
+                id: PeerId(4),
+            },
+            Message::Bitfield {
+                file: FileId(0),
+                bits: vec![0xff, 0x01],
+            },
             Message::Have { chunk: c },
             Message::Request { chunk: c },
             Message::Cancel { chunk: c },
@@ -680,7 +874,10 @@ mod tests {
         for (i, m) in samples().into_iter().enumerate() {
             bytes.extend(encode(&m));
             expect.push(Inbound::Msg(m));
-            let chunk = ChunkId { file: FileId(i as u32), index: i as u32 };
+            let chunk = ChunkId {
+                file: FileId(i as u32),
+                index: i as u32,
+            };
             let data: Vec<u8> = (0..(i * 37 % 300)).map(|x| x as u8).collect();
             bytes.extend(piece_header(chunk, data.len() as u32));
             bytes.extend(&data);
@@ -748,7 +945,12 @@ mod tests {
             }
             let mut long = body.to_vec();
             long.push(0);
-            assert_eq!(decode_body(f[4], &long), Err(DecodeError::Trailing), "{}", m.name());
+            assert_eq!(
+                decode_body(f[4], &long),
+                Err(DecodeError::Trailing),
+                "{}",
+                m.name()
+            );
         }
     }
 
@@ -758,26 +960,56 @@ mod tests {
         let mut pool = BufPool::default();
         d.feed(&(MAX_CONTROL_FRAME + 1).to_be_bytes());
         d.feed(&[kind::HELLO]);
-        assert!(matches!(d.next(&mut pool), Err(DecodeError::TooLong { .. })));
+        assert!(matches!(
+            d.next(&mut pool),
+            Err(DecodeError::TooLong { .. })
+        ));
     }
 
     #[test]
     fn oversized_piece_rejected() {
         let mut d = FrameDecoder::new(1024);
         let mut pool = BufPool::default();
-        d.feed(&piece_header(ChunkId { file: FileId(0), index: 0 }, 1025));
-        assert_eq!(d.next(&mut pool), Err(DecodeError::TooLong { len: 1034, max: 1033 }));
+        d.feed(&piece_header(
+            ChunkId {
+                file: FileId(0),
+                index: 0,
+            },
+            1025,
+        ));
+        assert_eq!(
+            d.next(&mut pool),
+            Err(DecodeError::TooLong {
+                len: 1034,
+                max: 1033
+            })
+        );
         let mut d = FrameDecoder::new(0);
-        d.feed(&piece_header(ChunkId { file: FileId(0), index: 0 }, 1));
-        assert!(d.next(&mut pool).is_err(), "a control connection carries no pieces");
+        d.feed(&piece_header(
+            ChunkId {
+                file: FileId(0),
+                index: 0,
+            },
+            1,
+        ));
+        assert!(
+            d.next(&mut pool).is_err(),
+            "a control connection carries no pieces"
+        );
     }
 
     #[test]
     fn bad_magic_version_kind() {
-        let mut f = encode(&Message::PeerHello { version: VERSION, id: PeerId(1) });
+        let mut f = encode(&Message::PeerHello {
+            version: VERSION,
+            id: PeerId(1),
+        });
         f[5] = b'X';
         assert_eq!(decode_body(f[4], &f[5..]), Err(DecodeError::BadMagic));
-        let f = encode(&Message::PeerHello { version: 9, id: PeerId(1) });
+        let f = encode(&Message::PeerHello {
+            version: 9,
+            id: PeerId(1),
+        });
         assert_eq!(decode_body(f[4], &f[5..]), Err(DecodeError::BadVersion(9)));
         assert_eq!(decode_body(200, &[]), Err(DecodeError::UnknownKind(200)));
         let mut d = FrameDecoder::new(16);
@@ -790,6 +1022,9 @@ mod tests {
         // A Progress frame claiming 2^32-1 entries in a 20-byte body.
         let mut body = vec![0u8; 16];
         body.extend(u32::MAX.to_be_bytes());
-        assert_eq!(decode_body(kind::PROGRESS, &body), Err(DecodeError::BadCount));
+        assert_eq!(
+            decode_body(kind::PROGRESS, &body),
+            Err(DecodeError::BadCount)
+        );
     }
 }

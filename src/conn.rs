@@ -12,15 +12,26 @@ use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 
 enum Out {
-    Bytes { buf: Vec<u8>, pos: usize },
-    Piece { header: [u8; codec::PIECE_HEADER_LEN], map: Arc<Mmap>, start: usize, len: usize, pos: usize },
+    Bytes {
+        buf: Vec<u8>,
+        pos: usize,
+    },
+    Piece {
+        header: [u8; codec::PIECE_HEADER_LEN],
+        map: Arc<Mmap>,
+        start: usize,
+        len: usize,
+        pos: usize,
+    },
 }
 
 impl Out {
     fn remaining(&self) -> usize {
         match self {
             Out::Bytes { buf, pos } => buf.len() - pos,
-            Out::Piece { header, len, pos, .. } => header.len() + len - pos,
+            Out::Piece {
+                header, len, pos, ..
+            } => header.len() + len - pos,
         }
     }
 }
@@ -88,7 +99,13 @@ impl Conn {
         let header = codec::piece_header(c, len as u32);
         self.out_bytes += header.len() + len;
         self.pieces_queued += 1;
-        self.out.push_back(Out::Piece { header, map, start, len, pos: 0 });
+        self.out.push_back(Out::Piece {
+            header,
+            map,
+            start,
+            len,
+            pos: 0,
+        });
     }
 
     pub fn pieces_queued(&self) -> usize {
@@ -113,7 +130,13 @@ impl Conn {
                         iov[n] = IoSlice::new(&buf[*pos..]);
                         n += 1;
                     }
-                    Out::Piece { header, map, start, len, pos } => {
+                    Out::Piece {
+                        header,
+                        map,
+                        start,
+                        len,
+                        pos,
+                    } => {
                         let payload = &map[*start..*start + *len];
                         if *pos < header.len() {
                             iov[n] = IoSlice::new(&header[*pos..]);
@@ -131,7 +154,9 @@ impl Conn {
                 Ok(mut written) => {
                     self.out_bytes -= written;
                     while written > 0 {
-                        let Some(front) = self.out.front_mut() else { break };
+                        let Some(front) = self.out.front_mut() else {
+                            break;
+                        };
                         let rem = front.remaining();
                         if written >= rem {
                             written -= rem;

@@ -29,7 +29,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}: expected a number with an optional unit"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?}: expected a number with an optional unit"))?;
     let mult: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
@@ -40,13 +42,16 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "gb" => 1_000_000_000,
         _ => return Err(format!("bad size {s:?}: unknown unit {unit:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 pub fn run(size: u64, seed: u64, out: &Path) -> Result<(), Error> {
     let tmp = out.with_file_name(format!(
         "{}.tmp",
-        out.file_name().and_then(|n| n.to_str()).ok_or_else(|| Error::Usage(format!("bad output path {}", out.display())))?
+        out.file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| Error::Usage(format!("bad output path {}", out.display())))?
     ));
     let io = |e: std::io::Error| Error::Usage(format!("cannot write {}: {e}", out.display()));
     let mut f = File::create(&tmp).map_err(io)?;

@@ -18,7 +18,13 @@ use std::thread::JoinHandle;
 
 pub enum Job {
     /// Digests of chunks `first..first+count` of a mapped file.
-    HashChunks { file: FileId, map: Arc<Mmap>, geo: Geometry, first: u32, count: u32 },
+    HashChunks {
+        file: FileId,
+        map: Arc<Mmap>,
+        geo: Geometry,
+        first: u32,
+        count: u32,
+    },
     /// Check a received chunk against its digest and, if it matches, write it at `offset`.
     Verify {
         peer: PeerId,
@@ -30,13 +36,37 @@ pub enum Job {
         requested_at: u64,
     },
     /// Feed chunks `from..to` of a mapped file into `ctx`; finish it if `finish`.
-    Stream { file: FileId, map: Option<Arc<Mmap>>, geo: Geometry, from: u32, to: u32, ctx: Box<Md5>, finish: bool },
+    Stream {
+        file: FileId,
+        map: Option<Arc<Mmap>>,
+        geo: Geometry,
+        from: u32,
+        to: u32,
+        ctx: Box<Md5>,
+        finish: bool,
+    },
 }
 
 pub enum Done {
-    Hashed { file: FileId, first: u32, digests: Vec<Digest> },
-    Verified { peer: PeerId, chunk: ChunkId, ok: bool, data: Vec<u8>, requested_at: u64, write_error: Option<String> },
-    Streamed { file: FileId, upto: u32, ctx: Option<Box<Md5>>, md5: Option<Digest> },
+    Hashed {
+        file: FileId,
+        first: u32,
+        digests: Vec<Digest>,
+    },
+    Verified {
+        peer: PeerId,
+        chunk: ChunkId,
+        ok: bool,
+        data: Vec<u8>,
+        requested_at: u64,
+        write_error: Option<String>,
+    },
+    Streamed {
+        file: FileId,
+        upto: u32,
+        ctx: Option<Box<Md5>>,
+        md5: Option<Digest>,
+    },
 }
 
 #[derive(Default)]
@@ -49,7 +79,10 @@ struct Queues {
 
 impl Queues {
     fn pop(&mut self) -> Option<Job> {
-        self.hash.pop_front().or_else(|| self.verify.pop_front()).or_else(|| self.stream.pop_front())
+        self.hash
+            .pop_front()
+            .or_else(|| self.verify.pop_front())
+            .or_else(|| self.stream.pop_front())
     }
 }
 
@@ -71,10 +104,16 @@ impl HashPool {
             let shared = Arc::clone(&shared);
             let tx: Sender<Done> = tx.clone();
             let wake = Arc::clone(&wake);
-            let h = std::thread::Builder::new().name(format!("md5-{i}")).spawn(move || worker(&shared, &tx, &wake))?;
+            let h = std::thread::Builder::new()
+                .name(format!("md5-{i}"))
+                .spawn(move || worker(&shared, &tx, &wake))?;
             handles.push(h);
         }
-        Ok(HashPool { shared, results, threads: handles })
+        Ok(HashPool {
+            shared,
+            results,
+            threads: handles,
+        })
     }
 
     pub fn submit(&self, job: Job) {
@@ -134,30 +173,77 @@ pub fn md5(data: &[u8]) -> Digest {
 
 fn run(job: Job) -> Done {
     match job {
-        Job::HashChunks { file, map, geo, first, count } => {
+        Job::HashChunks {
+            file,
+            map,
+            geo,
+            first,
+            count,
+        } => {
             let digests = (first..first + count)
                 .map(|i| {
                     let off = geo.offset(i) as usize;
                     md5(&map[off..off + geo.chunk_len(i) as usize])
                 })
                 .collect();
-            Done::Hashed { file, first, digests }
+            Done::Hashed {
+                file,
+                first,
+                digests,
+            }
         }
-        Job::Verify { peer, chunk, data, digest, out, offset, requested_at } => {
+        Job::Verify {
+            peer,
+            chunk,
+            data,
+            digest,
+            out,
+            offset,
+            requested_at,
+        } => {
             let ok = md5(&data) == digest;
-            let write_error = if ok { out.write_all_at(&data, offset).err().map(|e| e.to_string()) } else { None };
-            Done::Verified { peer, chunk, ok, data, requested_at, write_error }
+            let write_error = if ok {
+                out.write_all_at(&data, offset).err().map(|e| e.to_string())
+            } else {
+                None
+            };
+            Done::Verified {
+                peer,
+                chunk,
+                ok,
+                data,
+                requested_at,
+                write_error,
+            }
         }
-        Job::Stream { file, map, geo, from, to, mut ctx, finish } => {
+        Job::Stream {
+            file,
+            map,
+            geo,
+            from,
+            to,
+            mut ctx,
+            finish,
+        } => {
             if let Some(map) = &map {
                 let start = geo.offset(from) as usize;
                 let end = (geo.offset(to) as usize).min(map.len());
                 ctx.update(&map[start..end]);
             }
             if finish {
-                Done::Streamed { file, upto: to, ctx: None, md5: Some(ctx.finalize().into()) }
+                Done::Streamed {
+                    file,
+                    upto: to,
+                    ctx: None,
+                    md5: Some(ctx.finalize().into()),
+                }
             } else {
-                Done::Streamed { file, upto: to, ctx: Some(ctx), md5: None }
+                Done::Streamed {
+                    file,
+                    upto: to,
+                    ctx: Some(ctx),
+                    md5: None,
+                }
             }
         }
     }

@@ -97,7 +97,18 @@ mod tests {
     #[test]
     fn file_names() {
         assert!(check_file_name("file1.bin").is_ok());
-        for bad in ["", ".", "..", "../../etc/passwd", "/etc/passwd", "a/b", "a\0b", "a\\b", "x.part", "a\nb"] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../etc/passwd",
+            "/etc/passwd",
+            "a/b",
+            "a\0b",
+            "a\\b",
+            "x.part",
+            "a\nb",
+        ] {
             assert!(check_file_name(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_file_name(&"a".repeat(256)).is_err());
@@ -106,7 +117,9 @@ mod tests {
 
     #[test]
     fn hex_digest() {
-        let d = [0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0, 0xb2, 4, 0xe9, 0x80, 9, 0x98, 0xec, 0xf8, 0x42, 0x7e];
+        let d = [
+            0xd4, 0x1d, 0x8c, 0xd9, 0x8f, 0, 0xb2, 4, 0xe9, 0x80, 9, 0x98, 0xec, 0xf8, 0x42, 0x7e,
+        ];
         assert_eq!(hex(&d), "d41d8cd98f00b204e9800998ecf8427e");
     }
 }

@@ -103,7 +103,10 @@ pub fn init(node: &str) -> LogSink {
                 log::Level::Warn => "WARN ",
                 _ => "",
             };
-            out.finish(format_args!("[{:>10.3} ms] {node} {lvl}{message}", system_ms()))
+            out.finish(format_args!(
+                "[{:>10.3} ms] {node} {lvl}{message}",
+                system_ms()
+            ))
         })
         .level(level)
         .chain(Box::new(sink.clone()) as Box<dyn Write + Send>);

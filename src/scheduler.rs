@@ -86,13 +86,18 @@ impl Scheduler {
     pub fn add_file(&mut self, id: FileId, owner: PeerId, chunks: u32, all_peers: &[PeerId]) {
         debug_assert_eq!(id.0 as usize, self.files.len());
         let mine = owner == self.me;
-        let mut downloaders: Vec<PeerId> = all_peers.iter().copied().filter(|p| *p != owner).collect();
+        let mut downloaders: Vec<PeerId> =
+            all_peers.iter().copied().filter(|p| *p != owner).collect();
         downloaders.sort();
         let rank = downloaders.iter().position(|p| *p == self.me).unwrap_or(0) as u32;
         self.files.push(SFile {
             owner,
             wanted: !mine,
-            have: if mine { BitSet::full(chunks) } else { BitSet::new(chunks) },
+            have: if mine {
+                BitSet::full(chunks)
+            } else {
+                BitSet::new(chunks)
+            },
             known: BitSet::new(chunks),
             verifying: BitSet::new(chunks),
             req: vec![0; chunks as usize],
@@ -112,7 +117,9 @@ impl Scheduler {
     }
 
     pub fn have(&self, c: ChunkId) -> bool {
-        self.files.get(c.file.0 as usize).is_some_and(|f| f.have.get(c.index))
+        self.files
+            .get(c.file.0 as usize)
+            .is_some_and(|f| f.have.get(c.index))
     }
 
     pub fn have_set(&self, file: FileId) -> Option<&BitSet> {
@@ -141,12 +148,21 @@ impl Scheduler {
                 has.insert(FileId(i as u32), BitSet::full(f.have.len()));
             }
         }
-        self.peers.insert(p, SPeer { has, inflight: Vec::new(), cancelled: VecDeque::new() });
+        self.peers.insert(
+            p,
+            SPeer {
+                has,
+                inflight: Vec::new(),
+                cancelled: VecDeque::new(),
+            },
+        );
     }
 
     /// Forgets a peer; its outstanding requests become requestable again.
     pub fn peer_disconnected(&mut self, p: PeerId) {
-        let Some(s) = self.peers.remove(&p) else { return };
+        let Some(s) = self.peers.remove(&p) else {
+            return;
+        };
         for (c, _) in s.inflight {
             self.release(c);
         }
@@ -169,12 +185,19 @@ impl Scheduler {
 
     /// Records that peer `p` holds chunk `c`. Returns false if `c` is out of range.
     pub fn peer_has(&mut self, p: PeerId, c: ChunkId) -> bool {
-        let Some(f) = self.files.get_mut(c.file.0 as usize) else { return false };
+        let Some(f) = self.files.get_mut(c.file.0 as usize) else {
+            return false;
+        };
         if c.index >= f.have.len() {
             return false;
         }
-        let Some(s) = self.peers.get_mut(&p) else { return true };
-        let bits = s.has.entry(c.file).or_insert_with(|| BitSet::new(f.have.len()));
+        let Some(s) = self.peers.get_mut(&p) else {
+            return true;
+        };
+        let bits = s
+            .has
+            .entry(c.file)
+            .or_insert_with(|| BitSet::new(f.have.len()));
         if bits.set(c.index) && f.owner != p {
             f.avail[c.index as usize] += 1;
         }
@@ -183,8 +206,12 @@ impl Scheduler {
 
     /// Records a peer's whole holding of one file. Returns false if the bitfield does not fit.
     pub fn peer_bitfield(&mut self, p: PeerId, file: FileId, bytes: &[u8]) -> bool {
-        let Some(f) = self.files.get(file.0 as usize) else { return false };
-        let Some(bits) = BitSet::from_bytes(f.have.len(), bytes) else { return false };
+        let Some(f) = self.files.get(file.0 as usize) else {
+            return false;
+        };
+        let Some(bits) = BitSet::from_bytes(f.have.len(), bytes) else {
+            return false;
+        };
         for i in bits.iter_ones() {
             self.peer_has(p, ChunkId { file, index: i });
         }
@@ -223,7 +250,9 @@ impl Scheduler {
                 continue;
             }
             let file = FileId(fi as u32);
-            let Some(bits) = s.has.get(&file) else { continue };
+            let Some(bits) = s.has.get(&file) else {
+                continue;
+            };
             let n = f.have.len();
             let from_owner = f.owner == p;
             let off = (start % n as u64) as u32;
@@ -296,7 +325,9 @@ impl Scheduler {
 
     /// A piece for `c` arrived from `p`.
     pub fn on_piece(&mut self, p: PeerId, c: ChunkId) -> PieceOutcome {
-        let Some(s) = self.peers.get_mut(&p) else { return PieceOutcome::Unrequested };
+        let Some(s) = self.peers.get_mut(&p) else {
+            return PieceOutcome::Unrequested;
+        };
         if let Some(k) = s.inflight.iter().position(|(x, _)| *x == c) {
             let (_, at) = s.inflight.swap_remove(k);
             let f = &mut self.files[c.file.0 as usize];
@@ -318,7 +349,9 @@ impl Scheduler {
     /// The verification of `c` (received from `from`) finished. On success returns the other
     /// peers with a request for `c` outstanding, which the caller cancels.
     pub fn on_verified(&mut self, c: ChunkId, from: PeerId, ok: bool) -> Vec<PeerId> {
-        let Some(f) = self.files.get_mut(c.file.0 as usize) else { return Vec::new() };
+        let Some(f) = self.files.get_mut(c.file.0 as usize) else {
+            return Vec::new();
+        };
         f.verifying.clear(c.index);
         self.release(c);
         if !ok {
@@ -375,7 +408,9 @@ impl Scheduler {
 
     /// Whether peer `p` is known to hold every chunk of every file.
     pub fn peer_complete(&self, p: PeerId) -> bool {
-        let Some(s) = self.peers.get(&p) else { return false };
+        let Some(s) = self.peers.get(&p) else {
+            return false;
+        };
         self.files.iter().enumerate().all(|(i, f)| {
             f.have.is_empty() || s.has.get(&FileId(i as u32)).is_some_and(BitSet::is_full)
         })
@@ -387,7 +422,10 @@ mod tests {
     use super::*;
 
     fn c(file: u32, index: u32) -> ChunkId {
-        ChunkId { file: FileId(file), index }
+        ChunkId {
+            file: FileId(file),
+            index,
+        }
     }
 
     /// Me = 2; file 0 owned by 1 (8 chunks), file 1 owned by me; peers 1 and 3.
@@ -406,7 +444,9 @@ mod tests {
         let mut s = setup();
         s.peer_connected(PeerId(1));
         // Downloaders of file 0 are [2, 3]; I am rank 0: even indexes are my share.
-        let picks: Vec<u32> = (0..4).map(|_| s.next_request(PeerId(1), 0).unwrap().index).collect();
+        let picks: Vec<u32> = (0..4)
+            .map(|_| s.next_request(PeerId(1), 0).unwrap().index)
+            .collect();
         let mut sorted = picks.clone();
         sorted.sort();
         assert_eq!(sorted, vec![0, 2, 4, 6], "got {picks:?}");
@@ -422,7 +462,11 @@ mod tests {
         for i in 0..8 {
             s.peer_has(PeerId(3), c(0, i));
         }
-        assert_eq!(s.next_request(PeerId(1), 0), None, "owner must not be asked for relayed chunks");
+        assert_eq!(
+            s.next_request(PeerId(1), 0),
+            None,
+            "owner must not be asked for relayed chunks"
+        );
         assert!(s.next_request(PeerId(3), 0).is_some());
     }
 
@@ -461,10 +505,16 @@ mod tests {
         let mut s = setup();
         s.window = 3;
         s.peer_connected(PeerId(1));
-        assert_eq!((0..10).filter_map(|_| s.next_request(PeerId(1), 0)).count(), 3);
+        assert_eq!(
+            (0..10).filter_map(|_| s.next_request(PeerId(1), 0)).count(),
+            3
+        );
         s.window = 10;
         s.max_outstanding = 5;
-        assert_eq!((0..10).filter_map(|_| s.next_request(PeerId(1), 0)).count(), 2);
+        assert_eq!(
+            (0..10).filter_map(|_| s.next_request(PeerId(1), 0)).count(),
+            2
+        );
         assert_eq!(s.outstanding(), 5);
     }
 
@@ -480,8 +530,15 @@ mod tests {
         s.peer_has(PeerId(3), c(0, 0));
         // Every missing chunk is requested: endgame duplicates it at peer 3.
         assert_eq!(s.next_request(PeerId(3), 6), Some(c(0, 0)));
-        assert_eq!(s.next_request(PeerId(3), 6), None, "at most one duplicate per peer");
-        assert_eq!(s.on_piece(PeerId(3), c(0, 0)), PieceOutcome::Verify { requested_at: 6 });
+        assert_eq!(
+            s.next_request(PeerId(3), 6),
+            None,
+            "at most one duplicate per peer"
+        );
+        assert_eq!(
+            s.on_piece(PeerId(3), c(0, 0)),
+            PieceOutcome::Verify { requested_at: 6 }
+        );
         assert_eq!(s.on_verified(c(0, 0), PeerId(3), true), vec![PeerId(1)]);
         assert_eq!(s.outstanding(), 0);
         // The cancelled copy may still arrive: it is discarded, not a violation.
@@ -499,9 +556,16 @@ mod tests {
         s.peer_connected(PeerId(3));
         s.peer_has(PeerId(3), c(0, 0));
         assert_eq!(s.next_request(PeerId(3), 0), Some(c(0, 0)));
-        assert!(matches!(s.on_piece(PeerId(3), c(0, 0)), PieceOutcome::Verify { .. }));
+        assert!(matches!(
+            s.on_piece(PeerId(3), c(0, 0)),
+            PieceOutcome::Verify { .. }
+        ));
         assert!(s.on_verified(c(0, 0), PeerId(3), false).is_empty());
-        assert_eq!(s.next_request(PeerId(3), 0), None, "not from the peer that sent it bad");
+        assert_eq!(
+            s.next_request(PeerId(3), 0),
+            None,
+            "not from the peer that sent it bad"
+        );
         s.peer_connected(PeerId(1));
         assert_eq!(s.next_request(PeerId(1), 0), Some(c(0, 0)));
     }
@@ -519,7 +583,11 @@ mod tests {
         assert!(s.expire(REQUEST_TIMEOUT_US).is_empty());
         assert_eq!(s.expire(REQUEST_TIMEOUT_US + 1), vec![(PeerId(1), x)]);
         assert_eq!(s.outstanding(), 0);
-        assert_eq!(s.on_piece(PeerId(1), x), PieceOutcome::Discard, "late piece after timeout");
+        assert_eq!(
+            s.on_piece(PeerId(1), x),
+            PieceOutcome::Discard,
+            "late piece after timeout"
+        );
     }
 
     #[test]
@@ -528,6 +596,9 @@ mod tests {
         s.peer_connected(PeerId(1));
         assert_eq!(s.on_piece(PeerId(1), c(0, 3)), PieceOutcome::Unrequested);
         assert!(!s.peer_has(PeerId(1), c(0, 8)), "index out of range");
-        assert!(!s.peer_bitfield(PeerId(1), FileId(0), &[0xff, 0xff]), "bitfield too long");
+        assert!(
+            !s.peer_bitfield(PeerId(1), FileId(0), &[0xff, 0xff]),
+            "bitfield too long"
+        );
     }
 }

@@ -33,17 +33,36 @@ pub struct ServerConfig {
 
 pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
     let sink = logging::init("server");
-    sink.open(&cfg.log_dir, "server").map_err(|e| Error::Usage(format!("cannot write logs in {}: {e}", cfg.log_dir.display())))?;
-    let mut listener = TcpListener::bind(cfg.listen).map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let local = listener.local_addr().map_err(|e| Error::Usage(e.to_string()))?;
+    sink.open(&cfg.log_dir, "server").map_err(|e| {
+        Error::Usage(format!(
+            "cannot write logs in {}: {e}",
+            cfg.log_dir.display()
+        ))
+    })?;
+    let mut listener = TcpListener::bind(cfg.listen)
+        .map_err(|e| Error::Usage(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Usage(e.to_string()))?;
     let poll = Poll::new().map_err(|e| Error::Usage(format!("cannot create poll: {e}")))?;
-    poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(|e| Error::Usage(e.to_string()))?;
+    poll.registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)
+        .map_err(|e| Error::Usage(e.to_string()))?;
     info!(
         "start event=server_start listen={local} clients={} chunk_size={}",
         cfg.clients, cfg.chunk_size
     );
-    eprintln!("server: listening on {local}, waiting for {} clients", cfg.clients);
-    let mut s = Server { poll, listener, conns: Slab::new(), closing: BTreeSet::new(), core: ServerCore::new(cfg.clients, cfg.chunk_size) };
+    eprintln!(
+        "server: listening on {local}, waiting for {} clients",
+        cfg.clients
+    );
+    let mut s = Server {
+        poll,
+        listener,
+        conns: Slab::new(),
+        closing: BTreeSet::new(),
+        core: ServerCore::new(cfg.clients, cfg.chunk_size),
+    };
     let code = s.run_loop()?;
     let summary = s.core.summary(now_us());
     let json = summary.to_json();
@@ -53,13 +72,18 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
     let tmp = cfg.summary.with_extension("json.tmp");
     std::fs::write(&tmp, &json)
         .and_then(|_| std::fs::rename(&tmp, &cfg.summary))
-        .map_err(|e| Error::Failed(format!("cannot write the summary to {}: {e}", cfg.summary.display())))?;
+        .map_err(|e| {
+            Error::Failed(format!(
+                "cannot write the summary to {}: {e}",
+                cfg.summary.display()
+            ))
+        })?;
     for line in summary.to_text().lines() {
         info!("summary {line}");
     }
     eprint!("{}", summary.to_text());
     eprintln!("summary written to {}", cfg.summary.display());
-    let _ = log::logger().flush();
+    log::logger().flush();
     Ok(code)
 }
 
@@ -81,10 +105,12 @@ impl Server {
             {
                 return Ok(code);
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(100))) {
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(Error::Failed(format!("poll failed: {e}")));
-                }
+            if let Err(e) = self
+                .poll
+                .poll(&mut events, Some(Duration::from_millis(100)))
+                && e.kind() != std::io::ErrorKind::Interrupted
+            {
+                return Err(Error::Failed(format!("poll failed: {e}")));
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -128,7 +154,16 @@ impl Server {
                     let _ = stream.set_nodelay(true);
                     let entry = self.conns.vacant_entry();
                     let key = entry.key();
-                    if self.poll.registry().register(&mut stream, Token(key + FIRST_CONN), Interest::READABLE | Interest::WRITABLE).is_err() {
+                    if self
+                        .poll
+                        .registry()
+                        .register(
+                            &mut stream,
+                            Token(key + FIRST_CONN),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_err()
+                    {
                         continue;
                     }
                     entry.insert(Conn::new(stream, 0));
@@ -144,7 +179,9 @@ impl Server {
     }
 
     fn conn_io(&mut self, key: usize) {
-        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
         let mut inbound = Vec::new();
         let mut pool = crate::codec::BufPool::default();
         let r = c.read(&mut pool, &mut inbound);
@@ -159,7 +196,9 @@ impl Server {
     }
 
     fn drop_conn(&mut self, key: usize, why: Option<ConnEnd>) {
-        let Some(mut c) = self.conns.try_remove(key) else { return };
+        let Some(mut c) = self.conns.try_remove(key) else {
+            return;
+        };
         self.closing.remove(&key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         if let Some(e) = why

@@ -19,7 +19,9 @@ pub enum ServerAction {
     /// Close after flushing what was queued for it.
     Close(ConnId, String),
     /// The run is over: every client completed or was lost.
-    Finished { code: i32 },
+    Finished {
+        code: i32,
+    },
 }
 
 struct ClientRec {
@@ -86,40 +88,90 @@ impl ServerCore {
 
     fn refuse(&mut self, conn: ConnId, reason: String) {
         warn!("refused event=client_refused conn={conn} reason={reason:?}");
-        self.actions.push_back(ServerAction::Send(conn, Message::Refuse { reason: reason.clone() }));
+        self.actions.push_back(ServerAction::Send(
+            conn,
+            Message::Refuse {
+                reason: reason.clone(),
+            },
+        ));
         self.actions.push_back(ServerAction::Close(conn, reason));
     }
 
     pub fn on_message(&mut self, conn: ConnId, msg: Message, now: u64) {
-        let Some(&who) = self.conns.get(&conn) else { return };
+        let Some(&who) = self.conns.get(&conn) else {
+            return;
+        };
         match (who, msg) {
-            (None, Message::Hello { listen, name, files, .. }) => self.on_hello(conn, listen, name, files, now),
+            (
+                None,
+                Message::Hello {
+                    listen,
+                    name,
+                    files,
+                    ..
+                },
+            ) => self.on_hello(conn, listen, name, files, now),
             (None, m) => self.close(conn, format!("{} before hello", m.name())),
             (Some(_), Message::Hello { .. }) => self.close(conn, "second hello".into()),
-            (Some(id), Message::ChunkDigests { file, first, digests }) => self.on_digests(conn, id, file, first, digests),
+            (
+                Some(id),
+                Message::ChunkDigests {
+                    file,
+                    first,
+                    digests,
+                },
+            ) => self.on_digests(conn, id, file, first, digests),
             (Some(id), Message::FileDigest { file, md5 }) => self.on_whole(conn, id, file, md5),
-            (Some(id), Message::Progress { bytes_received, bytes_sent, have }) => {
+            (
+                Some(id),
+                Message::Progress {
+                    bytes_received,
+                    bytes_sent,
+                    have,
+                },
+            ) => {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.bytes_received = bytes_received;
                     c.bytes_sent = bytes_sent;
-                    debug!("progress event=progress_received client={} have={have:?} bytes_received={bytes_received}", c.info.name);
+                    debug!(
+                        "progress event=progress_received client={} have={have:?} bytes_received={bytes_received}",
+                        c.info.name
+                    );
                 }
             }
             (Some(id), Message::FileComplete { file }) => {
-                let Some(c) = self.clients.get_mut(&id) else { return };
+                let Some(c) = self.clients.get_mut(&id) else {
+                    return;
+                };
                 let Some(f) = self.files.get(file.0 as usize) else {
                     return self.close(conn, format!("completion of unknown file {}", file.0));
                 };
                 c.files_done += 1;
                 let ms = now.saturating_sub(c.connected_at) as f64 / 1000.0;
-                info!("file_complete event=file_complete_received client={} file={} elapsed_ms={ms:.3}", c.info.name, f.info.name);
+                info!(
+                    "file_complete event=file_complete_received client={} file={} elapsed_ms={ms:.3}",
+                    c.info.name, f.info.name
+                );
             }
-            (Some(id), Message::Done { bytes_received, bytes_sent }) => self.on_done(id, bytes_received, bytes_sent, now),
+            (
+                Some(id),
+                Message::Done {
+                    bytes_received,
+                    bytes_sent,
+                },
+            ) => self.on_done(id, bytes_received, bytes_sent, now),
             (Some(_), m) => self.close(conn, format!("unexpected {} from a client", m.name())),
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, listen: String, name: String, files: Vec<crate::codec::FileDecl>, now: u64) {
+    fn on_hello(
+        &mut self,
+        conn: ConnId,
+        listen: String,
+        name: String,
+        files: Vec<crate::codec::FileDecl>,
+        now: u64,
+    ) {
         if self.started || self.clients.len() as u32 >= self.expected {
             return self.refuse(conn, format!("the run is full ({} clients)", self.expected));
         }
@@ -127,7 +179,11 @@ impl ServerCore {
             return self.refuse(conn, format!("bad listen address {listen:?}"));
         }
         let id = PeerId(self.clients.len() as u32 + 1);
-        let name = if name.is_empty() { format!("client{}", id.0) } else { name };
+        let name = if name.is_empty() {
+            format!("client{}", id.0)
+        } else {
+            name
+        };
         if let Err(e) = check_file_name(&name) {
             return self.refuse(conn, format!("bad client name {name:?}: {e}"));
         }
@@ -140,9 +196,15 @@ impl ServerCore {
                 return self.refuse(conn, format!("bad file name {:?}: {e}", f.name));
             }
             if !seen.insert(&f.name) {
-                return self.refuse(conn, format!("file name {:?} is already in the run", f.name));
+                return self.refuse(
+                    conn,
+                    format!("file name {:?} is already in the run", f.name),
+                );
             }
-            if Geometry::new(f.size, self.chunk_size).checked_chunk_count().is_none() {
+            if Geometry::new(f.size, self.chunk_size)
+                .checked_chunk_count()
+                .is_none()
+            {
                 return self.refuse(conn, format!("file {:?} is too large", f.name));
             }
         }
@@ -151,10 +213,24 @@ impl ServerCore {
             let fid = FileId(self.files.len() as u32);
             ids.push(fid);
             let chunks = Geometry::new(f.size, self.chunk_size).chunk_count();
-            let info = FileInfo { id: fid, owner: id, name: f.name, size: f.size };
-            self.files.push(FileRec { info, chunks, digests: Vec::new(), whole: None });
+            let info = FileInfo {
+                id: fid,
+                owner: id,
+                name: f.name,
+                size: f.size,
+            };
+            self.files.push(FileRec {
+                info,
+                chunks,
+                digests: Vec::new(),
+                whole: None,
+            });
         }
-        let info = PeerInfo { id, name: name.clone(), addr: listen };
+        let info = PeerInfo {
+            id,
+            name: name.clone(),
+            addr: listen,
+        };
         info!(
             "client_connected event=client_connected client={name} id={} addr={} files={}",
             id.0,
@@ -193,16 +269,29 @@ impl ServerCore {
     }
 
     fn live_conns(&self) -> Vec<(PeerId, ConnId)> {
-        self.clients.iter().filter_map(|(id, c)| c.conn.map(|k| (*id, k))).collect()
+        self.clients
+            .iter()
+            .filter_map(|(id, c)| c.conn.map(|k| (*id, k)))
+            .collect()
     }
 
     fn start(&mut self) {
         self.started = true;
         let peers: Vec<PeerInfo> = self.clients.values().map(|c| c.info.clone()).collect();
         let files: Vec<FileInfo> = self.files.iter().map(|f| f.info.clone()).collect();
-        info!("client_list event=client_list_broadcast clients={} files={}", peers.len(), files.len());
+        info!(
+            "client_list event=client_list_broadcast clients={} files={}",
+            peers.len(),
+            files.len()
+        );
         for (_, conn) in self.live_conns() {
-            self.actions.push_back(ServerAction::Send(conn, Message::Start { peers: peers.clone(), files: files.clone() }));
+            self.actions.push_back(ServerAction::Send(
+                conn,
+                Message::Start {
+                    peers: peers.clone(),
+                    files: files.clone(),
+                },
+            ));
         }
         // Digests that arrived before the start go out now.
         for fi in 0..self.files.len() {
@@ -212,7 +301,14 @@ impl ServerCore {
             let whole = f.whole;
             for (k, d) in digests.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
                 let first = (k * MAX_DIGESTS_PER_FRAME) as u32;
-                self.relay(owner, Message::ChunkDigests { file, first, digests: d.to_vec() });
+                self.relay(
+                    owner,
+                    Message::ChunkDigests {
+                        file,
+                        first,
+                        digests: d.to_vec(),
+                    },
+                );
             }
             if let Some(md5) = whole {
                 self.relay(owner, Message::FileDigest { file, md5 });
@@ -224,7 +320,8 @@ impl ServerCore {
     fn relay(&mut self, except: PeerId, msg: Message) {
         for (id, conn) in self.live_conns() {
             if id != except {
-                self.actions.push_back(ServerAction::Send(conn, msg.clone()));
+                self.actions
+                    .push_back(ServerAction::Send(conn, msg.clone()));
             }
         }
     }
@@ -234,7 +331,14 @@ impl ServerCore {
         (f.info.owner == id).then_some(file.0 as usize)
     }
 
-    fn on_digests(&mut self, conn: ConnId, id: PeerId, file: FileId, first: u32, digests: Vec<Digest>) {
+    fn on_digests(
+        &mut self,
+        conn: ConnId,
+        id: PeerId,
+        file: FileId,
+        first: u32,
+        digests: Vec<Digest>,
+    ) {
         let Some(fi) = self.owned_file(id, file) else {
             return self.close(conn, format!("digests for file {} it does not own", file.0));
         };
@@ -245,33 +349,60 @@ impl ServerCore {
         }
         f.digests.extend_from_slice(&digests);
         if f.digests.len() as u32 == f.chunks {
-            info!("md5_received event=chunk_md5_received file={} chunks={}", f.info.name, f.chunks);
+            info!(
+                "md5_received event=chunk_md5_received file={} chunks={}",
+                f.info.name, f.chunks
+            );
         }
         if self.started {
-            self.relay(id, Message::ChunkDigests { file, first, digests });
+            self.relay(
+                id,
+                Message::ChunkDigests {
+                    file,
+                    first,
+                    digests,
+                },
+            );
         }
     }
 
     fn on_whole(&mut self, conn: ConnId, id: PeerId, file: FileId, md5: Digest) {
         let Some(fi) = self.owned_file(id, file) else {
-            return self.close(conn, format!("file digest for file {} it does not own", file.0));
+            return self.close(
+                conn,
+                format!("file digest for file {} it does not own", file.0),
+            );
         };
         let f = &mut self.files[fi];
         if f.whole.is_some() {
             return self.close(conn, "second file digest".into());
         }
         f.whole = Some(md5);
-        info!("md5_received event=file_md5_received file={} md5={}", f.info.name, hex(&md5));
+        info!(
+            "md5_received event=file_md5_received file={} md5={}",
+            f.info.name,
+            hex(&md5)
+        );
         if self.started {
             self.relay(id, Message::FileDigest { file, md5 });
         }
-        if self.files.iter().all(|f| f.whole.is_some() && f.digests.len() as u32 == f.chunks) && self.started {
-            info!("manifest event=manifest_complete files={}", self.files.len());
+        if self
+            .files
+            .iter()
+            .all(|f| f.whole.is_some() && f.digests.len() as u32 == f.chunks)
+            && self.started
+        {
+            info!(
+                "manifest event=manifest_complete files={}",
+                self.files.len()
+            );
         }
     }
 
     fn on_done(&mut self, id: PeerId, bytes_received: u64, bytes_sent: u64, now: u64) {
-        let Some(c) = self.clients.get_mut(&id) else { return };
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
         if c.done_at.is_some() {
             return;
         }
@@ -279,18 +410,28 @@ impl ServerCore {
         c.bytes_received = bytes_received;
         c.bytes_sent = bytes_sent;
         let ms = now.saturating_sub(c.connected_at) as f64 / 1000.0;
-        info!("client_done event=client_complete client={} elapsed_ms={ms:.3} bytes_received={bytes_received} bytes_sent={bytes_sent}", c.info.name);
+        info!(
+            "client_done event=client_complete client={} elapsed_ms={ms:.3} bytes_received={bytes_received} bytes_sent={bytes_sent}",
+            c.info.name
+        );
         self.check_finish(now);
     }
 
     pub fn on_disconnect(&mut self, conn: ConnId, now: u64) {
-        let Some(who) = self.conns.remove(&conn) else { return };
+        let Some(who) = self.conns.remove(&conn) else {
+            return;
+        };
         let Some(id) = who else { return };
-        let Some(c) = self.clients.get_mut(&id) else { return };
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
         c.conn = None;
         if c.done_at.is_none() && !self.finished {
             c.lost_at = Some(now);
-            warn!("client_lost event=client_lost client={} id={}", c.info.name, id.0);
+            warn!(
+                "client_lost event=client_lost client={} id={}",
+                c.info.name, id.0
+            );
             self.check_finish(now);
         }
     }
@@ -299,11 +440,19 @@ impl ServerCore {
         if self.finished || !self.started {
             return;
         }
-        if !self.clients.values().all(|c| c.done_at.is_some() || c.lost_at.is_some()) {
+        if !self
+            .clients
+            .values()
+            .all(|c| c.done_at.is_some() || c.lost_at.is_some())
+        {
             return;
         }
         self.finished = true;
-        let lost = self.clients.values().filter(|c| c.done_at.is_none()).count();
+        let lost = self
+            .clients
+            .values()
+            .filter(|c| c.done_at.is_none())
+            .count();
         let s = self.summary(now);
         info!(
             "all_complete event=run_finished clients={} lost={lost} total_ms={:.3}",
@@ -311,9 +460,12 @@ impl ServerCore {
             s.total_ms
         );
         for (_, conn) in self.live_conns() {
-            self.actions.push_back(ServerAction::Send(conn, Message::Shutdown));
+            self.actions
+                .push_back(ServerAction::Send(conn, Message::Shutdown));
         }
-        self.actions.push_back(ServerAction::Finished { code: if lost == 0 { 0 } else { 1 } });
+        self.actions.push_back(ServerAction::Finished {
+            code: if lost == 0 { 0 } else { 1 },
+        });
     }
 
     pub fn summary(&self, now: u64) -> Summary {
@@ -330,13 +482,27 @@ impl ServerCore {
                 elapsed_ms: c.done_at.map(|d| ms(d.saturating_sub(c.connected_at))),
                 bytes_sent: c.bytes_sent,
                 bytes_received: c.bytes_received,
-                files: c.files.iter().map(|f| self.files[f.0 as usize].info.name.clone()).collect(),
+                files: c
+                    .files
+                    .iter()
+                    .map(|f| self.files[f.0 as usize].info.name.clone())
+                    .collect(),
                 files_completed: c.files_done,
                 complete: c.done_at.is_some(),
             })
             .collect();
-        let first = self.clients.values().map(|c| c.connected_at).min().unwrap_or(0);
-        let last = self.clients.values().filter_map(|c| c.done_at).max().unwrap_or(now);
+        let first = self
+            .clients
+            .values()
+            .map(|c| c.connected_at)
+            .min()
+            .unwrap_or(0);
+        let last = self
+            .clients
+            .values()
+            .filter_map(|c| c.done_at)
+            .max()
+            .unwrap_or(now);
         Summary {
             clients,
             files: self
@@ -344,7 +510,11 @@ impl ServerCore {
                 .iter()
                 .map(|f| FileSummary {
                     name: f.info.name.clone(),
-                    owner: self.clients.get(&f.info.owner).map(|c| c.info.name.clone()).unwrap_or_default(),
+                    owner: self
+                        .clients
+                        .get(&f.info.owner)
+                        .map(|c| c.info.name.clone())
+                        .unwrap_or_default(),
                     size: f.info.size,
                     chunks: f.chunks,
                     md5: f.whole.map(|d| hex(&d)).unwrap_or_default(),

@@ -31,10 +31,16 @@ impl fmt::Display for StorageError {
         match self {
             StorageError::Open { path, err } => write!(f, "cannot open {}: {err}", path.display()),
             StorageError::NotAFile(p) => write!(f, "{} is not a regular file", p.display()),
-            StorageError::BadName { path, why } => write!(f, "{} has an unusable file name: {why}", path.display()),
+            StorageError::BadName { path, why } => {
+                write!(f, "{} has an unusable file name: {why}", path.display())
+            }
             StorageError::Map { path, err } => write!(f, "cannot map {}: {err}", path.display()),
-            StorageError::Create { path, err } => write!(f, "cannot create {}: {err}", path.display()),
-            StorageError::Rename { from, err } => write!(f, "cannot rename {}: {err}", from.display()),
+            StorageError::Create { path, err } => {
+                write!(f, "cannot create {}: {err}", path.display())
+            }
+            StorageError::Rename { from, err } => {
+                write!(f, "cannot rename {}: {err}", from.display())
+            }
         }
     }
 }
@@ -48,7 +54,10 @@ fn map_file(file: &File, len: u64, path: &Path) -> Result<Option<Arc<Mmap>>, Sto
     }
     // SAFETY: the file is one this node owns for the run (see the module docs); nothing in this
     // process truncates it while the map lives.
-    let map = unsafe { Mmap::map(file) }.map_err(|err| StorageError::Map { path: path.to_owned(), err })?;
+    let map = unsafe { Mmap::map(file) }.map_err(|err| StorageError::Map {
+        path: path.to_owned(),
+        err,
+    })?;
     Ok(Some(Arc::new(map)))
 }
 
@@ -61,7 +70,10 @@ pub struct Source {
 
 impl Source {
     pub fn open(path: &Path) -> Result<Source, StorageError> {
-        let open_err = |err| StorageError::Open { path: path.to_owned(), err };
+        let open_err = |err| StorageError::Open {
+            path: path.to_owned(),
+            err,
+        };
         let meta = fs::metadata(path).map_err(open_err)?;
         if !meta.is_file() {
             return Err(StorageError::NotAFile(path.to_owned()));
@@ -69,9 +81,15 @@ impl Source {
         let name = path
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| StorageError::BadName { path: path.to_owned(), why: "not UTF-8".into() })?
+            .ok_or_else(|| StorageError::BadName {
+                path: path.to_owned(),
+                why: "not UTF-8".into(),
+            })?
             .to_string();
-        check_file_name(&name).map_err(|e| StorageError::BadName { path: path.to_owned(), why: e.to_string() })?;
+        check_file_name(&name).map_err(|e| StorageError::BadName {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
         let file = File::open(path).map_err(open_err)?;
         let size = file.metadata().map_err(open_err)?.len();
         let map = map_file(&file, size, path)?;
@@ -100,15 +118,32 @@ impl Output {
         fs::create_dir_all(dir).map_err(create_err(dir))?;
         let dest = dir.join(name);
         let part = dir.join(format!("{name}.part"));
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&part).map_err(create_err(&part))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(create_err(&part))?;
         file.set_len(size).map_err(create_err(&part))?;
         let map = map_file(&file, size, &part)?;
-        Ok(Output { part, dest, file: Arc::new(file), map })
+        Ok(Output {
+            part,
+            dest,
+            file: Arc::new(file),
+            map,
+        })
     }
 
     /// Renames `NAME.part` to `NAME` (after the whole-file check).
     pub fn finalize(&self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(|err| StorageError::Rename { from: self.part.clone(), err })?;
-        fs::rename(&self.part, &self.dest).map_err(|err| StorageError::Rename { from: self.part.clone(), err })
+        self.file.sync_data().map_err(|err| StorageError::Rename {
+            from: self.part.clone(),
+            err,
+        })?;
+        fs::rename(&self.part, &self.dest).map_err(|err| StorageError::Rename {
+            from: self.part.clone(),
+            err,
+        })
     }
 }

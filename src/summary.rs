@@ -67,14 +67,18 @@ impl Summary {
     pub fn to_json(&self) -> String {
         let mut o = String::new();
         o.push_str("{\n  \"chunk_size\": ");
-        let _ = write!(o, "{},\n  \"total_ms\": {:.3},\n  \"end_ms\": {:.3},\n", self.chunk_size, self.total_ms, self.end_ms);
+        let _ = write!(
+            o,
+            "{},\n  \"total_ms\": {:.3},\n  \"end_ms\": {:.3},\n",
+            self.chunk_size, self.total_ms, self.end_ms
+        );
         o.push_str("  \"clients\": [\n");
         for (i, c) in self.clients.iter().enumerate() {
             let files: Vec<String> = c.files.iter().map(|f| json_str(f)).collect();
-            let _ = write!(
+            let _ = writeln!(
                 o,
                 "    {{\"id\": {}, \"name\": {}, \"addr\": {}, \"connect_ms\": {:.3}, \"done_ms\": {}, \"elapsed_ms\": {}, \
-                 \"bytes_sent\": {}, \"bytes_received\": {}, \"files\": [{}], \"files_completed\": {}, \"complete\": {}}}{}\n",
+                 \"bytes_sent\": {}, \"bytes_received\": {}, \"files\": [{}], \"files_completed\": {}, \"complete\": {}}}{}",
                 c.id,
                 json_str(&c.name),
                 json_str(&c.addr),
@@ -108,7 +112,11 @@ impl Summary {
 
     pub fn to_text(&self) -> String {
         let mut o = String::new();
-        let _ = writeln!(o, "{:<12} {:>12} {:>12} {:>12} {:>14} {:>14}", "client", "connect ms", "done ms", "elapsed ms", "sent bytes", "recv bytes");
+        let _ = writeln!(
+            o,
+            "{:<12} {:>12} {:>12} {:>12} {:>14} {:>14}",
+            "client", "connect ms", "done ms", "elapsed ms", "sent bytes", "recv bytes"
+        );
         for c in &self.clients {
             let f = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.1}"));
             let _ = writeln!(
@@ -125,7 +133,11 @@ impl Summary {
         }
         let _ = writeln!(o, "total: {:.1} ms", self.total_ms);
         for f in &self.files {
-            let _ = writeln!(o, "file {} (owner {}, {} bytes, {} chunks) md5 {}", f.name, f.owner, f.size, f.chunks, f.md5);
+            let _ = writeln!(
+                o,
+                "file {} (owner {}, {} bytes, {} chunks) md5 {}",
+                f.name, f.owner, f.size, f.chunks, f.md5
+            );
         }
         o
     }
