@@ -403,6 +403,10 @@ impl ClientCore {
             self.exit(1, reason);
             return;
         }
+        debug!(
+            "digests event=chunk_digests_received file={} first={first} n={n}",
+            f.info.name
+        );
         f.digests.extend(digests);
         f.known += n;
         self.sched.set_known(file, first, n);
@@ -749,6 +753,7 @@ impl ClientCore {
             ));
         }
         let (digest, offset) = (f.digests[c.index as usize], f.geo.offset(c.index));
+        debug!("piece event=piece_arrived peer={} chunk={c}", p.0);
         match self.sched.on_piece(p, c) {
             PieceOutcome::Verify { requested_at } => PieceVerdict::Verify {
                 digest,
@@ -846,6 +851,7 @@ impl ClientCore {
             return;
         }
         while let Some(c) = self.sched.next_request(p, now) {
+            debug!("request event=request_sent peer={} chunk={c}", p.0);
             self.actions
                 .push_back(Action::ToPeer(p, Message::Request { chunk: c }));
         }

@@ -2,8 +2,8 @@
 //! good ones to their output file), and advance whole-file MD5s, so the reactor never hashes.
 //! Each result is sent back on a channel and the reactor is woken through its mio `Waker`.
 //!
-//! Jobs run by priority: own-file chunk digests first (every peer waits for them), then
-//! verifications (they free request slots), then whole-file hashing (only the finish waits).
+//! Three queues take turns: own-file chunk digests, verifications of received chunks, and
+//! whole-file hashing.
 
 use crate::geometry::Geometry;
 use crate::ids::{ChunkId, Digest, FileId, PeerId};
@@ -75,14 +75,32 @@ struct Queues {
     verify: VecDeque<Job>,
     stream: VecDeque<Job>,
     closed: bool,
+    /// Which queue goes first next time: the three take turns, so that own-file digests (which
+    /// peers wait for), verifications (which free request slots) and whole-file hashing (which
+    /// must keep up with the verified prefix, or it all lands at the end) all advance.
+    turn: usize,
 }
 
+/// Most verifications or whole-file jobs taken in one turn: a turn of each queue is then
+/// about the same work (4 to 8 MiB), and a batch fills the lanes of a multi-buffer hash.
+const BATCH: usize = 16;
+
 impl Queues {
-    fn pop(&mut self) -> Option<Job> {
-        self.hash
-            .pop_front()
-            .or_else(|| self.verify.pop_front())
-            .or_else(|| self.stream.pop_front())
+    /// The next batch of jobs of one kind.
+    fn pop(&mut self) -> Vec<Job> {
+        for k in 0..3 {
+            let (q, max) = match (self.turn + k) % 3 {
+                0 => (&mut self.hash, 1),
+                1 => (&mut self.verify, BATCH),
+                _ => (&mut self.stream, BATCH),
+            };
+            if !q.is_empty() {
+                self.turn = (self.turn + k + 1) % 3;
+                let n = q.len().min(max);
+                return q.drain(..n).collect();
+            }
+        }
+        Vec::new()
     }
 }
 
@@ -147,20 +165,23 @@ impl Drop for HashPool {
 fn worker(shared: &(Mutex<Queues>, Condvar), tx: &Sender<Done>, wake: &Wake) {
     let (m, cv) = shared;
     loop {
-        let job = {
+        let jobs = {
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
             loop {
                 if q.closed {
                     return;
                 }
-                if let Some(j) = q.pop() {
-                    break j;
+                let jobs = q.pop();
+                if !jobs.is_empty() {
+                    break jobs;
                 }
                 q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
-        if tx.send(run(job)).is_err() {
-            return;
+        for job in jobs {
+            if tx.send(run(job)).is_err() {
+                return;
+            }
         }
         wake();
     }

@@ -39,6 +39,8 @@ struct SFile {
     downloaders: u32,
     /// A peer that served a bad copy of a chunk is not asked for it again.
     bad_from: BTreeMap<u32, PeerId>,
+    /// No chunk below this index is missing (a lower bound, advanced lazily).
+    first_missing: u32,
 }
 
 struct SPeer {
@@ -63,7 +65,6 @@ pub struct Scheduler {
     me: PeerId,
     files: Vec<SFile>,
     peers: BTreeMap<PeerId, SPeer>,
-    rng: u64,
     pub window: usize,
     pub max_outstanding: usize,
     outstanding: usize,
@@ -75,7 +76,6 @@ impl Scheduler {
             me,
             files: Vec::new(),
             peers: BTreeMap::new(),
-            rng: 0x9E37_79B9_7F4A_7C15 ^ (me.0 as u64).wrapping_mul(0xBF58_476D_1CE4_E5B9),
             window: DEFAULT_WINDOW,
             max_outstanding: DEFAULT_MAX_OUTSTANDING,
             outstanding: 0,
@@ -105,6 +105,7 @@ impl Scheduler {
             rank,
             downloaders: downloaders.len().max(1) as u32,
             bad_from: BTreeMap::new(),
+            first_missing: 0,
         });
     }
 
@@ -218,14 +219,6 @@ impl Scheduler {
         true
     }
 
-    fn next_rand(&mut self) -> u64 {
-        // xorshift64*
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
     /// Picks the next chunk to request from `p` and records the request, or `None` if the
     /// window is full, the global cap is reached, or `p` holds nothing useful.
     pub fn next_request(&mut self, p: PeerId, now: u64) -> Option<ChunkId> {
@@ -241,11 +234,17 @@ impl Scheduler {
     }
 
     /// Best chunk nobody has been asked for. Lower score is better; a score of 0 ends the scan.
+    /// Within a score, the lowest index wins: the verified prefix of each file then grows
+    /// steadily, so its whole-file MD5 can be computed as the data arrives instead of at the end.
+    /// Files are scanned starting at one that depends on the peer, so that different peers
+    /// serve different files and every file advances.
     fn pick_fresh(&mut self, p: PeerId) -> Option<ChunkId> {
-        let start = self.next_rand();
         let s = self.peers.get(&p)?;
+        let nf = self.files.len();
         let mut best: Option<(u32, ChunkId)> = None;
-        for (fi, f) in self.files.iter().enumerate() {
+        for k in 0..nf {
+            let fi = (k + p.0 as usize) % nf;
+            let f = &mut self.files[fi];
             if !f.wanted || f.have.is_full() {
                 continue;
             }
@@ -254,10 +253,11 @@ impl Scheduler {
                 continue;
             };
             let n = f.have.len();
+            while f.first_missing < n && f.have.get(f.first_missing) {
+                f.first_missing += 1;
+            }
             let from_owner = f.owner == p;
-            let off = (start % n as u64) as u32;
-            for k in 0..n {
-                let i = (off + k) % n;
+            for i in f.first_missing..n {
                 let iu = i as usize;
                 if f.req[iu] > 0 || f.have.get(i) || !f.known.get(i) || !bits.get(i) {
                     continue;

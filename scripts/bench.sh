@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Benchmark of the reference scenario: server + N clients x M MiB on loopback, run R times.
+# Prints each run's total time (from the summary), each client's peak RSS and anonymous memory,
+# and CPU seconds (user+sys of all nodes), then the medians.
+#
+#   scripts/bench.sh [--runs R (5)] [--clients N (4)] [--size-mb M (500)] [--work DIR (data)]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=5 clients=4 size_mb=500 work=data port=8899 extra=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --runs) runs="$2"; shift 2 ;;
+    --clients) clients="$2"; shift 2 ;;
+    --size-mb) size_mb="$2"; shift 2 ;;
+    --work) work="$2"; shift 2 ;;
+    --port) port="$2"; shift 2 ;;
+    --) shift; extra=("$@"); break ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+cargo build --release --quiet
+bin="$PWD/target/release/p2pshare"
+mkdir -p "$work/src" "$work/bench"
+for i in $(seq 1 "$clients"); do
+  f="$work/src/file$i.bin"
+  if [[ ! -f "$f" || $(stat -c %s "$f") -ne $((size_mb * 1048576)) ]]; then
+    "$bin" gen --size "${size_mb}M" --seed "$i" "$f"
+  fi
+done
+
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
+totals=() cpus=() rss=() anon=()
+for r in $(seq 1 "$runs"); do
+  out="$work/bench/run$r"
+  rm -rf "$out"; mkdir -p "$out/logs"
+  "$bin" server --listen "127.0.0.1:$port" --clients "$clients" --log-dir "$out/logs" 2>"$out/server.err" &
+  spid=$!
+  cpids=()
+  for i in $(seq 1 "$clients"); do
+    /usr/bin/env time -f "%e %U %S %M" -o "$out/time$i" "$bin" client --server "127.0.0.1:$port" --listen 127.0.0.1:0 \
+      --name "client$i" --file "$work/src/file$i.bin" --out-dir "$out/client$i" --log-dir "$out/logs" "${extra[@]}" \
+      2>"$out/client$i.err" &
+    cpids+=("$!")
+  done
+  # Peak anonymous memory per client, sampled from /proc while the run lasts.
+  peak_anon=()
+  while kill -0 "$spid" 2>/dev/null; do
+    for i in $(seq 1 "$clients"); do
+      p=$(pgrep -f -- "^$bin client .*--name client$i " | head -1 || true)
+      [[ -n "$p" ]] || continue
+      a=$(awk '/^RssAnon/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+      [[ -n "$a" && "$a" -gt "${peak_anon[$i]:-0}" ]] && peak_anon[$i]=$a
+    done
+    sleep 0.05
+  done
+  fail=0
+  wait "$spid" || fail=1
+  for p in "${cpids[@]}"; do wait "$p" || fail=1; done
+  [[ $fail -eq 0 ]] || { echo "run $r FAILED (see $out)"; exit 1; }
+  total=$(grep -o '"total_ms": [0-9.]*' "$out/logs/summary.json" | awk '{print $2/1000}')
+  cpu=0; line=""
+  for i in $(seq 1 "$clients"); do
+    read -r _ u s m < "$out/time$i"
+    cpu=$(awk -v c="$cpu" -v u="$u" -v s="$s" 'BEGIN {print c+u+s}')
+    line+=" client$i rss=$((m/1024))MiB anon=$(( ${peak_anon[$i]:-0} / 1024 ))MiB"
+    rss+=("$((m/1024))"); anon+=("$(( ${peak_anon[$i]:-0} / 1024 ))")
+  done
+  echo "run $r: total ${total} s, client cpu ${cpu} s;$line"
+  totals+=("$total"); cpus+=("$cpu")
+  rm -rf "$out"/client*/
+done
+echo "median total: $(printf '%s\n' "${totals[@]}" | median) s over $runs runs"
+echo "median client cpu: $(printf '%s\n' "${cpus[@]}" | median) s"
+echo "max peak rss per client: $(printf '%s\n' "${rss[@]}" | sort -n | tail -1) MiB; max peak anon: $(printf '%s\n' "${anon[@]}" | sort -n | tail -1) MiB"
