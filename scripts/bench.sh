@@ -4,9 +4,11 @@
 # and CPU seconds (user+sys of all nodes), then the medians.
 #
 #   scripts/bench.sh [--runs R (5)] [--clients N (4)] [--size-mb M (500)] [--work DIR (data)]
+#                    [--bin PATH (build target/release/p2pshare)] [-- EXTRA CLIENT FLAGS]
+# For an A/B comparison, build each variant, copy the binaries, and alternate --bin in one session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=5 clients=4 size_mb=500 work=data port=8899 extra=()
+runs=5 clients=4 size_mb=500 work=data port=8899 extra=() bin=
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -14,14 +16,18 @@ while [[ $# -gt 0 ]]; do
     --size-mb) size_mb="$2"; shift 2 ;;
     --work) work="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
+    --bin) bin="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-cargo build --release --quiet
-bin="$PWD/target/release/p2pshare"
+if [[ -z "$bin" ]]; then
+  cargo build --release --quiet
+  bin="$PWD/target/release/p2pshare"
+fi
+bin="$(realpath "$bin")"
 mkdir -p "$work/src" "$work/bench"
 for i in $(seq 1 "$clients"); do
   f="$work/src/file$i.bin"

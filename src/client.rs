@@ -10,9 +10,9 @@ use crate::geometry::Geometry;
 use crate::hashpool::{Done, HashPool, Job};
 use crate::ids::{FileId, PeerId};
 use crate::logging::{self, LogSink, now_us};
+use crate::md5x::Md5State;
 use crate::storage::{Output, Source};
 use log::{info, warn};
-use md5::Md5;
 use memmap2::Mmap;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -62,7 +62,7 @@ struct FileIo {
     map: Option<Arc<Mmap>>,
     geo: Geometry,
     output: Option<Output>,
-    stream_ctx: Option<Box<Md5>>,
+    stream_ctx: Option<Box<Md5State>>,
 }
 
 struct Client {

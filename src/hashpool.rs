@@ -7,6 +7,7 @@
 
 use crate::geometry::Geometry;
 use crate::ids::{ChunkId, Digest, FileId, PeerId};
+use crate::md5x::{self, Md5State};
 use md5::{Digest as _, Md5};
 use memmap2::Mmap;
 use std::collections::VecDeque;
@@ -42,7 +43,7 @@ pub enum Job {
         geo: Geometry,
         from: u32,
         to: u32,
-        ctx: Box<Md5>,
+        ctx: Box<Md5State>,
         finish: bool,
     },
 }
@@ -64,7 +65,7 @@ pub enum Done {
     Streamed {
         file: FileId,
         upto: u32,
-        ctx: Option<Box<Md5>>,
+        ctx: Option<Box<Md5State>>,
         md5: Option<Digest>,
     },
 }
@@ -178,8 +179,8 @@ fn worker(shared: &(Mutex<Queues>, Condvar), tx: &Sender<Done>, wake: &Wake) {
                 q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
             }
         };
-        for job in jobs {
-            if tx.send(run(job)).is_err() {
+        for done in run_batch(jobs) {
+            if tx.send(done).is_err() {
                 return;
             }
         }
@@ -192,71 +193,112 @@ pub fn md5(data: &[u8]) -> Digest {
     Md5::digest(data).into()
 }
 
-fn run(job: Job) -> Done {
-    match job {
-        Job::HashChunks {
-            file,
-            map,
-            geo,
-            first,
-            count,
-        } => {
-            let digests = (first..first + count)
-                .map(|i| {
-                    let off = geo.offset(i) as usize;
-                    md5(&map[off..off + geo.chunk_len(i) as usize])
-                })
-                .collect();
-            Done::Hashed {
+/// Runs a batch of jobs of one kind. Chunks of a batch are hashed together in the lanes of the
+/// multi-buffer MD5 (`md5x`), and the whole-file states of a batch advance together likewise.
+fn run_batch(jobs: Vec<Job>) -> Vec<Done> {
+    let mut out = Vec::with_capacity(jobs.len());
+    let mut verifies = Vec::new();
+    let mut streams = Vec::new();
+    for job in jobs {
+        match job {
+            Job::HashChunks {
                 file,
+                map,
+                geo,
                 first,
-                digests,
+                count,
+            } => {
+                let slices: Vec<&[u8]> = (first..first + count)
+                    .map(|i| {
+                        let off = geo.offset(i) as usize;
+                        &map[off..off + geo.chunk_len(i) as usize]
+                    })
+                    .collect();
+                let digests = md5x::digest_many(&slices);
+                out.push(Done::Hashed {
+                    file,
+                    first,
+                    digests,
+                });
+            }
+            Job::Verify {
+                peer,
+                chunk,
+                data,
+                digest,
+                out: file,
+                offset,
+                requested_at,
+            } => {
+                verifies.push((peer, chunk, data, digest, file, offset, requested_at));
+            }
+            Job::Stream {
+                file,
+                map,
+                geo,
+                from,
+                to,
+                ctx,
+                finish,
+            } => {
+                streams.push((file, map, geo, from, to, ctx, finish));
             }
         }
-        Job::Verify {
-            peer,
-            chunk,
-            data,
-            digest,
-            out,
-            offset,
-            requested_at,
-        } => {
-            let ok = md5(&data) == digest;
+    }
+    if !verifies.is_empty() {
+        let bufs: Vec<&[u8]> = verifies.iter().map(|v| v.2.as_slice()).collect();
+        // One buffer alone is faster through md-5's assembly than through one lane of eight.
+        let digests = if bufs.len() == 1 {
+            vec![md5(bufs[0])]
+        } else {
+            md5x::digest_many(&bufs)
+        };
+        for ((peer, chunk, data, digest, file, offset, requested_at), got) in
+            verifies.into_iter().zip(digests)
+        {
+            let ok = got == digest;
             let write_error = if ok {
-                out.write_all_at(&data, offset).err().map(|e| e.to_string())
+                file.write_all_at(&data, offset)
+                    .err()
+                    .map(|e| e.to_string())
             } else {
                 None
             };
-            Done::Verified {
+            out.push(Done::Verified {
                 peer,
                 chunk,
                 ok,
                 data,
                 requested_at,
                 write_error,
-            }
+            });
         }
-        Job::Stream {
-            file,
-            map,
-            geo,
-            from,
-            to,
-            mut ctx,
-            finish,
-        } => {
-            if let Some(map) = &map {
-                let start = geo.offset(from) as usize;
-                let end = (geo.offset(to) as usize).min(map.len());
-                ctx.update(&map[start..end]);
-            }
-            if finish {
+    }
+    if !streams.is_empty() {
+        {
+            let mut items: Vec<(&mut Md5State, &[u8])> = streams
+                .iter_mut()
+                .map(|(_, map, geo, from, to, ctx, _)| {
+                    let data: &[u8] = match map {
+                        Some(m) => {
+                            let start = (geo.offset(*from) as usize).min(m.len());
+                            let end = (geo.offset(*to) as usize).min(m.len());
+                            &m[start..end]
+                        }
+                        None => &[],
+                    };
+                    (&mut **ctx, data)
+                })
+                .collect();
+            md5x::update_many(&mut items);
+        }
+        for (file, _, _, _, to, ctx, finish) in streams {
+            out.push(if finish {
                 Done::Streamed {
                     file,
                     upto: to,
                     ctx: None,
-                    md5: Some(ctx.finalize().into()),
+                    md5: Some(ctx.finalize()),
                 }
             } else {
                 Done::Streamed {
@@ -265,7 +307,8 @@ fn run(job: Job) -> Done {
                     ctx: Some(ctx),
                     md5: None,
                 }
-            }
+            });
         }
     }
+    out
 }

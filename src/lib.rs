@@ -15,6 +15,7 @@ pub mod geometry;
 pub mod hashpool;
 pub mod ids;
 pub mod logging;
+pub mod md5x;
 pub mod scheduler;
 pub mod server;
 pub mod server_core;

@@ -292,7 +292,7 @@ impl Scheduler {
             if !f.wanted {
                 continue;
             }
-            for i in 0..f.have.len() {
+            for i in f.first_missing..f.have.len() {
                 if !f.have.get(i) && f.req[i as usize] == 0 {
                     return None; // not endgame yet: some chunk is simply unavailable or unknown
                 }

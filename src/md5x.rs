@@ -1,0 +1,862 @@
+//! Multi-buffer MD5: this module owns the MD5 compression used for chunk and whole-file hashes.
+//!
+//! MD5 is over half of the program's CPU time (every 256 KiB chunk sent or received is hashed, and
+//! whole files are hashed too), and one MD5 stream is a serial dependency chain that a single core
+//! runs at well under 1 GB/s. Independent messages have no such dependency, so [`update_many`] and
+//! [`digest_many`] compress the whole 64-byte blocks of up to 8 messages at once, one message per
+//! 32-bit lane of AVX2 registers, when the CPU has AVX2 (detected once at run time). Without AVX2,
+//! or on other architectures, the same functions fall back to the portable scalar compression in
+//! this file. [`Md5State`] is a resumable streaming state, so a message can be fed in pieces across
+//! many calls, alone ([`Md5State::update`]) or alongside other states ([`update_many`]).
+//!
+//! The `md-5` crate is not used here except as the oracle in the tests.
+
+/// An MD5 digest, in the usual byte order.
+pub type Digest = [u8; 16];
+
+/// Size of one MD5 block in bytes.
+const BLOCK: usize = 64;
+
+/// The initial chaining value (A, B, C, D).
+const INIT: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
+
+/// The 64 additive constants, `floor(abs(sin(i + 1)) * 2^32)`.
+const K: [u32; 64] = [
+    0xd76a_a478,
+    0xe8c7_b756,
+    0x2420_70db,
+    0xc1bd_ceee,
+    0xf57c_0faf,
+    0x4787_c62a,
+    0xa830_4613,
+    0xfd46_9501,
+    0x6980_98d8,
+    0x8b44_f7af,
+    0xffff_5bb1,
+    0x895c_d7be,
+    0x6b90_1122,
+    0xfd98_7193,
+    0xa679_438e,
+    0x49b4_0821,
+    0xf61e_2562,
+    0xc040_b340,
+    0x265e_5a51,
+    0xe9b6_c7aa,
+    0xd62f_105d,
+    0x0244_1453,
+    0xd8a1_e681,
+    0xe7d3_fbc8,
+    0x21e1_cde6,
+    0xc337_07d6,
+    0xf4d5_0d87,
+    0x455a_14ed,
+    0xa9e3_e905,
+    0xfcef_a3f8,
+    0x676f_02d9,
+    0x8d2a_4c8a,
+    0xfffa_3942,
+    0x8771_f681,
+    0x6d9d_6122,
+    0xfde5_380c,
+    0xa4be_ea44,
+    0x4bde_cfa9,
+    0xf6bb_4b60,
+    0xbebf_bc70,
+    0x289b_7ec6,
+    0xeaa1_27fa,
+    0xd4ef_3085,
+    0x0488_1d05,
+    0xd9d4_d039,
+    0xe6db_99e5,
+    0x1fa2_7cf8,
+    0xc4ac_5665,
+    0xf429_2244,
+    0x432a_ff97,
+    0xab94_23a7,
+    0xfc93_a039,
+    0x655b_59c3,
+    0x8f0c_cc92,
+    0xffef_f47d,
+    0x8584_5dd1,
+    0x6fa8_7e4f,
+    0xfe2c_e6e0,
+    0xa301_4314,
+    0x4e08_11a1,
+    0xf753_7e82,
+    0xbd3a_f235,
+    0x2ad7_d2bb,
+    0xeb86_d391,
+];
+
+/// The 64 MD5 steps, shared by the scalar and the AVX2 compression. Each line is
+/// `step!(round function, message words, a, b, c, d, message index, constant index, rotation)`;
+/// the step macro updates its `a` argument.
+macro_rules! md5_schedule {
+    ($step:ident, $m:ident, $a:ident, $b:ident, $c:ident, $d:ident) => {
+        $step!(F, $m, $a, $b, $c, $d, 0, 0, 7);
+        $step!(F, $m, $d, $a, $b, $c, 1, 1, 12);
+        $step!(F, $m, $c, $d, $a, $b, 2, 2, 17);
+        $step!(F, $m, $b, $c, $d, $a, 3, 3, 22);
+        $step!(F, $m, $a, $b, $c, $d, 4, 4, 7);
+        $step!(F, $m, $d, $a, $b, $c, 5, 5, 12);
+        $step!(F, $m, $c, $d, $a, $b, 6, 6, 17);
+        $step!(F, $m, $b, $c, $d, $a, 7, 7, 22);
+        $step!(F, $m, $a, $b, $c, $d, 8, 8, 7);
+        $step!(F, $m, $d, $a, $b, $c, 9, 9, 12);
+        $step!(F, $m, $c, $d, $a, $b, 10, 10, 17);
+        $step!(F, $m, $b, $c, $d, $a, 11, 11, 22);
+        $step!(F, $m, $a, $b, $c, $d, 12, 12, 7);
+        $step!(F, $m, $d, $a, $b, $c, 13, 13, 12);
+        $step!(F, $m, $c, $d, $a, $b, 14, 14, 17);
+        $step!(F, $m, $b, $c, $d, $a, 15, 15, 22);
+        $step!(G, $m, $a, $b, $c, $d, 1, 16, 5);
+        $step!(G, $m, $d, $a, $b, $c, 6, 17, 9);
+        $step!(G, $m, $c, $d, $a, $b, 11, 18, 14);
+        $step!(G, $m, $b, $c, $d, $a, 0, 19, 20);
+        $step!(G, $m, $a, $b, $c, $d, 5, 20, 5);
+        $step!(G, $m, $d, $a, $b, $c, 10, 21, 9);
+        $step!(G, $m, $c, $d, $a, $b, 15, 22, 14);
+        $step!(G, $m, $b, $c, $d, $a, 4, 23, 20);
+        $step!(G, $m, $a, $b, $c, $d, 9, 24, 5);
+        $step!(G, $m, $d, $a, $b, $c, 14, 25, 9);
+        $step!(G, $m, $c, $d, $a, $b, 3, 26, 14);
+        $step!(G, $m, $b, $c, $d, $a, 8, 27, 20);
+        $step!(G, $m, $a, $b, $c, $d, 13, 28, 5);
+        $step!(G, $m, $d, $a, $b, $c, 2, 29, 9);
+        $step!(G, $m, $c, $d, $a, $b, 7, 30, 14);
+        $step!(G, $m, $b, $c, $d, $a, 12, 31, 20);
+        $step!(H, $m, $a, $b, $c, $d, 5, 32, 4);
+        $step!(H, $m, $d, $a, $b, $c, 8, 33, 11);
+        $step!(H, $m, $c, $d, $a, $b, 11, 34, 16);
+        $step!(H, $m, $b, $c, $d, $a, 14, 35, 23);
+        $step!(H, $m, $a, $b, $c, $d, 1, 36, 4);
+        $step!(H, $m, $d, $a, $b, $c, 4, 37, 11);
+        $step!(H, $m, $c, $d, $a, $b, 7, 38, 16);
+        $step!(H, $m, $b, $c, $d, $a, 10, 39, 23);
+        $step!(H, $m, $a, $b, $c, $d, 13, 40, 4);
+        $step!(H, $m, $d, $a, $b, $c, 0, 41, 11);
+        $step!(H, $m, $c, $d, $a, $b, 3, 42, 16);
+        $step!(H, $m, $b, $c, $d, $a, 6, 43, 23);
+        $step!(H, $m, $a, $b, $c, $d, 9, 44, 4);
+        $step!(H, $m, $d, $a, $b, $c, 12, 45, 11);
+        $step!(H, $m, $c, $d, $a, $b, 15, 46, 16);
+        $step!(H, $m, $b, $c, $d, $a, 2, 47, 23);
+        $step!(I, $m, $a, $b, $c, $d, 0, 48, 6);
+        $step!(I, $m, $d, $a, $b, $c, 7, 49, 10);
+        $step!(I, $m, $c, $d, $a, $b, 14, 50, 15);
+        $step!(I, $m, $b, $c, $d, $a, 5, 51, 21);
+        $step!(I, $m, $a, $b, $c, $d, 12, 52, 6);
+        $step!(I, $m, $d, $a, $b, $c, 3, 53, 10);
+        $step!(I, $m, $c, $d, $a, $b, 10, 54, 15);
+        $step!(I, $m, $b, $c, $d, $a, 1, 55, 21);
+        $step!(I, $m, $a, $b, $c, $d, 8, 56, 6);
+        $step!(I, $m, $d, $a, $b, $c, 15, 57, 10);
+        $step!(I, $m, $c, $d, $a, $b, 6, 58, 15);
+        $step!(I, $m, $b, $c, $d, $a, 13, 59, 21);
+        $step!(I, $m, $a, $b, $c, $d, 4, 60, 6);
+        $step!(I, $m, $d, $a, $b, $c, 11, 61, 10);
+        $step!(I, $m, $c, $d, $a, $b, 2, 62, 15);
+        $step!(I, $m, $b, $c, $d, $a, 9, 63, 21);
+    };
+}
+
+/// One scalar MD5 step: `a = b + rotl(a + f(b, c, d) + K[k] + m[i], s)`.
+macro_rules! scalar_step {
+    ($f:ident, $m:ident, $a:ident, $b:ident, $c:ident, $d:ident, $mi:literal, $ki:literal, $s:literal) => {
+        $a = $b.wrapping_add(
+            $a.wrapping_add(K[$ki])
+                .wrapping_add($m[$mi])
+                .wrapping_add(scalar_fun!($f, $b, $c, $d))
+                .rotate_left($s),
+        );
+    };
+}
+
+/// The four MD5 round functions on `u32`.
+macro_rules! scalar_fun {
+    (F, $b:ident, $c:ident, $d:ident) => {
+        $d ^ ($b & ($c ^ $d))
+    };
+    (G, $b:ident, $c:ident, $d:ident) => {
+        $c ^ ($d & ($b ^ $c))
+    };
+    (H, $b:ident, $c:ident, $d:ident) => {
+        $b ^ $c ^ $d
+    };
+    (I, $b:ident, $c:ident, $d:ident) => {
+        $c ^ ($b | !$d)
+    };
+}
+
+/// Compresses every whole 64-byte block of `data` into `state`; a trailing partial block is ignored.
+fn compress_scalar(state: &mut [u32; 4], data: &[u8]) {
+    let [mut a, mut b, mut c, mut d] = *state;
+    for block in data.chunks_exact(BLOCK) {
+        let mut m = [0u32; 16];
+        for (w, bytes) in m.iter_mut().zip(block.chunks_exact(4)) {
+            *w = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        }
+        let (aa, bb, cc, dd) = (a, b, c, d);
+        md5_schedule!(scalar_step, m, a, b, c, d);
+        a = a.wrapping_add(aa);
+        b = b.wrapping_add(bb);
+        c = c.wrapping_add(cc);
+        d = d.wrapping_add(dd);
+    }
+    *state = [a, b, c, d];
+}
+
+/// The final one or two blocks of a message: `tail` (the bytes after the last whole block, fewer
+/// than 64), the 0x80 marker, zeros, and the bit length. Returns the buffer and how many of its
+/// bytes (64 or 128) are used.
+fn pad_tail(tail: &[u8], total_len: u64) -> ([u8; 2 * BLOCK], usize) {
+    let mut out = [0u8; 2 * BLOCK];
+    let n = tail.len().min(BLOCK - 1);
+    out[..n].copy_from_slice(&tail[..n]);
+    out[n] = 0x80;
+    let end = if n < BLOCK - 8 { BLOCK } else { 2 * BLOCK };
+    out[end - 8..end].copy_from_slice(&total_len.wrapping_mul(8).to_le_bytes());
+    (out, end)
+}
+
+fn to_digest(state: &[u32; 4]) -> Digest {
+    let mut out = [0u8; 16];
+    for (dst, word) in out.chunks_exact_mut(4).zip(state) {
+        dst.copy_from_slice(&word.to_le_bytes());
+    }
+    out
+}
+
+/// A streaming MD5 state (the 4 state words, the total length, and a partial-block buffer) that can be
+/// advanced alone or in lanes alongside other states.
+#[derive(Clone, Debug)]
+pub struct Md5State {
+    state: [u32; 4],
+    /// Total bytes absorbed so far (wrapping, as MD5 specifies the length modulo 2^64 bits).
+    len: u64,
+    /// Bytes not yet compressed; `buf[..buf_len]` is valid and `buf_len < 64`.
+    buf: [u8; BLOCK],
+    buf_len: usize,
+}
+
+impl Default for Md5State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Md5State {
+    pub fn new() -> Self {
+        Md5State {
+            state: INIT,
+            len: 0,
+            buf: [0; BLOCK],
+            buf_len: 0,
+        }
+    }
+
+    /// Absorbs `data` with the scalar compression.
+    pub fn update(&mut self, data: &[u8]) {
+        let (body, tail) = self.absorb(data);
+        compress_scalar(&mut self.state, body);
+        self.stash(tail);
+    }
+
+    /// Pads, compresses the last block(s) and returns the digest.
+    pub fn finalize(mut self) -> Digest {
+        let (padded, n) = pad_tail(&self.buf[..self.buf_len], self.len);
+        compress_scalar(&mut self.state, &padded[..n]);
+        to_digest(&self.state)
+    }
+
+    /// Counts `data`, completes the partial buffer from its head (compressing it if it fills) and
+    /// splits the rest into the whole-block body and the tail. The caller must compress the body
+    /// into `self.state` before anything else touches it, and hand the tail to `stash` (which may
+    /// happen first: when the tail is non-empty the buffer is empty).
+    fn absorb<'d>(&mut self, data: &'d [u8]) -> (&'d [u8], &'d [u8]) {
+        self.len = self.len.wrapping_add(data.len() as u64);
+        let mut rest = data;
+        if self.buf_len > 0 {
+            let take = (BLOCK - self.buf_len).min(rest.len());
+            let (head, after) = rest.split_at(take);
+            self.buf[self.buf_len..self.buf_len + take].copy_from_slice(head);
+            self.buf_len += take;
+            rest = after;
+            if self.buf_len == BLOCK {
+                compress_scalar(&mut self.state, &self.buf);
+                self.buf_len = 0;
+            }
+        }
+        rest.split_at(rest.len() / BLOCK * BLOCK)
+    }
+
+    /// Appends fewer than 64 bytes to the buffer (only called when they fit).
+    fn stash(&mut self, tail: &[u8]) {
+        let n = tail.len().min(BLOCK - 1 - self.buf_len);
+        self.buf[self.buf_len..self.buf_len + n].copy_from_slice(&tail[..n]);
+        self.buf_len += n;
+    }
+}
+
+/// Whether the AVX2 path is in use.
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        // 0 = not yet checked, 1 = no, 2 = yes.
+        static CACHE: AtomicU8 = AtomicU8::new(0);
+        match CACHE.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => {
+                let yes = std::arch::is_x86_feature_detected!("avx2");
+                CACHE.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+                yes
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Advances several independent states, each by its own input of any length. Same result as calling
+/// `update` on each, but the whole 64-byte blocks are compressed 8 lanes at a time with AVX2 when the CPU has it
+/// (checked once at run time with is_x86_feature_detected!, cached), scalar otherwise or on other arches.
+pub fn update_many(items: &mut [(&mut Md5State, &[u8])]) {
+    update_many_impl(items, true);
+}
+
+/// MD5 of each input (any lengths, need not be equal), using lanes where possible.
+pub fn digest_many(inputs: &[&[u8]]) -> Vec<Digest> {
+    digest_many_impl(inputs, true)
+}
+
+/// `update_many`, with `simd == false` forcing the scalar path (for tests and comparisons).
+fn update_many_impl(items: &mut [(&mut Md5State, &[u8])], simd: bool) {
+    let mut jobs: Vec<(&mut [u32; 4], &[u8])> = Vec::with_capacity(items.len());
+    for (st, data) in items.iter_mut() {
+        let st: &mut Md5State = st;
+        let (body, tail) = st.absorb(data);
+        st.stash(tail);
+        jobs.push((&mut st.state, body));
+    }
+    compress_jobs(&mut jobs, simd);
+}
+
+/// `digest_many`, with `simd == false` forcing the scalar path (for tests and comparisons).
+fn digest_many_impl(inputs: &[&[u8]], simd: bool) -> Vec<Digest> {
+    let mut states = vec![INIT; inputs.len()];
+    let mut jobs: Vec<(&mut [u32; 4], &[u8])> = states
+        .iter_mut()
+        .zip(inputs)
+        .map(|(s, d)| (s, &d[..d.len() / BLOCK * BLOCK]))
+        .collect();
+    compress_jobs(&mut jobs, simd);
+    drop(jobs);
+    let finals: Vec<([u8; 2 * BLOCK], usize)> = inputs
+        .iter()
+        .map(|d| pad_tail(&d[d.len() / BLOCK * BLOCK..], d.len() as u64))
+        .collect();
+    let mut jobs: Vec<(&mut [u32; 4], &[u8])> = states
+        .iter_mut()
+        .zip(&finals)
+        .map(|(s, (padded, n))| (s, &padded[..*n]))
+        .collect();
+    compress_jobs(&mut jobs, simd);
+    drop(jobs);
+    states.iter().map(to_digest).collect()
+}
+
+/// Compresses each job's whole blocks into its state words: in AVX2 lanes when `simd` is set and
+/// the CPU has AVX2, else one job at a time.
+fn compress_jobs(jobs: &mut [(&mut [u32; 4], &[u8])], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if simd && jobs.len() > 1 && has_avx2() {
+        compress_jobs_lanes(jobs);
+        return;
+    }
+    let _ = simd;
+    for (state, data) in jobs.iter_mut() {
+        compress_scalar(state, data);
+    }
+}
+
+/// The lane scheduler. Eight slots each hold a job that still has blocks; empty slots are refilled
+/// from the queue. Each round compresses, in every occupied slot, the smallest number of blocks
+/// any occupied slot has left, so at least one job finishes per round. Unoccupied lanes repeat an
+/// occupied lane's input and their result is discarded. When a single job is left it runs scalar,
+/// which is as fast as one lane and wastes nothing.
+#[cfg(target_arch = "x86_64")]
+fn compress_jobs_lanes(jobs: &mut [(&mut [u32; 4], &[u8])]) {
+    const LANES: usize = avx2::LANES;
+    let mut slots: [Option<usize>; LANES] = [None; LANES];
+    let mut next = 0;
+    loop {
+        for slot in slots.iter_mut().filter(|s| s.is_none()) {
+            while next < jobs.len() && jobs[next].1.len() < BLOCK {
+                next += 1;
+            }
+            if next < jobs.len() {
+                *slot = Some(next);
+                next += 1;
+            }
+        }
+        let active = slots.iter().flatten().count();
+        let Some(&first) = slots.iter().flatten().next() else {
+            return;
+        };
+        if active < MIN_SIMD_LANES && next >= jobs.len() {
+            for &j in slots.iter().flatten() {
+                let (state, data) = &mut jobs[j];
+                compress_scalar(state, data);
+            }
+            return;
+        }
+        let blocks = slots
+            .iter()
+            .flatten()
+            .map(|&j| jobs[j].1.len() / BLOCK)
+            .min()
+            .unwrap_or(0);
+        let take = blocks * BLOCK;
+        let filler: &[u8] = jobs[first].1;
+        let mut states = [INIT; LANES];
+        let mut data: [&[u8]; LANES] = [&filler[..take]; LANES];
+        for (lane, slot) in slots.iter().enumerate() {
+            if let Some(j) = *slot {
+                let input: &[u8] = jobs[j].1;
+                states[lane] = *jobs[j].0;
+                data[lane] = &input[..take];
+            }
+        }
+        // SAFETY: `compress_jobs` only calls this after `has_avx2()` confirmed at run time that the
+        // CPU supports AVX2, the only target feature `compress8` enables.
+        unsafe { avx2::compress8(&mut states, data) };
+        for (lane, slot) in slots.iter_mut().enumerate() {
+            if let Some(j) = *slot {
+                let input: &[u8] = jobs[j].1;
+                *jobs[j].0 = states[lane];
+                jobs[j].1 = &input[take..];
+                if jobs[j].1.len() < BLOCK {
+                    *slot = None;
+                }
+            }
+        }
+    }
+}
+
+/// Below this many occupied lanes, with nothing queued, the scheduler finishes the jobs scalar.
+#[cfg(target_arch = "x86_64")]
+const MIN_SIMD_LANES: usize = 2;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{BLOCK, K};
+    use core::arch::x86_64::*;
+
+    pub(super) const LANES: usize = 8;
+
+    /// Adds round function `f(b, c, d)` to `t`, arranged so that as little as possible waits on
+    /// `b`, the value produced by the previous step.
+    macro_rules! simd_add_fun {
+        (F, $t:ident, $b:ident, $c:ident, $d:ident) => {
+            _mm256_add_epi32(
+                $t,
+                _mm256_xor_si256($d, _mm256_and_si256($b, _mm256_xor_si256($c, $d))),
+            )
+        };
+        // G = (b & d) | (c & !d); the two terms share no bits, so | is +.
+        (G, $t:ident, $b:ident, $c:ident, $d:ident) => {
+            _mm256_add_epi32(
+                _mm256_add_epi32($t, _mm256_andnot_si256($d, $c)),
+                _mm256_and_si256($b, $d),
+            )
+        };
+        (H, $t:ident, $b:ident, $c:ident, $d:ident) => {
+            _mm256_add_epi32($t, _mm256_xor_si256($b, _mm256_xor_si256($c, $d)))
+        };
+        (I, $t:ident, $b:ident, $c:ident, $d:ident) => {
+            _mm256_add_epi32(
+                $t,
+                _mm256_xor_si256(
+                    $c,
+                    _mm256_or_si256($b, _mm256_xor_si256($d, _mm256_set1_epi32(-1))),
+                ),
+            )
+        };
+    }
+
+    /// One MD5 step on 8 lanes: `a = b + rotl(a + K[k] + m[i] + f(b, c, d), s)`.
+    macro_rules! simd_step {
+        ($f:ident, $m:ident, $a:ident, $b:ident, $c:ident, $d:ident, $mi:literal, $ki:literal, $s:literal) => {{
+            let t = _mm256_add_epi32(
+                $a,
+                _mm256_add_epi32(_mm256_set1_epi32(K[$ki] as i32), $m[$mi]),
+            );
+            let t = simd_add_fun!($f, t, $b, $c, $d);
+            let t = _mm256_or_si256(
+                _mm256_slli_epi32::<$s>(t),
+                _mm256_srli_epi32::<{ 32 - $s }>(t),
+            );
+            $a = _mm256_add_epi32($b, t);
+        }};
+    }
+
+    /// 8x8 transpose of 32-bit elements: row `r` of the input (8 words of lane `r`) becomes
+    /// element `r` of every output vector.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose(r: [__m256i; 8]) -> [__m256i; 8] {
+        let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
+        let t1 = _mm256_unpackhi_epi32(r[0], r[1]);
+        let t2 = _mm256_unpacklo_epi32(r[2], r[3]);
+        let t3 = _mm256_unpackhi_epi32(r[2], r[3]);
+        let t4 = _mm256_unpacklo_epi32(r[4], r[5]);
+        let t5 = _mm256_unpackhi_epi32(r[4], r[5]);
+        let t6 = _mm256_unpacklo_epi32(r[6], r[7]);
+        let t7 = _mm256_unpackhi_epi32(r[6], r[7]);
+        let u0 = _mm256_unpacklo_epi64(t0, t2);
+        let u1 = _mm256_unpackhi_epi64(t0, t2);
+        let u2 = _mm256_unpacklo_epi64(t1, t3);
+        let u3 = _mm256_unpackhi_epi64(t1, t3);
+        let u4 = _mm256_unpacklo_epi64(t4, t6);
+        let u5 = _mm256_unpackhi_epi64(t4, t6);
+        let u6 = _mm256_unpacklo_epi64(t5, t7);
+        let u7 = _mm256_unpackhi_epi64(t5, t7);
+        [
+            _mm256_permute2x128_si256::<0x20>(u0, u4),
+            _mm256_permute2x128_si256::<0x20>(u1, u5),
+            _mm256_permute2x128_si256::<0x20>(u2, u6),
+            _mm256_permute2x128_si256::<0x20>(u3, u7),
+            _mm256_permute2x128_si256::<0x31>(u0, u4),
+            _mm256_permute2x128_si256::<0x31>(u1, u5),
+            _mm256_permute2x128_si256::<0x31>(u2, u6),
+            _mm256_permute2x128_si256::<0x31>(u3, u7),
+        ]
+    }
+
+    /// Loads state word `w` of every lane into one vector.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn load_word(states: &[[u32; 4]; LANES], w: usize) -> __m256i {
+        let v: [u32; LANES] = core::array::from_fn(|lane| states[lane][w]);
+        // SAFETY: `v` is 32 readable bytes; loadu has no alignment requirement.
+        unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+    }
+
+    /// Stores vector `x` as state word `w` of every lane.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn store_word(states: &mut [[u32; 4]; LANES], w: usize, x: __m256i) {
+        let mut v = [0u32; LANES];
+        // SAFETY: `v` is 32 writable bytes; storeu has no alignment requirement.
+        unsafe { _mm256_storeu_si256(v.as_mut_ptr().cast(), x) };
+        for (state, word) in states.iter_mut().zip(v) {
+            state[w] = word;
+        }
+    }
+
+    /// Compresses `n` blocks in each of 8 lanes, where `n` is the smallest `data[lane].len() / 64`;
+    /// lane `l` hashes `data[l]` into `states[l]`.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn compress8(states: &mut [[u32; 4]; LANES], data: [&[u8]; LANES]) {
+        let blocks = data.iter().map(|d| d.len() / BLOCK).min().unwrap_or(0);
+        let ptrs = data.map(|d| d.as_ptr());
+        let mut a = load_word(states, 0);
+        let mut b = load_word(states, 1);
+        let mut c = load_word(states, 2);
+        let mut d = load_word(states, 3);
+        for block in 0..blocks {
+            let off = block * BLOCK;
+            let mut lo = [_mm256_setzero_si256(); LANES];
+            let mut hi = [_mm256_setzero_si256(); LANES];
+            for lane in 0..LANES {
+                // SAFETY: `off + 64 <= blocks * 64 <= data[lane].len()`, so both 32-byte reads
+                // stay inside `data[lane]`; loadu has no alignment requirement.
+                unsafe {
+                    let p = ptrs[lane].add(off);
+                    lo[lane] = _mm256_loadu_si256(p.cast());
+                    hi[lane] = _mm256_loadu_si256(p.add(32).cast());
+                }
+            }
+            let lo = transpose(lo);
+            let hi = transpose(hi);
+            let m = [
+                lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3],
+                hi[4], hi[5], hi[6], hi[7],
+            ];
+            let (aa, bb, cc, dd) = (a, b, c, d);
+            md5_schedule!(simd_step, m, a, b, c, d);
+            a = _mm256_add_epi32(a, aa);
+            b = _mm256_add_epi32(b, bb);
+            c = _mm256_add_epi32(c, cc);
+            d = _mm256_add_epi32(d, dd);
+        }
+        store_word(states, 0, a);
+        store_word(states, 1, b);
+        store_word(states, 2, c);
+        store_word(states, 3, d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use md5::{Digest as _, Md5};
+
+    fn oracle(data: &[u8]) -> Digest {
+        Md5::digest(data).into()
+    }
+
+    /// Deterministic pseudo-random generator (xorshift64*).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    fn fill(seed: u64, len: usize) -> Vec<u8> {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        (0..len).map(|_| (rng.next() >> 56) as u8).collect()
+    }
+
+    const LENGTHS: [usize; 12] = [0, 1, 55, 56, 63, 64, 65, 127, 128, 1000, 262_144, 262_161];
+
+    #[test]
+    fn single_lengths_match_md5() {
+        for (i, &len) in LENGTHS.iter().enumerate() {
+            let data = fill(i as u64, len);
+            let want = oracle(&data);
+            let mut st = Md5State::new();
+            st.update(&data);
+            assert_eq!(st.finalize(), want, "update, len {len}");
+            assert_eq!(digest_many(&[&data]), vec![want], "digest_many, len {len}");
+            assert_eq!(
+                digest_many_impl(&[&data], false),
+                vec![want],
+                "scalar, len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn all_lengths_in_lanes_match_md5() {
+        let inputs: Vec<Vec<u8>> = LENGTHS
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| fill(100 + i as u64, len))
+            .collect();
+        let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+        let want: Vec<Digest> = refs.iter().map(|d| oracle(d)).collect();
+        assert_eq!(digest_many(&refs), want);
+        assert_eq!(digest_many_impl(&refs, false), want);
+    }
+
+    #[test]
+    fn known_vectors() {
+        let hex = |d: Digest| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(digest_many(&[b""])[0]),
+            "d41d8cd98f00b204e9800998ecf8427e"
+        );
+        let mut st = Md5State::default();
+        st.update(b"The quick brown fox jumps over the lazy dog");
+        assert_eq!(hex(st.finalize()), "9e107d9d372bb6826bd81d3542a419d6");
+    }
+
+    #[test]
+    fn digest_many_mixed_and_equal_lengths() {
+        let mut rng = Rng(7);
+        for count in 1..=20usize {
+            for mode in 0..3 {
+                let lens: Vec<usize> = (0..count)
+                    .map(|i| match mode {
+                        0 => rng.below(5000),
+                        1 => 4096,
+                        // Mostly equal, with a few stragglers that leave lanes idle.
+                        _ => {
+                            if i % 5 == 0 {
+                                rng.below(20_000)
+                            } else {
+                                1000 + 64 * (i % 3)
+                            }
+                        }
+                    })
+                    .collect();
+                let inputs: Vec<Vec<u8>> = lens
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &len)| fill((count * 100 + mode * 30 + i) as u64, len))
+                    .collect();
+                let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
+                let want: Vec<Digest> = refs.iter().map(|d| oracle(d)).collect();
+                assert_eq!(digest_many(&refs), want, "count {count} mode {mode}");
+                assert_eq!(
+                    digest_many_impl(&refs, false),
+                    want,
+                    "scalar, count {count} mode {mode}"
+                );
+            }
+        }
+        assert!(digest_many(&[]).is_empty());
+    }
+
+    fn pieces_round(simd: bool, seed: u64) {
+        let mut rng = Rng(seed);
+        let n = 13;
+        let sources: Vec<Vec<u8>> = (0..n)
+            .map(|i| fill(seed * 1000 + i as u64, 3000 + rng.below(40_000)))
+            .collect();
+        let mut fed = vec![0usize; n];
+        let mut states: Vec<Md5State> = (0..n).map(|_| Md5State::new()).collect();
+        for call in 0..400 {
+            let mut pieces: Vec<(usize, usize)> = Vec::new();
+            for i in 0..n {
+                if rng.below(4) == 0 {
+                    continue;
+                }
+                let left = sources[i].len() - fed[i];
+                let want = match rng.below(6) {
+                    0 => 0,
+                    1 => rng.below(64),
+                    2 => 64 * (1 + rng.below(4)),
+                    3 => rng.below(200),
+                    _ => rng.below(2000),
+                };
+                let len = want.min(left);
+                pieces.push((i, len));
+            }
+            if call % 7 == 0 {
+                // Mix in the scalar single-state path on the same states.
+                if let Some(&(i, len)) = pieces.first() {
+                    states[i].update(&sources[i][fed[i]..fed[i] + len]);
+                    fed[i] += len;
+                    pieces.remove(0);
+                }
+            }
+            let mut items: Vec<(&mut Md5State, &[u8])> = Vec::new();
+            let mut rest: &mut [Md5State] = &mut states;
+            let mut base = 0;
+            for &(i, len) in &pieces {
+                let (_, tail) = rest.split_at_mut(i - base);
+                let (st, after) = tail.split_first_mut().unwrap();
+                items.push((st, &sources[i][fed[i]..fed[i] + len]));
+                rest = after;
+                base = i + 1;
+            }
+            update_many_impl(&mut items, simd);
+            for &(i, len) in &pieces {
+                fed[i] += len;
+            }
+        }
+        // Feed whatever is left in one call, then compare.
+        {
+            let mut items: Vec<(&mut Md5State, &[u8])> = states
+                .iter_mut()
+                .zip(&sources)
+                .zip(&fed)
+                .map(|((st, src), &f)| (st, &src[f..]))
+                .collect();
+            update_many_impl(&mut items, simd);
+        }
+        for (i, st) in states.into_iter().enumerate() {
+            assert_eq!(st.finalize(), oracle(&sources[i]), "state {i} simd {simd}");
+        }
+    }
+
+    #[test]
+    fn update_many_random_pieces_match_md5() {
+        for seed in 1..=4 {
+            pieces_round(true, seed);
+            pieces_round(false, seed);
+        }
+    }
+
+    #[test]
+    fn update_many_equals_update() {
+        let data: Vec<Vec<u8>> = (0..10)
+            .map(|i| fill(500 + i, 1000 + 333 * i as usize))
+            .collect();
+        let mut a: Vec<Md5State> = (0..10).map(|_| Md5State::new()).collect();
+        let mut b = a.clone();
+        for (st, d) in a.iter_mut().zip(&data) {
+            st.update(&d[..17]);
+            st.update(&d[17..]);
+        }
+        let mut items: Vec<(&mut Md5State, &[u8])> = b
+            .iter_mut()
+            .zip(&data)
+            .map(|(s, d)| (s, &d[..17]))
+            .collect();
+        update_many(&mut items);
+        let mut items: Vec<(&mut Md5State, &[u8])> = b
+            .iter_mut()
+            .zip(&data)
+            .map(|(s, d)| (s, &d[17..]))
+            .collect();
+        update_many(&mut items);
+        for (x, y) in a.into_iter().zip(b) {
+            assert_eq!(x.finalize(), y.finalize());
+        }
+        update_many(&mut []);
+    }
+
+    #[test]
+    fn avx2_detection_is_consistent() {
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(has_avx2(), std::arch::is_x86_feature_detected!("avx2"));
+        assert_eq!(has_avx2(), has_avx2());
+    }
+
+    #[test]
+    #[ignore = "benchmark; run with --release --ignored --nocapture"]
+    fn throughput() {
+        use std::hint::black_box;
+        use std::time::Instant;
+        const CHUNK: usize = 256 * 1024;
+        const REPS: usize = 128; // 8 x 256 KiB x 128 = 256 MiB per measurement
+        let bufs: Vec<Vec<u8>> = (0..8).map(|i| fill(900 + i, CHUNK)).collect();
+        let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+        let total = (CHUNK * refs.len() * REPS) as f64;
+        let want: Vec<Digest> = refs.iter().map(|d| oracle(d)).collect();
+        assert_eq!(digest_many(&refs), want);
+
+        let rate = |f: &dyn Fn()| {
+            f(); // warm up
+            let t = Instant::now();
+            for _ in 0..REPS {
+                f();
+            }
+            total / t.elapsed().as_secs_f64() / 1e6
+        };
+        let many = rate(&|| {
+            black_box(digest_many(black_box(&refs)));
+        });
+        let scalar = rate(&|| {
+            black_box(digest_many_impl(black_box(&refs), false));
+        });
+        let oracle_rate = rate(&|| {
+            for d in &refs {
+                black_box(Md5::digest(black_box(d)));
+            }
+        });
+        println!(
+            "md5x throughput, 8 x 256 KiB buffers, {} MiB per run (AVX2 in use: {}):",
+            total as usize >> 20,
+            has_avx2()
+        );
+        println!("  digest_many (lanes)        {many:8.0} MB/s");
+        println!("  digest_many (forced scalar) {scalar:7.0} MB/s");
+        println!("  md-5 one at a time         {oracle_rate:8.0} MB/s");
+        println!("  speedup over md-5          {:8.2}x", many / oracle_rate);
+    }
+}
