@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
@@ -81,6 +82,10 @@ struct Client {
     sink: LogSink,
     hello_sent_at: u64,
     exit: Option<(i32, String)>,
+    waker: Arc<Waker>,
+    /// Results of finalizations (fsync and rename), which run on their own threads.
+    finals_tx: Sender<(FileId, Result<(), String>)>,
+    finals_rx: Receiver<(FileId, Result<(), String>)>,
 }
 
 fn connect_server(addr: &str, give_up: Duration) -> Result<std::net::TcpStream, Error> {
@@ -175,10 +180,12 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
     let poll = Poll::new().map_err(|e| Error::Usage(format!("cannot create poll: {e}")))?;
     let waker =
         Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Error::Usage(e.to_string()))?);
+    let pool_waker = Arc::clone(&waker);
+    let (finals_tx, finals_rx) = channel();
     let pool = HashPool::new(
         cfg.hash_threads,
         Arc::new(move || {
-            let _ = waker.wake();
+            let _ = pool_waker.wake();
         }),
     )
     .map_err(|e| Error::Usage(format!("cannot start hash threads: {e}")))?;
@@ -217,6 +224,9 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         sink,
         hello_sent_at: now_us(),
         exit: None,
+        waker,
+        finals_tx,
+        finals_rx,
     };
     c.run_loop()
 }
@@ -471,6 +481,12 @@ impl Client {
     }
 
     fn results(&mut self) {
+        while let Ok((file, r)) = self.finals_rx.try_recv() {
+            match r {
+                Ok(()) => self.core.on_finalized(file, now_us()),
+                Err(e) => self.exit = Some((1, e)),
+            }
+        }
         while let Some(done) = self.pool.try_recv() {
             let now = now_us();
             match done {
@@ -603,15 +619,25 @@ impl Client {
                     });
                 }
                 Action::Finalize { file } => {
-                    let r = self
-                        .files
-                        .get(&file)
-                        .and_then(|f| f.output.as_ref())
-                        .map(Output::finalize);
-                    match r {
-                        Some(Ok(())) => self.core.on_finalized(file, now_us()),
-                        Some(Err(e)) => self.exit = Some((1, e.to_string())),
-                        None => self.exit = Some((1, format!("no output for file {}", file.0))),
+                    // fsync takes a disk's time (about a second for 500 MB): never on the reactor.
+                    let Some(out) = self.files.get(&file).and_then(|f| f.output.as_ref()) else {
+                        self.exit = Some((1, format!("no output for file {}", file.0)));
+                        continue;
+                    };
+                    let (f, part, dest) =
+                        (Arc::clone(&out.file), out.part.clone(), out.dest.clone());
+                    let (tx, waker) = (self.finals_tx.clone(), Arc::clone(&self.waker));
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("finalize".into())
+                            .spawn(move || {
+                                let r = crate::storage::finalize(&f, &part, &dest)
+                                    .map_err(|e| e.to_string());
+                                let _ = tx.send((file, r));
+                                let _ = waker.wake();
+                            });
+                    if let Err(e) = spawned {
+                        self.exit = Some((1, format!("cannot start a thread: {e}")));
                     }
                 }
                 Action::Exit { code, reason } => {

@@ -10,8 +10,8 @@ use crate::scheduler::{PieceOutcome, Scheduler};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
 
-/// Chunks per own-file hashing job (4 MiB at 256 KiB chunks): digests reach peers early.
-pub const HASH_BATCH: u32 = 16;
+/// Chunks per own-file hashing job (one round of eight MD5 lanes): digests reach peers early.
+pub const HASH_BATCH: u32 = 8;
 /// Chunks per whole-file hashing job.
 pub const STREAM_BATCH: u32 = 32;
 /// Least time between two progress reports to the server (µs).

@@ -1,9 +1,13 @@
-//! The MD5 helper pool: a few threads that hash chunks, verify received chunks (and write the
-//! good ones to their output file), and advance whole-file MD5s, so the reactor never hashes.
-//! Each result is sent back on a channel and the reactor is woken through its mio `Waker`.
+//! The MD5 helper pool: a few threads that hash own-file chunks, verify received chunks (and
+//! write the good ones to their output file), and advance whole-file MD5s, so the reactor never
+//! hashes. Each result is sent back on a channel and the reactor is woken through its mio
+//! `Waker`.
 //!
-//! Three queues take turns: own-file chunk digests, verifications of received chunks, and
-//! whole-file hashing.
+//! All three kinds of work are MD5 over some bytes, so a worker takes a mixed batch from one
+//! FIFO queue and runs it as one multi-buffer pass (`md5x::update_many`): chunk digests start
+//! from a fresh state, whole-file MD5s continue from their saved state, and all of them share
+//! the eight lanes. A whole-file MD5 is inherently one sequential stream; riding in a lane
+//! beside chunk work is what makes it nearly free, instead of a scalar pass at the end.
 
 use crate::geometry::Geometry;
 use crate::ids::{ChunkId, Digest, FileId, PeerId};
@@ -48,6 +52,19 @@ pub enum Job {
     },
 }
 
+impl Job {
+    /// Work in chunks, for sizing batches.
+    fn weight(&self) -> usize {
+        match self {
+            Job::HashChunks { count, .. } => *count as usize,
+            Job::Verify { .. } => 1,
+            // A stream occupies one lane; its length hardly adds to the batch's time as long as
+            // other lanes have work beside it.
+            Job::Stream { .. } => 1,
+        }
+    }
+}
+
 pub enum Done {
     Hashed {
         file: FileId,
@@ -70,43 +87,33 @@ pub enum Done {
     },
 }
 
+/// Work a worker takes at once, in chunks: 8 MiB at 256 KiB chunks, four rounds of eight lanes.
+const BATCH_CHUNKS: usize = 32;
+
 #[derive(Default)]
-struct Queues {
-    hash: VecDeque<Job>,
-    verify: VecDeque<Job>,
-    stream: VecDeque<Job>,
+struct Queue {
+    jobs: VecDeque<Job>,
     closed: bool,
-    /// Which queue goes first next time: the three take turns, so that own-file digests (which
-    /// peers wait for), verifications (which free request slots) and whole-file hashing (which
-    /// must keep up with the verified prefix, or it all lands at the end) all advance.
-    turn: usize,
 }
 
-/// Most verifications or whole-file jobs taken in one turn: a turn of each queue is then
-/// about the same work (4 to 8 MiB), and a batch fills the lanes of a multi-buffer hash.
-const BATCH: usize = 16;
-
-impl Queues {
-    /// The next batch of jobs of one kind.
+impl Queue {
+    /// The next batch: jobs in FIFO order up to the batch size (always at least one).
     fn pop(&mut self) -> Vec<Job> {
-        for k in 0..3 {
-            let (q, max) = match (self.turn + k) % 3 {
-                0 => (&mut self.hash, 1),
-                1 => (&mut self.verify, BATCH),
-                _ => (&mut self.stream, BATCH),
-            };
-            if !q.is_empty() {
-                self.turn = (self.turn + k + 1) % 3;
-                let n = q.len().min(max);
-                return q.drain(..n).collect();
+        let mut out = Vec::new();
+        let mut w = 0;
+        while let Some(j) = self.jobs.front() {
+            if !out.is_empty() && w + j.weight() > BATCH_CHUNKS {
+                break;
             }
+            w += j.weight();
+            out.extend(self.jobs.pop_front());
         }
-        Vec::new()
+        out
     }
 }
 
 pub struct HashPool {
-    shared: Arc<(Mutex<Queues>, Condvar)>,
+    shared: Arc<(Mutex<Queue>, Condvar)>,
     results: Receiver<Done>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -116,7 +123,7 @@ pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 impl HashPool {
     pub fn new(threads: usize, wake: Wake) -> std::io::Result<Self> {
-        let shared = Arc::new((Mutex::new(Queues::default()), Condvar::new()));
+        let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let (tx, results) = channel();
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
@@ -137,12 +144,10 @@ impl HashPool {
 
     pub fn submit(&self, job: Job) {
         let (m, cv) = &*self.shared;
-        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
-        match job {
-            Job::HashChunks { .. } => q.hash.push_back(job),
-            Job::Verify { .. } => q.verify.push_back(job),
-            Job::Stream { .. } => q.stream.push_back(job),
-        }
+        m.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .jobs
+            .push_back(job);
         cv.notify_one();
     }
 
@@ -163,7 +168,7 @@ impl Drop for HashPool {
     }
 }
 
-fn worker(shared: &(Mutex<Queues>, Condvar), tx: &Sender<Done>, wake: &Wake) {
+fn worker(shared: &(Mutex<Queue>, Condvar), tx: &Sender<Done>, wake: &Wake) {
     let (m, cv) = shared;
     loop {
         let jobs = {
@@ -188,127 +193,138 @@ fn worker(shared: &(Mutex<Queues>, Condvar), tx: &Sender<Done>, wake: &Wake) {
     }
 }
 
-/// The MD5 of one buffer.
+/// The MD5 of one buffer (md-5's assembly: the fastest way to hash a lone buffer).
 pub fn md5(data: &[u8]) -> Digest {
     Md5::digest(data).into()
 }
 
-/// Runs a batch of jobs of one kind. Chunks of a batch are hashed together in the lanes of the
-/// multi-buffer MD5 (`md5x`), and the whole-file states of a batch advance together likewise.
-fn run_batch(jobs: Vec<Job>) -> Vec<Done> {
-    let mut out = Vec::with_capacity(jobs.len());
-    let mut verifies = Vec::new();
-    let mut streams = Vec::new();
-    for job in jobs {
-        match job {
-            Job::HashChunks {
-                file,
-                map,
-                geo,
-                first,
-                count,
-            } => {
-                let slices: Vec<&[u8]> = (first..first + count)
-                    .map(|i| {
+/// The bytes of chunks `from..to` of a mapped file (empty for an empty file).
+fn chunk_range<'a>(map: &'a Option<Arc<Mmap>>, geo: &Geometry, from: u32, to: u32) -> &'a [u8] {
+    match map {
+        Some(m) => {
+            let end = (geo.offset(to) as usize).min(m.len());
+            &m[(geo.offset(from) as usize).min(end)..end]
+        }
+        None => &[],
+    }
+}
+
+/// Runs a batch as one multi-buffer MD5 pass, then turns the states into results.
+fn run_batch(mut jobs: Vec<Job>) -> Vec<Done> {
+    if let [Job::Verify { data, .. }] = jobs.as_slice() {
+        let got = md5(data);
+        return jobs
+            .into_iter()
+            .filter_map(|j| finish_verify(j, got))
+            .collect();
+    }
+    let mut states: Vec<Md5State> = Vec::new();
+    for j in jobs.iter_mut() {
+        match j {
+            Job::HashChunks { count, .. } => states.extend((0..*count).map(|_| Md5State::new())),
+            Job::Verify { .. } => states.push(Md5State::new()),
+            Job::Stream { ctx, .. } => states.push(std::mem::take(&mut **ctx)),
+        }
+    }
+    {
+        let mut slices: Vec<&[u8]> = Vec::with_capacity(states.len());
+        for j in &jobs {
+            match j {
+                Job::HashChunks {
+                    map,
+                    geo,
+                    first,
+                    count,
+                    ..
+                } => {
+                    for i in *first..*first + *count {
                         let off = geo.offset(i) as usize;
-                        &map[off..off + geo.chunk_len(i) as usize]
-                    })
+                        slices.push(&map[off..off + geo.chunk_len(i) as usize]);
+                    }
+                }
+                Job::Verify { data, .. } => slices.push(data),
+                Job::Stream {
+                    map, geo, from, to, ..
+                } => slices.push(chunk_range(map, geo, *from, *to)),
+            }
+        }
+        let mut items: Vec<(&mut Md5State, &[u8])> = states.iter_mut().zip(slices).collect();
+        md5x::update_many(&mut items);
+    }
+    let mut states = states.into_iter();
+    let mut out = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        match j {
+            Job::HashChunks {
+                file, first, count, ..
+            } => {
+                let digests = states
+                    .by_ref()
+                    .take(count as usize)
+                    .map(Md5State::finalize)
                     .collect();
-                let digests = md5x::digest_many(&slices);
                 out.push(Done::Hashed {
                     file,
                     first,
                     digests,
                 });
             }
-            Job::Verify {
-                peer,
-                chunk,
-                data,
-                digest,
-                out: file,
-                offset,
-                requested_at,
-            } => {
-                verifies.push((peer, chunk, data, digest, file, offset, requested_at));
+            Job::Verify { .. } => {
+                let got = states.next().map(Md5State::finalize).unwrap_or_default();
+                out.extend(finish_verify(j, got));
             }
             Job::Stream {
-                file,
-                map,
-                geo,
-                from,
-                to,
-                ctx,
-                finish,
+                file, to, finish, ..
             } => {
-                streams.push((file, map, geo, from, to, ctx, finish));
+                let st = states.next().unwrap_or_default();
+                out.push(if finish {
+                    Done::Streamed {
+                        file,
+                        upto: to,
+                        ctx: None,
+                        md5: Some(st.finalize()),
+                    }
+                } else {
+                    Done::Streamed {
+                        file,
+                        upto: to,
+                        ctx: Some(Box::new(st)),
+                        md5: None,
+                    }
+                });
             }
-        }
-    }
-    if !verifies.is_empty() {
-        let bufs: Vec<&[u8]> = verifies.iter().map(|v| v.2.as_slice()).collect();
-        // One buffer alone is faster through md-5's assembly than through one lane of eight.
-        let digests = if bufs.len() == 1 {
-            vec![md5(bufs[0])]
-        } else {
-            md5x::digest_many(&bufs)
-        };
-        for ((peer, chunk, data, digest, file, offset, requested_at), got) in
-            verifies.into_iter().zip(digests)
-        {
-            let ok = got == digest;
-            let write_error = if ok {
-                file.write_all_at(&data, offset)
-                    .err()
-                    .map(|e| e.to_string())
-            } else {
-                None
-            };
-            out.push(Done::Verified {
-                peer,
-                chunk,
-                ok,
-                data,
-                requested_at,
-                write_error,
-            });
-        }
-    }
-    if !streams.is_empty() {
-        {
-            let mut items: Vec<(&mut Md5State, &[u8])> = streams
-                .iter_mut()
-                .map(|(_, map, geo, from, to, ctx, _)| {
-                    let data: &[u8] = match map {
-                        Some(m) => {
-                            let start = (geo.offset(*from) as usize).min(m.len());
-                            let end = (geo.offset(*to) as usize).min(m.len());
-                            &m[start..end]
-                        }
-                        None => &[],
-                    };
-                    (&mut **ctx, data)
-                })
-                .collect();
-            md5x::update_many(&mut items);
-        }
-        for (file, _, _, _, to, ctx, finish) in streams {
-            out.push(if finish {
-                Done::Streamed {
-                    file,
-                    upto: to,
-                    ctx: None,
-                    md5: Some(ctx.finalize()),
-                }
-            } else {
-                Done::Streamed {
-                    file,
-                    upto: to,
-                    ctx: Some(ctx),
-                    md5: None,
-                }
-            });
         }
     }
     out
+}
+
+/// Compares a received chunk's MD5 with the expected one and writes it if they match
+/// (`None` for any other kind of job).
+fn finish_verify(j: Job, got: Digest) -> Option<Done> {
+    let Job::Verify {
+        peer,
+        chunk,
+        data,
+        digest,
+        out,
+        offset,
+        requested_at,
+    } = j
+    else {
+        return None;
+    };
+    let ok = got == digest;
+    let write_error = if ok {
+        out.write_all_at(&data, offset).err().map(|e| e.to_string())
+    } else {
+        None
+    };
+    Some(Done::Verified {
+        peer,
+        chunk,
+        ok,
+        data,
+        requested_at,
+        write_error,
+    })
 }

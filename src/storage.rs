@@ -134,16 +134,14 @@ impl Output {
             map,
         })
     }
+}
 
-    /// Renames `NAME.part` to `NAME` (after the whole-file check).
-    pub fn finalize(&self) -> Result<(), StorageError> {
-        self.file.sync_data().map_err(|err| StorageError::Rename {
-            from: self.part.clone(),
-            err,
-        })?;
-        fs::rename(&self.part, &self.dest).map_err(|err| StorageError::Rename {
-            from: self.part.clone(),
-            err,
-        })
-    }
+/// Makes a verified `.part` durable and renames it to its final name. Runs off the reactor.
+pub fn finalize(file: &File, part: &Path, dest: &Path) -> Result<(), StorageError> {
+    let err = |err| StorageError::Rename {
+        from: part.to_owned(),
+        err,
+    };
+    file.sync_data().map_err(err)?;
+    fs::rename(part, dest).map_err(err)
 }
