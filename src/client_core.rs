@@ -260,6 +260,14 @@ impl ClientCore {
         clients: u32,
         now: u64,
     ) {
+        if let Err(e) = check_file_name(&name) {
+            // The name becomes a log file's and an output directory's name.
+            self.exit(
+                1,
+                format!("the server gave this client a bad name {name:?}: {e}"),
+            );
+            return;
+        }
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
             || files.len() != self.decls.len()
         {
