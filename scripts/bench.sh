@@ -4,7 +4,7 @@
 # and CPU seconds (user+sys of all nodes), then the medians.
 #
 #   scripts/bench.sh [--runs R (5)] [--clients N (4)] [--size-mb M (500)] [--work DIR (data)]
-#                    [--bin PATH (build target/release/p2pshare)] [-- EXTRA CLIENT FLAGS]
+#                    [--port P (8899)] [--bin PATH (build target/release/p2pshare)] [-- EXTRA CLIENT FLAGS]
 # For an A/B comparison, build each variant, copy the binaries, and alternate --bin in one session.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -4,6 +4,7 @@
 # prints the summary, checks every output against its source's MD5; exits 0 only if all match.
 #
 #   scripts/run_local.sh [--clients N (4)] [--size-mb M (500)] [--work DIR (data)] [--port P (8888)]
+#                        [--chunk-size BYTES (262144)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ while [[ $# -gt 0 ]]; do
     --work) work="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --chunk-size) chunk="$2"; shift 2 ;;
-    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
     *) echo "run_local.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done

@@ -56,6 +56,8 @@ struct PeerConn {
     connecting: bool,
     /// Its hello was checked and the core was told.
     established: bool,
+    /// Readable before this node started: to be read once it has.
+    deferred: bool,
 }
 
 /// Where a file's bytes are read from when serving and whole-file hashing.
@@ -309,6 +311,7 @@ impl Client {
                         peer: None,
                         connecting: false,
                         established: false,
+                        deferred: false,
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -332,13 +335,18 @@ impl Client {
                     if let Message::Welcome {
                         clock_us, ref name, ..
                     } = m
+                        && crate::ids::check_file_name(name).is_ok()
                     {
+                        // (A bad name is refused by the core below, before any use as a path.)
                         let now = now_us();
                         let rtt = now.saturating_sub(self.hello_sent_at);
                         logging::set_offset_us(clock_us as i64 + (rtt / 2) as i64 - now as i64);
                         logging::set_node(name);
                         if let Err(e) = self.sink.open(&self.log_dir, name) {
-                            warn!("log_error event=log_open_failed error={e}");
+                            self.exit = Some((
+                                2,
+                                format!("cannot write logs in {}: {e}", self.log_dir.display()),
+                            ));
                         }
                         if self.out_dir.is_none() {
                             self.out_dir = Some(PathBuf::from("downloads").join(name));
@@ -358,6 +366,20 @@ impl Client {
                 let _ = self.poll.registry().deregister(&mut s.stream);
             }
             self.core.on_server_lost();
+        }
+        if self.core.is_started() {
+            let deferred: Vec<usize> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| p.deferred)
+                .map(|(k, _)| k)
+                .collect();
+            for k in deferred {
+                if let Some(p) = self.peers.get_mut(k) {
+                    p.deferred = false;
+                }
+                self.peer_io(k, false);
+            }
         }
     }
 
@@ -380,6 +402,12 @@ impl Client {
                 return self.drop_peer(key, &format!("connect failed: {e}"));
             }
             pc.connecting = false;
+        }
+        if pc.peer.is_none() && !self.core.is_started() {
+            // A peer that got the client list before us dialled in: leave its hello in the
+            // socket until our own client list arrives (see `server_io`).
+            pc.deferred = true;
+            return;
         }
         let mut inbound = Vec::new();
         let r = pc.conn.read(&mut self.bufs, &mut inbound);
@@ -414,6 +442,8 @@ impl Client {
                     pc.peer = Some(id);
                 }
                 pc.established = true;
+                // Accepted before the welcome, the connection could not know the chunk size.
+                pc.conn.decoder.set_max_piece(self.core.chunk_size());
                 self.by_peer.insert(id, key);
                 self.core.on_peer_connected(id, now);
                 Ok(())
@@ -690,6 +720,7 @@ impl Client {
             peer: Some(peer),
             connecting: true,
             established: false,
+            deferred: false,
         });
         self.by_peer.insert(peer, key);
     }

@@ -181,6 +181,11 @@ impl ClientCore {
         self.files.get(&f)
     }
 
+    /// Whether the client list arrived (peer connections may be accepted).
+    pub fn is_started(&self) -> bool {
+        matches!(self.phase, Phase::Started | Phase::Complete)
+    }
+
     pub fn is_complete(&self) -> bool {
         self.phase == Phase::Complete
     }
@@ -632,6 +637,13 @@ impl ClientCore {
     pub fn accept_peer(&self, id: PeerId) -> Result<(), String> {
         if !matches!(self.phase, Phase::Started | Phase::Complete) {
             return Err("not started yet".into());
+        }
+        if id <= self.id {
+            // Each pair has one connection, dialled by the higher id (see on_start).
+            return Err(format!(
+                "peer {} must be dialled by this node, not dial it",
+                id.0
+            ));
         }
         match self.peers.get(&id) {
             None => Err(format!("unknown peer id {}", id.0)),

@@ -673,6 +673,11 @@ impl FrameDecoder {
         }
     }
 
+    /// Sets the largest chunk payload this connection may carry.
+    pub fn set_max_piece(&mut self, max_piece: u32) {
+        self.max_piece = max_piece;
+    }
+
     /// Bytes received but not yet decoded (excluding a piece payload being filled).
     pub fn buffered(&self) -> usize {
         self.end - self.start

@@ -66,8 +66,10 @@ pub fn run(size: u64, seed: u64, out: &Path) -> Result<(), Error> {
         }
         off += n as u64;
     }
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, out).map_err(io)?;
+    if let Err(e) = f.sync_all().and_then(|_| std::fs::rename(&tmp, out)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
+    }
     Ok(())
 }
 

@@ -49,8 +49,15 @@ impl LogSink {
         LogSink(Arc::new(Mutex::new(SinkState::Buffer(Vec::new()))))
     }
 
-    /// Opens `dir/NAME.log` and moves the lines held so far into it.
+    /// Opens `dir/NAME.log` and moves the lines held so far into it (once: later calls keep
+    /// the file already open).
     pub fn open(&self, dir: &Path, name: &str) -> io::Result<()> {
+        if matches!(
+            &*self.0.lock().unwrap_or_else(|e| e.into_inner()),
+            SinkState::File(_)
+        ) {
+            return Ok(());
+        }
         std::fs::create_dir_all(dir)?;
         let mut w = BufWriter::new(File::create(dir.join(format!("{name}.log")))?);
         let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());

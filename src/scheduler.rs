@@ -382,17 +382,21 @@ impl Scheduler {
     pub fn expire(&mut self, now: u64) -> Vec<(PeerId, ChunkId)> {
         let mut out = Vec::new();
         for (p, s) in self.peers.iter_mut() {
+            let mut mine = Vec::new();
             s.inflight.retain(|&(c, at)| {
                 let old = now.saturating_sub(at) > REQUEST_TIMEOUT_US;
                 if old {
-                    out.push((*p, c));
+                    mine.push(c);
                 }
                 !old
             });
-            for (_, c) in &out {
-                if !s.cancelled.contains(c) {
-                    s.cancelled.push_back(*c);
+            for c in mine {
+                // The piece may still come: then it is discarded, not a violation.
+                s.cancelled.push_back(c);
+                if s.cancelled.len() > 256 {
+                    s.cancelled.pop_front();
                 }
+                out.push((*p, c));
             }
         }
         for &(_, c) in &out {

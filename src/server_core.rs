@@ -34,6 +34,7 @@ struct ClientRec {
     bytes_sent: u64,
     bytes_received: u64,
     files_done: u32,
+    completed: BTreeSet<FileId>,
 }
 
 struct FileRec {
@@ -51,6 +52,7 @@ pub struct ServerCore {
     files: Vec<FileRec>,
     started: bool,
     finished: bool,
+    manifest_logged: bool,
     actions: VecDeque<ServerAction>,
 }
 
@@ -64,6 +66,7 @@ impl ServerCore {
             files: Vec::new(),
             started: false,
             finished: false,
+            manifest_logged: false,
             actions: VecDeque::new(),
         }
     }
@@ -133,9 +136,12 @@ impl ServerCore {
                 if let Some(c) = self.clients.get_mut(&id) {
                     c.bytes_received = bytes_received;
                     c.bytes_sent = bytes_sent;
+                    let have: Vec<String> =
+                        have.iter().map(|(f, n)| format!("{}:{n}", f.0)).collect();
                     debug!(
-                        "progress event=progress_received client={} have={have:?} bytes_received={bytes_received}",
-                        c.info.name
+                        "progress event=progress_received client={} have={} bytes_received={bytes_received} bytes_sent={bytes_sent}",
+                        c.info.name,
+                        have.join(",")
                     );
                 }
             }
@@ -146,6 +152,9 @@ impl ServerCore {
                 let Some(f) = self.files.get(file.0 as usize) else {
                     return self.close(conn, format!("completion of unknown file {}", file.0));
                 };
+                if f.info.owner == id || !c.completed.insert(file) {
+                    return self.close(conn, format!("bad completion of file {}", f.info.name));
+                }
                 c.files_done += 1;
                 let ms = now.saturating_sub(c.connected_at) as f64 / 1000.0;
                 info!(
@@ -249,6 +258,7 @@ impl ServerCore {
                 bytes_sent: 0,
                 bytes_received: 0,
                 files_done: 0,
+                completed: BTreeSet::new(),
             },
         );
         self.conns.insert(conn, Some(id));
@@ -314,6 +324,7 @@ impl ServerCore {
                 self.relay(owner, Message::FileDigest { file, md5 });
             }
         }
+        self.manifest_check();
     }
 
     /// Sends to every live client but `except` (the file's owner, which has the data).
@@ -364,6 +375,7 @@ impl ServerCore {
                 },
             );
         }
+        self.manifest_check();
     }
 
     fn on_whole(&mut self, conn: ConnId, id: PeerId, file: FileId, md5: Digest) {
@@ -386,12 +398,20 @@ impl ServerCore {
         if self.started {
             self.relay(id, Message::FileDigest { file, md5 });
         }
+        self.manifest_check();
+    }
+
+    /// Logs once, when every file's chunk digests and whole-file MD5 are known and relayed.
+    fn manifest_check(&mut self) {
+        if self.manifest_logged || !self.started {
+            return;
+        }
         if self
             .files
             .iter()
             .all(|f| f.whole.is_some() && f.digests.len() as u32 == f.chunks)
-            && self.started
         {
+            self.manifest_logged = true;
             info!(
                 "manifest event=manifest_complete files={}",
                 self.files.len()

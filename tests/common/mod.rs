@@ -1,0 +1,625 @@
+//! Harness for the end-to-end tests in `tests/e2e.rs`: per-test temporary directories, running
+//! the real `p2pshare` binary with a deadline (children are killed and the test fails when it
+//! passes), starting a server plus N clients on 127.0.0.1, and checking what a finished run left
+//! behind: the downloaded files, the summary JSON and the per-node logs.
+//!
+//! Every child's stdout and stderr go to files in the test's directory, so no pipe can fill up;
+//! a failed test keeps its directory (the path is in the panic message) for a post-mortem.
+
+use md5::{Digest, Md5};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The chunk size the server uses by default (256 KiB).
+pub const CHUNK: u64 = 262_144;
+/// How long one whole swarm run (server plus all clients) may take.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a single short command (`gen`, a rejected command line) may take.
+pub const CMD_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often running children are polled.
+const POLL: Duration = Duration::from_millis(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_p2pshare")
+}
+
+/// A fresh directory under the system temp dir, unique per process and test. It is removed on
+/// drop unless the test is panicking, so a failing test leaves its logs to look at.
+pub struct TestDir {
+    pub path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new(test: &str) -> TestDir {
+        let path = std::env::temp_dir().join(format!("p2pshare-e2e-{}-{test}", std::process::id()));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path).expect("create the test directory");
+        TestDir { path }
+    }
+
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "e2e: test failed; its files are kept in {}",
+                self.path.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// One child process, its label, and the files its stdout and stderr go to.
+pub struct Proc {
+    pub label: String,
+    pub child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub status: Option<ExitStatus>,
+}
+
+/// Children that belong to one test. Whatever is still running when the group is dropped (a
+/// test that failed half-way) is killed and reaped.
+#[derive(Default)]
+pub struct Group {
+    pub procs: Vec<Proc>,
+}
+
+impl Group {
+    /// Spawns the binary with `args`, working directory `cwd`, output into `cwd/LABEL.stdout`
+    /// and `cwd/LABEL.stderr`. Returns the index of the new process.
+    pub fn spawn(&mut self, label: &str, cwd: &Path, args: &[String]) -> usize {
+        let stdout = cwd.join(format!("{label}.stdout"));
+        let stderr = cwd.join(format!("{label}.stderr"));
+        let child = Command::new(bin())
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("P2PSHARE_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).expect("create stdout file"))
+            .stderr(File::create(&stderr).expect("create stderr file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
+        self.procs.push(Proc {
+            label: label.to_string(),
+            child,
+            stdout,
+            stderr,
+            status: None,
+        });
+        self.procs.len() - 1
+    }
+
+    /// Polls process `i`; `Some(status)` once it has exited.
+    pub fn poll(&mut self, i: usize) -> Option<ExitStatus> {
+        let p = &mut self.procs[i];
+        if p.status.is_none() {
+            p.status = p.child.try_wait().expect("try_wait");
+        }
+        p.status
+    }
+
+    /// Kills every child still running and reaps them all.
+    pub fn kill_all(&mut self) {
+        for p in &mut self.procs {
+            if p.status.is_none() {
+                let _ = p.child.kill();
+                p.status = p.child.wait().ok();
+            }
+        }
+    }
+
+    /// Kills everything and fails the test with `why` and every child's stderr.
+    pub fn fail(&mut self, why: &str) -> ! {
+        self.kill_all();
+        let mut msg = format!("{why}\n");
+        for p in &self.procs {
+            let err = fs::read_to_string(&p.stderr).unwrap_or_default();
+            msg.push_str(&format!(
+                "--- {} (status {:?}) stderr:\n{}\n",
+                p.label,
+                p.status,
+                tail(&err, 2000)
+            ));
+        }
+        panic!("{msg}");
+    }
+
+    /// Waits for every child to exit; kills them all and fails the test if `deadline` passes.
+    pub fn wait_all(&mut self, deadline: Instant, what: &str) {
+        loop {
+            let mut running = Vec::new();
+            for i in 0..self.procs.len() {
+                if self.poll(i).is_none() {
+                    running.push(self.procs[i].label.clone());
+                }
+            }
+            if running.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.fail(&format!(
+                    "{what}: still running at the deadline: {}",
+                    running.join(", ")
+                ));
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// What a finished short command did.
+pub struct Outcome {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+/// Runs the binary once with `args` in `cwd` (output files named after `label`), bounded by
+/// `timeout`.
+pub fn run_cmd(cwd: &Path, label: &str, args: &[String], timeout: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut g = Group::default();
+    let i = g.spawn(label, cwd, args);
+    g.wait_all(start + timeout, label);
+    let status = g.poll(i).expect("exited");
+    let p = &g.procs[i];
+    Outcome {
+        status,
+        stdout: fs::read_to_string(&p.stdout).unwrap_or_default(),
+        stderr: fs::read_to_string(&p.stderr).unwrap_or_default(),
+        elapsed: start.elapsed(),
+    }
+}
+
+pub fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+pub fn path_arg(p: &Path) -> String {
+    p.to_str().expect("UTF-8 temp path").to_string()
+}
+
+/// `p2pshare gen --size SIZE --seed SEED OUT`; checks it succeeded and wrote `size` bytes.
+pub fn gen_file(dir: &Path, out: &Path, size: u64, seed: u64) {
+    let label = format!(
+        "gen-{}",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    );
+    let o = run_cmd(
+        dir,
+        &label,
+        &[
+            "gen".into(),
+            "--size".into(),
+            size.to_string(),
+            "--seed".into(),
+            seed.to_string(),
+            path_arg(out),
+        ],
+        CMD_TIMEOUT,
+    );
+    assert!(
+        o.status.success(),
+        "gen failed: {:?} {}",
+        o.status,
+        o.stderr
+    );
+    let len = fs::metadata(out).expect("gen output exists").len();
+    assert_eq!(len, size, "gen wrote {len} bytes, not {size}");
+}
+
+pub fn md5_hex(bytes: &[u8]) -> String {
+    Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn chunks_of(size: u64) -> u64 {
+    size.div_ceil(CHUNK)
+}
+
+/// A source file that one client shares.
+pub struct SourceFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub owner: String,
+}
+
+/// One client of a run.
+pub struct ClientRun {
+    pub name: String,
+    pub out_dir: PathBuf,
+    /// The file it shares, if any.
+    pub owns: Option<SourceFile>,
+}
+
+/// A finished run: everything exited 0 within the deadline.
+pub struct SwarmRun {
+    pub clients: Vec<ClientRun>,
+    pub log_dir: PathBuf,
+    pub summary: PathBuf,
+    pub elapsed: Duration,
+}
+
+impl SwarmRun {
+    pub fn files(&self) -> impl Iterator<Item = &SourceFile> {
+        self.clients.iter().filter_map(|c| c.owns.as_ref())
+    }
+
+    /// The files client `c` has to download (all but its own).
+    pub fn wanted_by<'a>(&'a self, c: &'a ClientRun) -> impl Iterator<Item = &'a SourceFile> {
+        self.files().filter(move |f| f.owner != c.name)
+    }
+}
+
+/// Parses `server: listening on 127.0.0.1:PORT, waiting for N clients` out of the server's
+/// stderr so far.
+fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("server: listening on "))?;
+    let rest = line.strip_prefix("server: listening on ")?;
+    let (addr, tail) = rest.split_once(", ")?;
+    assert_eq!(
+        tail,
+        format!("waiting for {clients} clients"),
+        "server's listening line: {line:?}"
+    );
+    assert!(
+        addr.starts_with("127.0.0.1:"),
+        "server listens on {addr}, not loopback"
+    );
+    Some(addr.to_string())
+}
+
+/// Starts a server and one client per entry of `sizes` (`Some(size)`: it shares a generated
+/// file of that many bytes; `None`: it shares nothing), all on 127.0.0.1 with port 0, and waits
+/// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
+/// `cK-data.bin` generated with seed `seed_base + K`.
+pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmRun {
+    let start = Instant::now();
+    let deadline = start + RUN_TIMEOUT;
+    let src = dir.join("src");
+    let log_dir = dir.join("logs");
+    let summary = dir.join("summary.json");
+    fs::create_dir_all(&src).expect("create src dir");
+
+    let mut clients = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let name = format!("client{}", i + 1);
+        let owns = size.map(|size| {
+            let fname = format!("c{}-data.bin", i + 1);
+            let path = src.join(&fname);
+            gen_file(&dir.path, &path, size, seed_base + i as u64 + 1);
+            SourceFile {
+                name: fname,
+                path,
+                size,
+                owner: name.clone(),
+            }
+        });
+        clients.push(ClientRun {
+            out_dir: dir.join(&format!("out/{name}")),
+            name,
+            owns,
+        });
+    }
+
+    let mut g = Group::default();
+    let server = g.spawn(
+        "server",
+        &dir.path,
+        &[
+            "server".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--clients".into(),
+            sizes.len().to_string(),
+            "--log-dir".into(),
+            path_arg(&log_dir),
+            "--summary".into(),
+            path_arg(&summary),
+        ],
+    );
+    let addr = loop {
+        let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
+        if let Some(a) = listening_addr(&err, sizes.len()) {
+            break a;
+        }
+        if let Some(st) = g.poll(server) {
+            g.fail(&format!("the server exited ({st}) before listening"));
+        }
+        if Instant::now() >= deadline {
+            g.fail("the server did not report its listening address in time");
+        }
+        std::thread::sleep(POLL);
+    };
+
+    for c in &clients {
+        let mut a = vec![
+            "client".to_string(),
+            "--server".into(),
+            addr.clone(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--name".into(),
+            c.name.clone(),
+            "--out-dir".into(),
+            path_arg(&c.out_dir),
+            "--log-dir".into(),
+            path_arg(&log_dir),
+        ];
+        if let Some(f) = &c.owns {
+            a.push("--file".into());
+            a.push(path_arg(&f.path));
+        }
+        g.spawn(&c.name, &dir.path, &a);
+    }
+    g.wait_all(deadline, "swarm run");
+    let bad: Vec<String> = g
+        .procs
+        .iter()
+        .filter(|p| !p.status.is_some_and(|s| s.success()))
+        .map(|p| format!("{} {:?}", p.label, p.status))
+        .collect();
+    if !bad.is_empty() {
+        g.fail(&format!("processes did not exit 0: {}", bad.join(", ")));
+    }
+    SwarmRun {
+        clients,
+        log_dir,
+        summary,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// Every client's out dir holds exactly the files it did not own, byte-identical to their
+/// sources, and no `.part` file is left anywhere in the test directory.
+pub fn check_outputs(dir: &TestDir, run: &SwarmRun) {
+    let sources: BTreeMap<&str, Vec<u8>> = run
+        .files()
+        .map(|f| (f.name.as_str(), fs::read(&f.path).expect("read source")))
+        .collect();
+    for c in &run.clients {
+        let want: BTreeSet<String> = run.wanted_by(c).map(|f| f.name.clone()).collect();
+        let have: BTreeSet<String> = match fs::read_dir(&c.out_dir) {
+            Ok(rd) => rd
+                .map(|e| e.expect("dir entry").file_name().into_string().unwrap())
+                .collect(),
+            Err(e) if want.is_empty() => {
+                assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+                BTreeSet::new()
+            }
+            Err(e) => panic!("{}: cannot list {}: {e}", c.name, c.out_dir.display()),
+        };
+        assert_eq!(have, want, "{}: files in {}", c.name, c.out_dir.display());
+        for f in run.wanted_by(c) {
+            let got = fs::read(c.out_dir.join(&f.name)).expect("read output");
+            let src = &sources[f.name.as_str()];
+            assert_eq!(got.len(), src.len(), "{}: size of {}", c.name, f.name);
+            if let Some(at) = got.iter().zip(src.iter()).position(|(a, b)| a != b) {
+                panic!(
+                    "{}: {} differs from its source at byte {at}",
+                    c.name, f.name
+                );
+            }
+        }
+    }
+    let mut stack = vec![dir.path.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                assert!(
+                    p.extension().is_none_or(|x| x != "part"),
+                    "left over: {}",
+                    p.display()
+                );
+            }
+        }
+    }
+}
+
+fn num(v: &Value, key: &str, ctx: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{ctx}: {key} is not a number: {}", v[key]))
+}
+
+fn uint(v: &Value, key: &str, ctx: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{ctx}: {key} is not an unsigned integer: {}", v[key]))
+}
+
+fn string<'a>(v: &'a Value, key: &str, ctx: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ctx}: {key} is not a string: {}", v[key]))
+}
+
+/// The server's summary JSON describes the run: every client complete with its numbers, every
+/// file with its owner, size, chunk count and MD5.
+pub fn check_summary(run: &SwarmRun) {
+    let text = fs::read_to_string(&run.summary).expect("the summary file exists");
+    let s: Value = serde_json::from_str(&text).expect("the summary is valid JSON");
+    assert_eq!(uint(&s, "chunk_size", "summary"), CHUNK);
+    assert!(num(&s, "total_ms", "summary") >= 0.0);
+    assert!(num(&s, "end_ms", "summary") >= 0.0);
+
+    let clients = s["clients"].as_array().expect("clients is an array");
+    assert_eq!(clients.len(), run.clients.len(), "number of clients");
+    let mut seen = BTreeSet::new();
+    for js in clients {
+        let name = string(js, "name", "client");
+        let ctx = format!("summary client {name}");
+        let c = run
+            .clients
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("{ctx}: no such client in the run"));
+        assert!(seen.insert(name.to_string()), "{ctx}: listed twice");
+        assert_eq!(js["complete"], Value::Bool(true), "{ctx}: complete");
+        assert!(num(js, "elapsed_ms", &ctx) >= 0.0, "{ctx}: elapsed_ms");
+        assert!(num(js, "done_ms", &ctx) >= num(js, "connect_ms", &ctx));
+        let addr = string(js, "addr", &ctx);
+        assert!(addr.starts_with("127.0.0.1:"), "{ctx}: addr {addr}");
+        let want_recv: u64 = run.wanted_by(c).map(|f| f.size).sum();
+        assert_eq!(
+            uint(js, "bytes_received", &ctx),
+            want_recv,
+            "{ctx}: bytes_received"
+        );
+        uint(js, "bytes_sent", &ctx);
+        let files: Vec<&str> = js["files"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{ctx}: files is not an array"))
+            .iter()
+            .map(|f| f.as_str().expect("file name string"))
+            .collect();
+        let owned: Vec<&str> = c.owns.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(files, owned, "{ctx}: files");
+        assert_eq!(
+            uint(js, "files_completed", &ctx),
+            run.wanted_by(c).count() as u64,
+            "{ctx}: files_completed"
+        );
+    }
+
+    let files = s["files"].as_array().expect("files is an array");
+    assert_eq!(files.len(), run.files().count(), "number of files");
+    for f in run.files() {
+        let ctx = format!("summary file {}", f.name);
+        let js = files
+            .iter()
+            .find(|j| j["name"] == Value::String(f.name.clone()))
+            .unwrap_or_else(|| panic!("{ctx}: missing"));
+        assert_eq!(string(js, "owner", &ctx), f.owner, "{ctx}: owner");
+        assert_eq!(uint(js, "size", &ctx), f.size, "{ctx}: size");
+        assert_eq!(uint(js, "chunks", &ctx), chunks_of(f.size), "{ctx}: chunks");
+        let md5 = md5_hex(&fs::read(&f.path).expect("read source"));
+        assert_eq!(string(js, "md5", &ctx), md5, "{ctx}: md5");
+    }
+}
+
+/// Whether `line` starts with the System Clock stamp, e.g. `[  1523.417 ms] NODE `.
+pub fn has_clock_stamp(line: &str, node: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else {
+        return false;
+    };
+    let Some((num, after)) = rest.split_once(" ms] ") else {
+        return false;
+    };
+    let Some((int, frac)) = num.trim_start_matches(' ').split_once('.') else {
+        return false;
+    };
+    num.len() >= 10
+        && !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && frac.len() == 3
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && after.starts_with(&format!("{node} "))
+}
+
+/// The value of `key=` on a log line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn read_log(run: &SwarmRun, node: &str) -> String {
+    let p = run.log_dir.join(format!("{node}.log"));
+    let text = fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert!(!text.is_empty(), "{} is empty", p.display());
+    for line in text.lines() {
+        assert!(
+            has_clock_stamp(line, node),
+            "{node}.log line without the clock stamp: {line:?}"
+        );
+    }
+    text
+}
+
+/// The logs exist and are stamped; each client logged exactly one `chunk_received` per chunk
+/// it needed and one `file_complete` per file it downloaded.
+pub fn check_logs(run: &SwarmRun) {
+    let server = read_log(run, "server");
+    assert!(
+        server.lines().any(|l| l.contains("event=server_start")),
+        "server.log has no server_start"
+    );
+    assert!(
+        server.lines().any(|l| l.contains("event=run_finished")),
+        "server.log has no run_finished"
+    );
+    for c in &run.clients {
+        let log = read_log(run, &c.name);
+        let mut got: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        let mut complete: BTreeMap<String, usize> = BTreeMap::new();
+        for line in log.lines() {
+            if line.contains(" event=chunk_received ") {
+                let file = field(line, "file").expect("chunk_received has file=");
+                let index: u64 = field(line, "index")
+                    .and_then(|i| i.parse().ok())
+                    .expect("chunk_received has index=N");
+                got.entry(file.to_string()).or_default().push(index);
+            } else if line.contains(" event=file_complete ") {
+                let file = field(line, "file").expect("file_complete has file=");
+                *complete.entry(file.to_string()).or_default() += 1;
+            }
+        }
+        let want: BTreeMap<String, Vec<u64>> = run
+            .wanted_by(c)
+            .map(|f| (f.name.clone(), (0..chunks_of(f.size)).collect()))
+            .collect();
+        for idx in got.values_mut() {
+            idx.sort_unstable();
+        }
+        assert_eq!(
+            got, want,
+            "{}: chunk_received lines (file -> chunk indexes)",
+            c.name
+        );
+        let want_complete: BTreeMap<String, usize> =
+            run.wanted_by(c).map(|f| (f.name.clone(), 1)).collect();
+        assert_eq!(complete, want_complete, "{}: file_complete lines", c.name);
+    }
+}
+
+/// All the checks on a finished run.
+pub fn check_run(dir: &TestDir, run: &SwarmRun) {
+    check_outputs(dir, run);
+    check_summary(run);
+    check_logs(run);
+}
