@@ -41,6 +41,7 @@ totals=() cpus=() rss=() anon=()
 for r in $(seq 1 "$runs"); do
   out="$work/bench/run$r"
   rm -rf "$out"; mkdir -p "$out/logs"
+  read -r _ u0 n0 s0 idle0 io0 _ < /proc/stat
   "$bin" server --listen "127.0.0.1:$port" --clients "$clients" --log-dir "$out/logs" 2>"$out/server.err" &
   spid=$!
   cpids=()
@@ -50,21 +51,29 @@ for r in $(seq 1 "$runs"); do
       2>"$out/client$i.err" &
     cpids+=("$!")
   done
-  # Peak anonymous memory per client, sampled from /proc while the run lasts.
+  # Peak anonymous memory per client, sampled from /proc while the run lasts (pids looked up
+  # once, so the sampling itself costs next to nothing).
+  declare -A cpid_of=()
   peak_anon=()
   while kill -0 "$spid" 2>/dev/null; do
     for i in $(seq 1 "$clients"); do
-      p=$(pgrep -f -- "^$bin client .*--name client$i " | head -1 || true)
-      [[ -n "$p" ]] || continue
-      a=$(awk '/^RssAnon/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+      p=${cpid_of[$i]:-}
+      if [[ -z "$p" ]]; then
+        p=$(pgrep -f -- "^$bin client .*--name client$i " | head -1 || true)
+        [[ -n "$p" ]] || continue
+        cpid_of[$i]=$p
+      fi
+      a=$(awk '/^RssAnon/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
       [[ -n "$a" && "$a" -gt "${peak_anon[$i]:-0}" ]] && peak_anon[$i]=$a
     done
-    sleep 0.05
+    sleep 0.1
   done
   fail=0
   wait "$spid" || fail=1
   for p in "${cpids[@]}"; do wait "$p" || fail=1; done
   [[ $fail -eq 0 ]] || { echo "run $r FAILED (see $out)"; exit 1; }
+  read -r _ u1 n1 s1 idle1 io1 _ < /proc/stat
+  busy=$(( (u1 + n1 + s1) - (u0 + n0 + s0) )); idle=$(( (idle1 + io1) - (idle0 + io0) ))
   total=$(grep -o '"total_ms": [0-9.]*' "$out/logs/summary.json" | awk '{print $2/1000}')
   cpu=0; line=""
   for i in $(seq 1 "$clients"); do
@@ -73,7 +82,7 @@ for r in $(seq 1 "$runs"); do
     line+=" client$i rss=$((m/1024))MiB anon=$(( ${peak_anon[$i]:-0} / 1024 ))MiB"
     rss+=("$((m/1024))"); anon+=("$(( ${peak_anon[$i]:-0} / 1024 ))")
   done
-  echo "run $r: total ${total} s, client cpu ${cpu} s;$line"
+  echo "run $r: total ${total} s, client cpu ${cpu} s, machine busy $((100 * busy / (busy + idle)))%;$line"
   totals+=("$total"); cpus+=("$cpu")
   rm -rf "$out"/client*/
 done

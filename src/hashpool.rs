@@ -218,6 +218,7 @@ fn run_batch(mut jobs: Vec<Job>) -> Vec<Done> {
             .filter_map(|j| finish_verify(j, got))
             .collect();
     }
+    cap_streams(&mut jobs);
     let mut states: Vec<Md5State> = Vec::new();
     for j in jobs.iter_mut() {
         match j {
@@ -298,6 +299,41 @@ fn run_batch(mut jobs: Vec<Job>) -> Vec<Done> {
     out
 }
 
+/// Shortens whole-file jobs to about the time the batch's chunk work takes in the other lanes
+/// (with slack, so streams still keep up with verification): a long stream in one lane beside
+/// idle lanes wastes most of each multi-buffer round. A shortened job reports how far it got
+/// and the rest is asked for again. Without chunk work the streams run in full.
+/// Chunks a stream advances per batch at least, so that streams keep up with verification.
+const STREAM_FLOOR: usize = 8;
+
+fn cap_streams(jobs: &mut [Job]) {
+    let chunks: usize = jobs
+        .iter()
+        .filter(|j| !matches!(j, Job::Stream { .. }))
+        .map(Job::weight)
+        .sum();
+    let streams = jobs.len()
+        - jobs
+            .iter()
+            .filter(|j| !matches!(j, Job::Stream { .. }))
+            .count();
+    if chunks == 0 || streams == 0 {
+        return;
+    }
+    let free = md5x::LANES.saturating_sub(streams).max(1);
+    let cap = (2 * chunks.div_ceil(free)).max(STREAM_FLOOR) as u32;
+    for j in jobs.iter_mut() {
+        if let Job::Stream {
+            from, to, finish, ..
+        } = j
+            && *to - *from > cap
+        {
+            *to = *from + cap;
+            *finish = false;
+        }
+    }
+}
+
 /// Compares a received chunk's MD5 with the expected one and writes it if they match
 /// (`None` for any other kind of job).
 fn finish_verify(j: Job, got: Digest) -> Option<Done> {
@@ -315,7 +351,11 @@ fn finish_verify(j: Job, got: Digest) -> Option<Done> {
     };
     let ok = got == digest;
     let write_error = if ok {
-        out.write_all_at(&data, offset).err().map(|e| e.to_string())
+        let r = out.write_all_at(&data, offset);
+        if r.is_ok() {
+            crate::storage::start_writeback(&out, offset, data.len());
+        }
+        r.err().map(|e| e.to_string())
     } else {
         None
     };

@@ -298,6 +298,9 @@ impl Md5State {
     }
 }
 
+/// Messages hashed at once by the multi-buffer path.
+pub const LANES: usize = 8;
+
 /// Whether the AVX2 path is in use.
 pub fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]

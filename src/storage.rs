@@ -136,6 +136,22 @@ impl Output {
     }
 }
 
+/// Asks the kernel to start writing a range to disk now. Without it, gigabytes of received
+/// chunks sit dirty in the page cache until the final fsync, which then waits seconds for the
+/// disk while nothing else is left to do; started early, the disk works during the transfer.
+/// Best effort: an error here only means the final fsync does the work.
+pub fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
+    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
+}
+
 /// Makes a verified `.part` durable and renames it to its final name. Runs off the reactor.
 pub fn finalize(file: &File, part: &Path, dest: &Path) -> Result<(), StorageError> {
     let err = |err| StorageError::Rename {
