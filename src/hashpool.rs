@@ -97,6 +97,10 @@ struct Queue {
 }
 
 impl Queue {
+    fn weight(&self) -> usize {
+        self.jobs.iter().map(Job::weight).sum()
+    }
+
     /// The next batch: jobs in FIFO order up to the batch size (always at least one).
     fn pop(&mut self) -> Vec<Job> {
         let mut out = Vec::new();
@@ -132,7 +136,7 @@ impl HashPool {
             let wake = Arc::clone(&wake);
             let h = std::thread::Builder::new()
                 .name(format!("md5-{i}"))
-                .spawn(move || worker(&shared, &tx, &wake))?;
+                .spawn(move || worker(i, &shared, &tx, &wake))?;
             handles.push(h);
         }
         Ok(HashPool {
@@ -148,7 +152,7 @@ impl HashPool {
             .unwrap_or_else(|e| e.into_inner())
             .jobs
             .push_back(job);
-        cv.notify_one();
+        cv.notify_all();
     }
 
     /// A finished job, if any.
@@ -168,7 +172,11 @@ impl Drop for HashPool {
     }
 }
 
-fn worker(shared: &(Mutex<Queue>, Condvar), tx: &Sender<Done>, wake: &Wake) {
+/// Worker `index` > 0 takes work only when a full batch is waiting: helpers split a trickle of
+/// chunks into batches too small to fill the lanes, and on a machine shared by several nodes
+/// the extra threads only contend; under a real backlog (a node's own file at start, a fast
+/// network) they add a core.
+fn worker(index: usize, shared: &(Mutex<Queue>, Condvar), tx: &Sender<Done>, wake: &Wake) {
     let (m, cv) = shared;
     loop {
         let jobs = {
@@ -177,9 +185,11 @@ fn worker(shared: &(Mutex<Queue>, Condvar), tx: &Sender<Done>, wake: &Wake) {
                 if q.closed {
                     return;
                 }
-                let jobs = q.pop();
-                if !jobs.is_empty() {
-                    break jobs;
+                if index == 0 || q.weight() >= BATCH_CHUNKS {
+                    let jobs = q.pop();
+                    if !jobs.is_empty() {
+                        break jobs;
+                    }
                 }
                 q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
             }
