@@ -4,11 +4,14 @@
 # and CPU seconds (user+sys of all nodes), then the medians.
 #
 #   scripts/bench.sh [--runs R (5)] [--clients N (4)] [--size-mb M (500)] [--work DIR (data)]
-#                    [--port P (8899)] [--bin PATH (build target/release/p2pshare)] [-- EXTRA CLIENT FLAGS]
+#                    [--port P (8899)] [--bin PATH (build target/release/p2pshare)] [--baseline]
+#                    [-- EXTRA CLIENT FLAGS]
+# --baseline: after each run, also time a raw copy of the same bytes (scripts/raw_copy.py:
+# sendfile over loopback, recv, write; no protocol, no MD5) and report the median ratio.
 # For an A/B comparison, build each variant, copy the binaries, and alternate --bin in one session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-runs=5 clients=4 size_mb=500 work=data port=8899 extra=() bin=
+runs=5 clients=4 size_mb=500 work=data port=8899 extra=() bin="" baseline=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -17,8 +20,9 @@ while [[ $# -gt 0 ]]; do
     --work) work="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
+    --baseline) baseline=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -37,7 +41,7 @@ for i in $(seq 1 "$clients"); do
 done
 
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
-totals=() cpus=() rss=() anon=()
+totals=() cpus=() rss=() anon=() raws=()
 for r in $(seq 1 "$runs"); do
   out="$work/bench/run$r"
   rm -rf "$out"; mkdir -p "$out/logs"
@@ -85,7 +89,17 @@ for r in $(seq 1 "$runs"); do
   echo "run $r: total ${total} s, client cpu ${cpu} s, machine busy $((100 * busy / (busy + idle)))%;$line"
   totals+=("$total"); cpus+=("$cpu")
   rm -rf "$out"/client*/
+  if [[ $baseline -eq 1 ]]; then
+    srcs=(); for i in $(seq 1 "$clients"); do srcs+=("$work/src/file$i.bin"); done
+    raw=$(python3 scripts/raw_copy.py "$work/bench/raw" "${srcs[@]}" | awk '{print $3}')
+    echo "run $r: raw copy ${raw} s, ratio $(awk -v a="$total" -v b="$raw" 'BEGIN {printf "%.2f", a/b}')"
+    raws+=("$raw")
+  fi
 done
 echo "median total: $(printf '%s\n' "${totals[@]}" | median) s over $runs runs"
+if [[ $baseline -eq 1 ]]; then
+  mraw=$(printf '%s\n' "${raws[@]}" | median); mtot=$(printf '%s\n' "${totals[@]}" | median)
+  echo "median raw copy: $mraw s; ratio of medians: $(awk -v a="$mtot" -v b="$mraw" 'BEGIN {printf "%.2f", a/b}')"
+fi
 echo "median client cpu: $(printf '%s\n' "${cpus[@]}" | median) s"
 echo "max peak rss per client: $(printf '%s\n' "${rss[@]}" | sort -n | tail -1) MiB; max peak anon: $(printf '%s\n' "${anon[@]}" | sort -n | tail -1) MiB"
