@@ -136,6 +136,11 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 )));
             }
             let listen = parse_addr("--listen", &listen)?;
+            if connect_timeout > 86_400 {
+                return Err(Error::Usage(
+                    "--connect-timeout must be at most 86400 seconds".into(),
+                ));
+            }
             if !(1..=64).contains(&hash_threads) {
                 return Err(Error::Usage(
                     "--hash-threads must be between 1 and 64".into(),

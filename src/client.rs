@@ -340,7 +340,9 @@ impl Client {
                         // (A bad name is refused by the core below, before any use as a path.)
                         let now = now_us();
                         let rtt = now.saturating_sub(self.hello_sent_at);
-                        logging::set_offset_us(clock_us as i64 + (rtt / 2) as i64 - now as i64);
+                        let server_now =
+                            (clock_us as i128 + (rtt / 2) as i128).min(i64::MAX as i128);
+                        logging::set_offset_us((server_now - now as i128) as i64);
                         logging::set_node(name);
                         if let Err(e) = self.sink.open(&self.log_dir, name) {
                             self.exit = Some((
@@ -451,18 +453,20 @@ impl Client {
             (false, _, _) => Err("message before hello".into()),
             (true, Some(p), Inbound::Msg(m)) => self.core.on_peer_message(p, m, now),
             (true, Some(p), Inbound::Piece { chunk, data }) => {
+                // Checked before the core books the piece, so an error here leaks no slot.
+                let Some(out) = self.files.get(&chunk.file).and_then(|f| f.output.as_ref()) else {
+                    self.bufs.put(data);
+                    return Err(format!(
+                        "piece {chunk} for a file this node does not download"
+                    ));
+                };
+                let out = Arc::clone(&out.file);
                 match self.core.on_piece(p, chunk, data.len()) {
                     PieceVerdict::Verify {
                         digest,
                         offset,
                         requested_at,
                     } => {
-                        let Some(out) = self.files.get(&chunk.file).and_then(|f| f.output.as_ref())
-                        else {
-                            self.bufs.put(data);
-                            return Err("piece for a file without output".into());
-                        };
-                        let out = Arc::clone(&out.file);
                         self.pool.submit(Job::Verify {
                             peer: p,
                             chunk,

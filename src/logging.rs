@@ -28,7 +28,7 @@ pub fn set_offset_us(offset: i64) {
 
 /// The System Clock in ms (0.0 when the server started).
 pub fn system_ms() -> f64 {
-    (now_us() as i64 + OFFSET_US.load(Ordering::Relaxed)) as f64 / 1000.0
+    (now_us() as i64).saturating_add(OFFSET_US.load(Ordering::Relaxed)) as f64 / 1000.0
 }
 
 pub fn set_node(name: &str) {

@@ -399,8 +399,14 @@ impl Scheduler {
                 out.push((*p, c));
             }
         }
-        for &(_, c) in &out {
+        for &(p, c) in &out {
             self.release(c);
+            // Ask someone else next time; and the owner may be asked even while this peer
+            // still claims to hold the chunk (a peer that claims chunks and never sends them
+            // must not stall the run).
+            if let Some(f) = self.files.get_mut(c.file.0 as usize) {
+                f.bad_from.insert(c.index, p);
+            }
         }
         out
     }
@@ -592,6 +598,30 @@ mod tests {
             PieceOutcome::Discard,
             "late piece after timeout"
         );
+    }
+
+    #[test]
+    fn silent_relay_does_not_stall_the_run() {
+        let all = [PeerId(1), PeerId(2), PeerId(3)];
+        let mut s = Scheduler::new(PeerId(2));
+        s.add_file(FileId(0), PeerId(1), 1, &all);
+        s.set_known(FileId(0), 0, 1);
+        s.peer_connected(PeerId(1));
+        s.peer_connected(PeerId(3));
+        s.peer_has(PeerId(3), c(0, 0));
+        assert_eq!(
+            s.next_request(PeerId(1), 0),
+            None,
+            "owner spared while a relay holds it"
+        );
+        assert_eq!(s.next_request(PeerId(3), 0), Some(c(0, 0)));
+        assert_eq!(s.expire(REQUEST_TIMEOUT_US + 1), vec![(PeerId(3), c(0, 0))]);
+        assert_eq!(
+            s.next_request(PeerId(3), 0),
+            None,
+            "not the silent peer again"
+        );
+        assert_eq!(s.next_request(PeerId(1), 0), Some(c(0, 0)), "the owner now");
     }
 
     #[test]

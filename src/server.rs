@@ -62,6 +62,7 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
         conns: Slab::new(),
         closing: BTreeSet::new(),
         core: ServerCore::new(cfg.clients, cfg.chunk_size),
+        finished: None,
     };
     let code = s.run_loop()?;
     let summary = s.core.summary(now_us());
@@ -93,14 +94,15 @@ struct Server {
     conns: Slab<Conn>,
     closing: BTreeSet<usize>,
     core: ServerCore,
+    /// The run is over (exit code, when): linger until the shutdown messages are out.
+    finished: Option<(i32, Instant)>,
 }
 
 impl Server {
     fn run_loop(&mut self) -> Result<i32, Error> {
         let mut events = Events::with_capacity(256);
-        let mut finished: Option<(i32, Instant)> = None;
         loop {
-            if let Some((code, at)) = finished
+            if let Some((code, at)) = self.finished
                 && (self.conns.iter().all(|(_, c)| !c.has_output()) || at.elapsed() > LINGER)
             {
                 return Ok(code);
@@ -117,20 +119,11 @@ impl Server {
                     LISTENER => self.accept(),
                     Token(t) => self.conn_io(t - FIRST_CONN),
                 }
+                // Applied after every event, before a later accept can reuse a slab key: an
+                // action is always for the connection it was made for.
+                self.apply_actions();
             }
-            while let Some(a) = self.core.poll_action() {
-                match a {
-                    ServerAction::Send(k, m) => {
-                        if let Some(c) = self.conns.get_mut(k) {
-                            c.queue(&m);
-                        }
-                    }
-                    ServerAction::Close(k, _) => {
-                        self.closing.insert(k);
-                    }
-                    ServerAction::Finished { code } => finished = Some((code, Instant::now())),
-                }
-            }
+            self.apply_actions();
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for k in keys {
                 let r = self.conns.get_mut(k).map(Conn::flush);
@@ -139,6 +132,22 @@ impl Server {
                     Some(Err(e)) => self.drop_conn(k, Some(e)),
                     _ => {}
                 }
+            }
+        }
+    }
+
+    fn apply_actions(&mut self) {
+        while let Some(a) = self.core.poll_action() {
+            match a {
+                ServerAction::Send(k, m) => {
+                    if let Some(c) = self.conns.get_mut(k) {
+                        c.queue(&m);
+                    }
+                }
+                ServerAction::Close(k, _) => {
+                    self.closing.insert(k);
+                }
+                ServerAction::Finished { code } => self.finished = Some((code, Instant::now())),
             }
         }
     }
@@ -186,8 +195,12 @@ impl Server {
         let mut pool = crate::codec::BufPool::default();
         let r = c.read(&mut pool, &mut inbound);
         for x in inbound {
-            if let Inbound::Msg(m) = x {
+            if let Inbound::Msg(m) = x
+                && !self.closing.contains(&key)
+            {
                 self.core.on_message(key, m, now_us());
+                // A close decided on this message stops the ones after it.
+                self.apply_actions();
             }
         }
         if let Err(e) = r {

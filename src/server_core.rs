@@ -168,7 +168,7 @@ impl ServerCore {
                     bytes_received,
                     bytes_sent,
                 },
-            ) => self.on_done(id, bytes_received, bytes_sent, now),
+            ) => self.on_done(conn, id, bytes_received, bytes_sent, now),
             (Some(_), m) => self.close(conn, format!("unexpected {} from a client", m.name())),
         }
     }
@@ -419,12 +419,28 @@ impl ServerCore {
         }
     }
 
-    fn on_done(&mut self, id: PeerId, bytes_received: u64, bytes_sent: u64, now: u64) {
+    fn on_done(
+        &mut self,
+        conn: ConnId,
+        id: PeerId,
+        bytes_received: u64,
+        bytes_sent: u64,
+        now: u64,
+    ) {
+        let total = self.files.len();
         let Some(c) = self.clients.get_mut(&id) else {
             return;
         };
         if c.done_at.is_some() {
             return;
+        }
+        if !self.started || c.completed.len() + c.files.len() != total {
+            let reason = format!(
+                "done after completing {} of {} files",
+                c.completed.len(),
+                total - c.files.len()
+            );
+            return self.close(conn, reason);
         }
         c.done_at = Some(now);
         c.bytes_received = bytes_received;
@@ -544,5 +560,156 @@ impl ServerCore {
             total_ms: ms(last.saturating_sub(first)),
             end_ms: ms(now),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{FileDecl, VERSION};
+
+    fn hello(name: &str, file: &str) -> Message {
+        Message::Hello {
+            version: VERSION,
+            listen: "127.0.0.1:9".into(),
+            name: name.into(),
+            files: vec![FileDecl {
+                name: file.into(),
+                size: 10,
+            }],
+        }
+    }
+
+    fn drain(s: &mut ServerCore) -> Vec<ServerAction> {
+        std::iter::from_fn(|| s.poll_action()).collect()
+    }
+
+    #[test]
+    fn welcome_start_and_refusal_when_full() {
+        let mut s = ServerCore::new(2, 262_144);
+        for k in 0..3 {
+            s.on_connect(k, "127.0.0.1:1");
+        }
+        s.on_message(0, hello("", "a"), 5);
+        s.on_message(1, hello("", "b"), 6);
+        let a = drain(&mut s);
+        assert!(
+            matches!(&a[0], ServerAction::Send(0, Message::Welcome { id: PeerId(1), name, .. }) if name == "client1")
+        );
+        assert_eq!(
+            a.iter()
+                .filter(|x| matches!(x, ServerAction::Send(_, Message::Start { .. })))
+                .count(),
+            2
+        );
+        s.on_message(2, hello("", "c"), 7);
+        let a = drain(&mut s);
+        assert!(matches!(
+            &a[0],
+            ServerAction::Send(2, Message::Refuse { .. })
+        ));
+        assert!(matches!(&a[1], ServerAction::Close(2, _)));
+    }
+
+    #[test]
+    fn violations_close_the_connection() {
+        let mut s = ServerCore::new(2, 262_144);
+        s.on_connect(0, "x");
+        s.on_message(
+            0,
+            Message::Done {
+                bytes_received: 0,
+                bytes_sent: 0,
+            },
+            1,
+        );
+        assert!(
+            matches!(drain(&mut s).as_slice(), [ServerAction::Close(0, r)] if r.contains("before hello"))
+        );
+        s.on_connect(1, "x");
+        s.on_message(1, hello("", "../../etc/passwd"), 1);
+        assert!(matches!(
+            drain(&mut s).as_slice(),
+            [
+                ServerAction::Send(1, Message::Refuse { .. }),
+                ServerAction::Close(1, _)
+            ]
+        ));
+        s.on_connect(2, "x");
+        s.on_message(2, hello("", "a"), 1);
+        s.on_message(2, hello("", "a2"), 1);
+        assert!(
+            matches!(drain(&mut s).last(), Some(ServerAction::Close(2, r)) if r == "second hello")
+        );
+    }
+
+    #[test]
+    fn done_before_every_file_is_refused() {
+        let mut s = ServerCore::new(2, 262_144);
+        s.on_connect(0, "x");
+        s.on_connect(1, "x");
+        s.on_message(0, hello("", "a"), 1);
+        s.on_message(1, hello("", "b"), 1);
+        drain(&mut s);
+        s.on_message(
+            0,
+            Message::Done {
+                bytes_received: 0,
+                bytes_sent: 0,
+            },
+            2,
+        );
+        assert!(
+            matches!(drain(&mut s).as_slice(), [ServerAction::Close(0, r)] if r.contains("done after completing 0 of 1"))
+        );
+        // Completing its own file is not a completion.
+        s.on_message(1, Message::FileComplete { file: FileId(1) }, 2);
+        assert!(matches!(
+            drain(&mut s).as_slice(),
+            [ServerAction::Close(1, _)]
+        ));
+    }
+
+    #[test]
+    fn run_finishes_when_every_client_is_done() {
+        let mut s = ServerCore::new(2, 262_144);
+        s.on_connect(0, "x");
+        s.on_connect(1, "x");
+        s.on_message(0, hello("", "a"), 1_000);
+        s.on_message(1, hello("", "b"), 2_000);
+        drain(&mut s);
+        s.on_message(0, Message::FileComplete { file: FileId(1) }, 5_000);
+        s.on_message(
+            0,
+            Message::Done {
+                bytes_received: 10,
+                bytes_sent: 10,
+            },
+            5_000,
+        );
+        s.on_message(1, Message::FileComplete { file: FileId(0) }, 9_000);
+        s.on_message(
+            1,
+            Message::Done {
+                bytes_received: 10,
+                bytes_sent: 10,
+            },
+            9_000,
+        );
+        let a = drain(&mut s);
+        assert_eq!(
+            a.iter()
+                .filter(|x| matches!(x, ServerAction::Send(_, Message::Shutdown)))
+                .count(),
+            2
+        );
+        assert!(matches!(a.last(), Some(ServerAction::Finished { code: 0 })));
+        let sum = s.summary(10_000);
+        assert_eq!(
+            sum.total_ms, 8.0,
+            "first connection at 1 ms, last completion at 9 ms"
+        );
+        assert_eq!(sum.clients[0].elapsed_ms, Some(4.0));
+        assert_eq!(sum.clients[1].elapsed_ms, Some(7.0));
     }
 }

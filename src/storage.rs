@@ -93,6 +93,9 @@ impl Source {
         let file = File::open(path).map_err(open_err)?;
         let size = file.metadata().map_err(open_err)?.len();
         let map = map_file(&file, size, path)?;
+        // The map is what gets served and hashed: its length is the size (the file may have
+        // changed between the stat and the map).
+        let size = map.as_ref().map_or(0, |m| m.len() as u64);
         if let Some(m) = &map {
             let _ = m.advise(memmap2::Advice::Sequential);
         }
