@@ -33,6 +33,8 @@ const FIRST_PEER: usize = 3;
 const PIECES_QUEUED: usize = 2;
 /// How often the core's timers run.
 const TICK: Duration = Duration::from_millis(20);
+/// Time a peer connection has to complete its handshake (connect plus hello).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most incoming connections still waiting for their hello.
 const MAX_PENDING_HANDSHAKES: usize = 64;
 
@@ -58,6 +60,8 @@ struct PeerConn {
     established: bool,
     /// Readable before this node started: to be read once it has.
     deferred: bool,
+    /// When the connection was accepted or dialled (for the handshake timeout).
+    since: Instant,
 }
 
 /// Where a file's bytes are read from when serving and whole-file hashing.
@@ -274,6 +278,7 @@ impl Client {
             self.results();
             if last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
+                self.expire_handshakes();
                 self.core.on_tick(now_us());
             }
             self.actions();
@@ -312,6 +317,7 @@ impl Client {
                         connecting: false,
                         established: false,
                         deferred: false,
+                        since: Instant::now(),
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -492,6 +498,20 @@ impl Client {
         }
     }
 
+    /// Drops connections that did not complete their handshake in time: a dial that hangs, or
+    /// a stranger that connects and says nothing, must not hold a slot.
+    fn expire_handshakes(&mut self) {
+        let stale: Vec<usize> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.established && !p.deferred && p.since.elapsed() > HANDSHAKE_TIMEOUT)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            self.drop_peer(k, &format!("no handshake within {HANDSHAKE_TIMEOUT:?}"));
+        }
+    }
+
     fn drop_peer(&mut self, key: usize, reason: &str) {
         let Some(mut pc) = self.peers.try_remove(key) else {
             return;
@@ -504,10 +524,7 @@ impl Client {
             if pc.established {
                 self.core.on_peer_lost(p, reason, now_us());
             } else {
-                warn!(
-                    "peer_error event=peer_connect_failed peer={} reason={reason:?}",
-                    self.core.peer_name(p)
-                );
+                self.core.on_dial_failed(p, reason, now_us());
             }
         } else {
             warn!("peer_error event=handshake_failed reason={reason:?}");
@@ -691,13 +708,7 @@ impl Client {
         };
         let mut stream = match TcpStream::connect(sa) {
             Ok(s) => s,
-            Err(e) => {
-                warn!(
-                    "peer_error event=peer_connect_failed peer={} error={e}",
-                    self.core.peer_name(peer)
-                );
-                return;
-            }
+            Err(e) => return self.core.on_dial_failed(peer, &e.to_string(), now_us()),
         };
         let _ = stream.set_nodelay(true);
         let entry = self.peers.vacant_entry();
@@ -725,6 +736,7 @@ impl Client {
             connecting: true,
             established: false,
             deferred: false,
+            since: Instant::now(),
         });
         self.by_peer.insert(peer, key);
     }

@@ -18,8 +18,12 @@ pub const STREAM_BATCH: u32 = 32;
 pub const PROGRESS_EVERY_US: u64 = 250_000;
 /// Most requests a peer may have queued at this node.
 pub const MAX_SERVE_QUEUE: usize = 1024;
-/// Bad chunks after which a peer is disconnected.
+/// Bad chunks after which a peer is disconnected (and not dialled again).
 pub const MAX_BAD_CHUNKS: u32 = 3;
+/// Failed or lost connections to one peer after which it is not dialled again.
+pub const MAX_DIAL_FAILURES: u32 = 6;
+/// First redial delay (µs); doubled after each further failure.
+pub const REDIAL_BASE_US: u64 = 250_000;
 
 /// What the shell must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +111,12 @@ struct PeerSlot {
     connected: bool,
     serve: VecDeque<ChunkId>,
     bad_chunks: u32,
+    /// Failed or lost connections since the last success (only for peers this node dials).
+    dial_failures: u32,
+    /// When to dial again, after a failure or a loss.
+    redial_at: Option<u64>,
+    /// Dropped for bad data: never dialled again.
+    banned: bool,
 }
 
 pub struct ClientCore {
@@ -365,6 +375,9 @@ impl ClientCore {
                     connected: false,
                     serve: VecDeque::new(),
                     bad_chunks: 0,
+                    dial_failures: 0,
+                    redial_at: None,
+                    banned: false,
                 },
             );
         }
@@ -648,6 +661,7 @@ impl ClientCore {
         match self.peers.get(&id) {
             None => Err(format!("unknown peer id {}", id.0)),
             Some(p) if p.connected => Err(format!("peer {} is already connected", id.0)),
+            Some(p) if p.banned => Err(format!("peer {} sent bad chunks", id.0)),
             Some(_) => Ok(()),
         }
     }
@@ -664,6 +678,8 @@ impl ClientCore {
             return;
         };
         slot.connected = true;
+        slot.dial_failures = 0;
+        slot.redial_at = None;
         info!(
             "peer_connected event=peer_connected peer={} addr={}",
             slot.info.name, slot.info.addr
@@ -702,7 +718,41 @@ impl ClientCore {
             slot.info.name
         );
         self.sched.peer_disconnected(p);
+        self.schedule_redial(p, now);
         self.fill_all(now);
+    }
+
+    /// An outgoing connection to `p` could not be established.
+    pub fn on_dial_failed(&mut self, p: PeerId, reason: &str, now: u64) {
+        warn!(
+            "peer_error event=peer_connect_failed peer={} reason={reason:?}",
+            self.peer_name(p)
+        );
+        self.schedule_redial(p, now);
+    }
+
+    /// Peers this node dials are dialled again after a failure or a loss, with exponential
+    /// backoff, a bounded number of times: a transient fault must not cut a pair off for the
+    /// rest of the run, and a peer that is gone for good must not be dialled forever.
+    fn schedule_redial(&mut self, p: PeerId, now: u64) {
+        let me = self.id;
+        let Some(slot) = self.peers.get_mut(&p) else {
+            return;
+        };
+        if p >= me || slot.banned || self.phase == Phase::Exited {
+            return;
+        }
+        slot.dial_failures += 1;
+        if slot.dial_failures > MAX_DIAL_FAILURES {
+            warn!(
+                "peer_given_up event=peer_given_up peer={} failures={}",
+                slot.info.name,
+                slot.dial_failures - 1
+            );
+            return;
+        }
+        let backoff = REDIAL_BASE_US << (slot.dial_failures - 1).min(6);
+        slot.redial_at = Some(now + backoff);
     }
 
     /// A control message from a connected peer. An error closes that connection.
@@ -825,6 +875,7 @@ impl ClientCore {
             if let Some(s) = self.peers.get_mut(&p) {
                 s.bad_chunks += 1;
                 if s.bad_chunks >= MAX_BAD_CHUNKS && s.connected {
+                    s.banned = true;
                     let reason = format!("{} chunks failed their MD5", s.bad_chunks);
                     self.actions
                         .push_back(Action::Disconnect { peer: p, reason });
@@ -837,6 +888,20 @@ impl ClientCore {
     // ------------------------------------------------------------ time
 
     pub fn on_tick(&mut self, now: u64) {
+        for (p, slot) in self.peers.iter_mut() {
+            if !slot.connected && slot.redial_at.is_some_and(|t| t <= now) {
+                slot.redial_at = None;
+                info!(
+                    "peer_redial event=peer_redial peer={} attempt={}",
+                    slot.info.name,
+                    slot.dial_failures + 1
+                );
+                self.actions.push_back(Action::Connect {
+                    peer: *p,
+                    addr: slot.info.addr.clone(),
+                });
+            }
+        }
         for (p, c) in self.sched.expire(now) {
             warn!(
                 "request_timeout event=request_timeout peer={} chunk={c}",
@@ -1078,6 +1143,52 @@ mod tests {
             c.next_piece(PeerId(3)),
             Some((own, 524_288, 600_000 - 524_288))
         );
+    }
+
+    #[test]
+    fn lost_peer_is_redialled_with_backoff_then_given_up() {
+        let mut c = started();
+        drain(&mut c);
+        c.on_peer_connected(PeerId(1), 2);
+        c.on_peer_lost(PeerId(1), "reset", 1_000);
+        let connects = |a: &[Action]| {
+            a.iter()
+                .filter(|x| {
+                    matches!(
+                        x,
+                        Action::Connect {
+                            peer: PeerId(1),
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        c.on_tick(1_000 + REDIAL_BASE_US - 1);
+        assert_eq!(connects(&drain(&mut c)), 0, "not before the backoff");
+        c.on_tick(1_000 + REDIAL_BASE_US);
+        assert_eq!(connects(&drain(&mut c)), 1);
+        // Every further failure doubles the delay; after MAX_DIAL_FAILURES it stops.
+        let mut now = 1_000 + REDIAL_BASE_US;
+        let mut dials = 1;
+        for _ in 0..20 {
+            c.on_dial_failed(PeerId(1), "refused", now);
+            now += 100 * REDIAL_BASE_US;
+            c.on_tick(now);
+            dials += connects(&drain(&mut c));
+        }
+        assert_eq!(dials, MAX_DIAL_FAILURES as usize);
+        // Peers that dial this node (higher ids) are not dialled by it.
+        c.on_peer_connected(PeerId(3), now);
+        c.on_peer_lost(PeerId(3), "reset", now);
+        c.on_tick(now + 100 * REDIAL_BASE_US);
+        assert!(!drain(&mut c).iter().any(|x| matches!(
+            x,
+            Action::Connect {
+                peer: PeerId(3),
+                ..
+            }
+        )));
     }
 
     #[test]

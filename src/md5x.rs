@@ -88,11 +88,12 @@ const K: [u32; 64] = [
     0xeb86_d391,
 ];
 
-/// The 64 MD5 steps, shared by the scalar and the AVX2 compression. Each line is
+/// The 64 MD5 steps, shared by the scalar and the AVX2 compressions. Each line is
 /// `step!(round function, message words, a, b, c, d, message index, constant index, rotation)`;
-/// the step macro updates its `a` argument.
+/// the step macro updates its `a` argument. The operands are token trees so that the two-group
+/// AVX2 step can take pairs such as `(a0, a1)`.
 macro_rules! md5_schedule {
-    ($step:ident, $m:ident, $a:ident, $b:ident, $c:ident, $d:ident) => {
+    ($step:ident, $m:tt, $a:tt, $b:tt, $c:tt, $d:tt) => {
         $step!(F, $m, $a, $b, $c, $d, 0, 0, 7);
         $step!(F, $m, $d, $a, $b, $c, 1, 1, 12);
         $step!(F, $m, $c, $d, $a, $b, 2, 2, 17);
@@ -328,16 +329,27 @@ pub fn has_avx2() -> bool {
 /// `update` on each, but the whole 64-byte blocks are compressed 8 lanes at a time with AVX2 when the CPU has it
 /// (checked once at run time with is_x86_feature_detected!, cached), scalar otherwise or on other arches.
 pub fn update_many(items: &mut [(&mut Md5State, &[u8])]) {
-    update_many_impl(items, true);
+    update_many_impl(items, Path::Lanes16);
 }
 
 /// MD5 of each input (any lengths, need not be equal), using lanes where possible.
 pub fn digest_many(inputs: &[&[u8]]) -> Vec<Digest> {
-    digest_many_impl(inputs, true)
+    digest_many_impl(inputs, Path::Lanes16)
 }
 
-/// `update_many`, with `simd == false` forcing the scalar path (for tests and comparisons).
-fn update_many_impl(items: &mut [(&mut Md5State, &[u8])], simd: bool) {
+/// Which compression `compress_jobs` may use (tests and benchmarks force the narrower ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// One job at a time, scalar.
+    Scalar,
+    /// AVX2 lanes, at most one group of 8 per round.
+    Lanes8,
+    /// AVX2 lanes, two interleaved groups of 8 per round when more than 8 jobs are in flight.
+    Lanes16,
+}
+
+/// `update_many`, with `path` choosing the compression (for tests and comparisons).
+fn update_many_impl(items: &mut [(&mut Md5State, &[u8])], path: Path) {
     let mut jobs: Vec<(&mut [u32; 4], &[u8])> = Vec::with_capacity(items.len());
     for (st, data) in items.iter_mut() {
         let st: &mut Md5State = st;
@@ -345,18 +357,18 @@ fn update_many_impl(items: &mut [(&mut Md5State, &[u8])], simd: bool) {
         st.stash(tail);
         jobs.push((&mut st.state, body));
     }
-    compress_jobs(&mut jobs, simd);
+    compress_jobs(&mut jobs, path);
 }
 
-/// `digest_many`, with `simd == false` forcing the scalar path (for tests and comparisons).
-fn digest_many_impl(inputs: &[&[u8]], simd: bool) -> Vec<Digest> {
+/// `digest_many`, with `path` choosing the compression (for tests and comparisons).
+fn digest_many_impl(inputs: &[&[u8]], path: Path) -> Vec<Digest> {
     let mut states = vec![INIT; inputs.len()];
     let mut jobs: Vec<(&mut [u32; 4], &[u8])> = states
         .iter_mut()
         .zip(inputs)
         .map(|(s, d)| (s, &d[..d.len() / BLOCK * BLOCK]))
         .collect();
-    compress_jobs(&mut jobs, simd);
+    compress_jobs(&mut jobs, path);
     drop(jobs);
     let finals: Vec<([u8; 2 * BLOCK], usize)> = inputs
         .iter()
@@ -367,86 +379,100 @@ fn digest_many_impl(inputs: &[&[u8]], simd: bool) -> Vec<Digest> {
         .zip(&finals)
         .map(|(s, (padded, n))| (s, &padded[..*n]))
         .collect();
-    compress_jobs(&mut jobs, simd);
+    compress_jobs(&mut jobs, path);
     drop(jobs);
     states.iter().map(to_digest).collect()
 }
 
-/// Compresses each job's whole blocks into its state words: in AVX2 lanes when `simd` is set and
-/// the CPU has AVX2, else one job at a time.
-fn compress_jobs(jobs: &mut [(&mut [u32; 4], &[u8])], simd: bool) {
+/// Compresses each job's whole blocks into its state words: in AVX2 lanes when `path` allows it
+/// and the CPU has AVX2, else one job at a time.
+fn compress_jobs(jobs: &mut [(&mut [u32; 4], &[u8])], path: Path) {
     #[cfg(target_arch = "x86_64")]
-    if simd && jobs.len() > 1 && has_avx2() {
-        compress_jobs_lanes(jobs);
+    if path != Path::Scalar && jobs.len() > 1 && has_avx2() {
+        compress_jobs_lanes(jobs, path == Path::Lanes16);
         return;
     }
-    let _ = simd;
     for (state, data) in jobs.iter_mut() {
         compress_scalar(state, data);
     }
 }
 
-/// The lane scheduler. Eight slots each hold a job that still has blocks; empty slots are refilled
-/// from the queue. Each round compresses, in every occupied slot, the smallest number of blocks
-/// any occupied slot has left, so at least one job finishes per round. Unoccupied lanes repeat an
-/// occupied lane's input and their result is discarded. When a single job is left it runs scalar,
-/// which is as fast as one lane and wastes nothing.
+/// The lane scheduler. Up to 16 slots (8 unless `wide`) each hold a job that still has blocks;
+/// empty slots are refilled from the queue in order. Each round compresses, in every occupied
+/// slot, the smallest number of blocks any occupied slot has left, so at least one job finishes
+/// per round. A round with more than 8 occupied slots runs two interleaved groups of 8 lanes
+/// (`compress16`: MD5 is one serial dependency chain per group, so a second independent chain
+/// fills the CPU's idle issue slots and costs far less than a second pass); otherwise it runs one
+/// group (`compress8`). Lanes without a job repeat an occupied lane's input and their result is
+/// discarded. When a single job is left it runs scalar, which is as fast as one lane and wastes
+/// nothing.
 #[cfg(target_arch = "x86_64")]
-fn compress_jobs_lanes(jobs: &mut [(&mut [u32; 4], &[u8])]) {
+fn compress_jobs_lanes(jobs: &mut [(&mut [u32; 4], &[u8])], wide: bool) {
     const LANES: usize = avx2::LANES;
-    let mut slots: [Option<usize>; LANES] = [None; LANES];
+    let cap = if wide { 2 * LANES } else { LANES };
+    // Job indices of the occupied slots, kept compacted: `slots[..active]`.
+    let mut slots = [0usize; 2 * LANES];
+    let mut active = 0;
     let mut next = 0;
     loop {
-        for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        while active < cap {
             while next < jobs.len() && jobs[next].1.len() < BLOCK {
                 next += 1;
             }
-            if next < jobs.len() {
-                *slot = Some(next);
-                next += 1;
+            if next >= jobs.len() {
+                break;
             }
+            slots[active] = next;
+            active += 1;
+            next += 1;
         }
-        let active = slots.iter().flatten().count();
-        let Some(&first) = slots.iter().flatten().next() else {
+        let live = &slots[..active];
+        let Some(&first) = live.first() else {
             return;
         };
         if active < MIN_SIMD_LANES && next >= jobs.len() {
-            for &j in slots.iter().flatten() {
+            for &j in live {
                 let (state, data) = &mut jobs[j];
                 compress_scalar(state, data);
             }
             return;
         }
-        let blocks = slots
+        let blocks = live
             .iter()
-            .flatten()
             .map(|&j| jobs[j].1.len() / BLOCK)
             .min()
             .unwrap_or(0);
         let take = blocks * BLOCK;
-        let filler: &[u8] = jobs[first].1;
-        let mut states = [INIT; LANES];
-        let mut data: [&[u8]; LANES] = [&filler[..take]; LANES];
-        for (lane, slot) in slots.iter().enumerate() {
-            if let Some(j) = *slot {
-                let input: &[u8] = jobs[j].1;
-                states[lane] = *jobs[j].0;
-                data[lane] = &input[..take];
+        let filler: &[u8] = &jobs[first].1[..take];
+        // Lane `i` is lane `i % 8` of group `i / 8`.
+        let mut states = [[INIT; LANES]; 2];
+        let mut data: [[&[u8]; LANES]; 2] = [[filler; LANES]; 2];
+        for (i, &j) in live.iter().enumerate() {
+            let input: &[u8] = jobs[j].1;
+            states[i / LANES][i % LANES] = *jobs[j].0;
+            data[i / LANES][i % LANES] = &input[..take];
+        }
+        #[cfg(test)]
+        tests::count_round(active > LANES);
+        if active > LANES {
+            // SAFETY: `compress_jobs` only calls this after `has_avx2()` confirmed at run time
+            // that the CPU supports AVX2, the only target feature `compress16` enables.
+            unsafe { avx2::compress16(&mut states, data) };
+        } else {
+            // SAFETY: as above; `compress8` enables only AVX2.
+            unsafe { avx2::compress8(&mut states[0], data[0]) };
+        }
+        let mut kept = 0;
+        for (i, j) in slots.into_iter().take(active).enumerate() {
+            let input: &[u8] = jobs[j].1;
+            *jobs[j].0 = states[i / LANES][i % LANES];
+            jobs[j].1 = &input[take..];
+            if jobs[j].1.len() >= BLOCK {
+                slots[kept] = j;
+                kept += 1;
             }
         }
-        // SAFETY: `compress_jobs` only calls this after `has_avx2()` confirmed at run time that the
-        // CPU supports AVX2, the only target feature `compress8` enables.
-        unsafe { avx2::compress8(&mut states, data) };
-        for (lane, slot) in slots.iter_mut().enumerate() {
-            if let Some(j) = *slot {
-                let input: &[u8] = jobs[j].1;
-                *jobs[j].0 = states[lane];
-                jobs[j].1 = &input[take..];
-                if jobs[j].1.len() < BLOCK {
-                    *slot = None;
-                }
-            }
-        }
+        active = kept;
     }
 }
 
@@ -507,6 +533,15 @@ mod avx2 {
         }};
     }
 
+    /// The same step on two independent groups of 8 lanes; each operand is a `(group 0, group 1)`
+    /// pair. The two chains share no data, so the CPU overlaps their latencies.
+    macro_rules! simd_step2 {
+        ($f:ident, ($m0:ident, $m1:ident), ($a0:ident, $a1:ident), ($b0:ident, $b1:ident), ($c0:ident, $c1:ident), ($d0:ident, $d1:ident), $mi:literal, $ki:literal, $s:literal) => {{
+            simd_step!($f, $m0, $a0, $b0, $c0, $d0, $mi, $ki, $s);
+            simd_step!($f, $m1, $a1, $b1, $c1, $d1, $mi, $ki, $s);
+        }};
+    }
+
     /// 8x8 transpose of 32-bit elements: row `r` of the input (8 words of lane `r`) becomes
     /// element `r` of every output vector.
     #[target_feature(enable = "avx2")]
@@ -561,6 +596,34 @@ mod avx2 {
         }
     }
 
+    /// The 16 message words of the block at byte offset `off` of every lane: vector `i` holds
+    /// word `i` of lane `l` in element `l`.
+    ///
+    /// # Safety
+    ///
+    /// Each `ptrs[lane]` must be valid for reads of `off + 64` bytes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn load_block(ptrs: &[*const u8; LANES], off: usize) -> [__m256i; 16] {
+        let mut lo = [_mm256_setzero_si256(); LANES];
+        let mut hi = [_mm256_setzero_si256(); LANES];
+        for lane in 0..LANES {
+            // SAFETY: the caller guarantees `off + 64` readable bytes at `ptrs[lane]`, so both
+            // 32-byte reads are in bounds; loadu has no alignment requirement.
+            unsafe {
+                let p = ptrs[lane].add(off);
+                lo[lane] = _mm256_loadu_si256(p.cast());
+                hi[lane] = _mm256_loadu_si256(p.add(32).cast());
+            }
+        }
+        let lo = transpose(lo);
+        let hi = transpose(hi);
+        [
+            lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3],
+            hi[4], hi[5], hi[6], hi[7],
+        ]
+    }
+
     /// Compresses `n` blocks in each of 8 lanes, where `n` is the smallest `data[lane].len() / 64`;
     /// lane `l` hashes `data[l]` into `states[l]`.
     #[target_feature(enable = "avx2")]
@@ -572,24 +635,8 @@ mod avx2 {
         let mut c = load_word(states, 2);
         let mut d = load_word(states, 3);
         for block in 0..blocks {
-            let off = block * BLOCK;
-            let mut lo = [_mm256_setzero_si256(); LANES];
-            let mut hi = [_mm256_setzero_si256(); LANES];
-            for lane in 0..LANES {
-                // SAFETY: `off + 64 <= blocks * 64 <= data[lane].len()`, so both 32-byte reads
-                // stay inside `data[lane]`; loadu has no alignment requirement.
-                unsafe {
-                    let p = ptrs[lane].add(off);
-                    lo[lane] = _mm256_loadu_si256(p.cast());
-                    hi[lane] = _mm256_loadu_si256(p.add(32).cast());
-                }
-            }
-            let lo = transpose(lo);
-            let hi = transpose(hi);
-            let m = [
-                lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3],
-                hi[4], hi[5], hi[6], hi[7],
-            ];
+            // SAFETY: `block * 64 + 64 <= blocks * 64 <= data[lane].len()` for every lane.
+            let m = unsafe { load_block(&ptrs, block * BLOCK) };
             let (aa, bb, cc, dd) = (a, b, c, d);
             md5_schedule!(simd_step, m, a, b, c, d);
             a = _mm256_add_epi32(a, aa);
@@ -601,6 +648,54 @@ mod avx2 {
         store_word(states, 1, b);
         store_word(states, 2, c);
         store_word(states, 3, d);
+    }
+
+    /// Compresses `n` blocks in each of 16 lanes, two groups of 8 whose steps are interleaved,
+    /// where `n` is the smallest `data[g][lane].len() / 64`; lane `l` of group `g` hashes
+    /// `data[g][l]` into `states[g][l]`.
+    #[target_feature(enable = "avx2")]
+    pub(super) fn compress16(states: &mut [[[u32; 4]; LANES]; 2], data: [[&[u8]; LANES]; 2]) {
+        let blocks = data
+            .iter()
+            .flatten()
+            .map(|d| d.len() / BLOCK)
+            .min()
+            .unwrap_or(0);
+        let [ptrs0, ptrs1] = data.map(|group| group.map(|d| d.as_ptr()));
+        let mut a0 = load_word(&states[0], 0);
+        let mut b0 = load_word(&states[0], 1);
+        let mut c0 = load_word(&states[0], 2);
+        let mut d0 = load_word(&states[0], 3);
+        let mut a1 = load_word(&states[1], 0);
+        let mut b1 = load_word(&states[1], 1);
+        let mut c1 = load_word(&states[1], 2);
+        let mut d1 = load_word(&states[1], 3);
+        for block in 0..blocks {
+            let off = block * BLOCK;
+            // SAFETY: `off + 64 <= blocks * 64 <= data[g][lane].len()` for every group and lane.
+            let m0 = unsafe { load_block(&ptrs0, off) };
+            // SAFETY: as above.
+            let m1 = unsafe { load_block(&ptrs1, off) };
+            let (aa0, bb0, cc0, dd0) = (a0, b0, c0, d0);
+            let (aa1, bb1, cc1, dd1) = (a1, b1, c1, d1);
+            md5_schedule!(simd_step2, (m0, m1), (a0, a1), (b0, b1), (c0, c1), (d0, d1));
+            a0 = _mm256_add_epi32(a0, aa0);
+            b0 = _mm256_add_epi32(b0, bb0);
+            c0 = _mm256_add_epi32(c0, cc0);
+            d0 = _mm256_add_epi32(d0, dd0);
+            a1 = _mm256_add_epi32(a1, aa1);
+            b1 = _mm256_add_epi32(b1, bb1);
+            c1 = _mm256_add_epi32(c1, cc1);
+            d1 = _mm256_add_epi32(d1, dd1);
+        }
+        store_word(&mut states[0], 0, a0);
+        store_word(&mut states[0], 1, b0);
+        store_word(&mut states[0], 2, c0);
+        store_word(&mut states[0], 3, d0);
+        store_word(&mut states[1], 0, a1);
+        store_word(&mut states[1], 1, b1);
+        store_word(&mut states[1], 2, c1);
+        store_word(&mut states[1], 3, d1);
     }
 }
 

@@ -11,7 +11,7 @@ use log::{info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -20,6 +20,8 @@ const LISTENER: Token = Token(0);
 const FIRST_CONN: usize = 1;
 /// Connections at once (clients plus handshakes in progress).
 const MAX_CONNS: usize = 1024;
+/// Time a new connection has to say hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the run, how long to wait for the shutdown messages to leave.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -63,6 +65,7 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
         closing: BTreeSet::new(),
         core: ServerCore::new(cfg.clients, cfg.chunk_size),
         finished: None,
+        pending: BTreeMap::new(),
     };
     let code = s.run_loop()?;
     let summary = s.core.summary(now_us());
@@ -96,6 +99,8 @@ struct Server {
     core: ServerCore,
     /// The run is over (exit code, when): linger until the shutdown messages are out.
     finished: Option<(i32, Instant)>,
+    /// When each connection was accepted, until it says hello.
+    pending: BTreeMap<usize, Instant>,
 }
 
 impl Server {
@@ -124,6 +129,7 @@ impl Server {
                 self.apply_actions();
             }
             self.apply_actions();
+            self.expire_handshakes();
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for k in keys {
                 let r = self.conns.get_mut(k).map(Conn::flush);
@@ -133,6 +139,23 @@ impl Server {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Closes connections that said no hello in time: a stranger that connects and stays
+    /// silent must not hold a slot.
+    fn expire_handshakes(&mut self) {
+        let core = &self.core;
+        self.pending.retain(|k, _| !core.is_identified(*k));
+        let stale: Vec<usize> = self
+            .pending
+            .iter()
+            .filter(|(_, t)| t.elapsed() > HANDSHAKE_TIMEOUT)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            warn!("handshake_timeout event=handshake_timeout conn={k}");
+            self.drop_conn(k, None);
         }
     }
 
@@ -176,6 +199,7 @@ impl Server {
                         continue;
                     }
                     entry.insert(Conn::new(stream, 0));
+                    self.pending.insert(key, Instant::now());
                     self.core.on_connect(key, &from.to_string());
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
@@ -213,6 +237,7 @@ impl Server {
             return;
         };
         self.closing.remove(&key);
+        self.pending.remove(&key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         if let Some(e) = why
             && !matches!(e, ConnEnd::Closed)

@@ -79,6 +79,11 @@ impl ServerCore {
         self.finished
     }
 
+    /// Whether `conn` has said hello (and so is a client of the run).
+    pub fn is_identified(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(Option::is_some)
+    }
+
     pub fn on_connect(&mut self, conn: ConnId, from: &str) {
         debug!("accepted event=connection_accepted conn={conn} from={from}");
         self.conns.insert(conn, None);
