@@ -331,7 +331,11 @@ fn cap_streams(jobs: &mut [Job]) {
         return;
     }
     // md5x runs 16 lanes (two groups of 8) when more than 8 messages are waiting.
-    let lanes = if chunks + streams > md5x::LANES { 2 * md5x::LANES } else { md5x::LANES };
+    let lanes = if chunks + streams > md5x::LANES {
+        2 * md5x::LANES
+    } else {
+        md5x::LANES
+    };
     let free = lanes.saturating_sub(streams).max(1);
     let cap = (2 * chunks.div_ceil(free)).max(STREAM_FLOOR) as u32;
     for j in jobs.iter_mut() {
