@@ -8,6 +8,10 @@ pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u32 = 1024;
 
+/// Most chunks in one file (2 TiB at 256 KiB chunks): every node keeps a few bytes of state
+/// per chunk, and a file's bitfield must fit in one control frame (1 MiB).
+pub const MAX_CHUNKS: u32 = (1 << 23) - 4096;
+
 /// The cut of one file into chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Geometry {
@@ -21,10 +25,10 @@ impl Geometry {
         Geometry { size, chunk_size }
     }
 
-    /// Number of chunks; 0 for an empty file. `None` if it would not fit in u32.
+    /// Number of chunks; 0 for an empty file. `None` above [`MAX_CHUNKS`].
     pub fn checked_chunk_count(&self) -> Option<u32> {
         let n = self.size.div_ceil(self.chunk_size as u64);
-        u32::try_from(n).ok()
+        u32::try_from(n).ok().filter(|&n| n <= MAX_CHUNKS)
     }
 
     /// Number of chunks (saturating; callers validate with `checked_chunk_count` first).
@@ -88,7 +92,17 @@ mod tests {
 
     #[test]
     fn too_many_chunks() {
-        let g = Geometry::new(u64::MAX, 1024);
-        assert_eq!(g.checked_chunk_count(), None);
+        assert_eq!(Geometry::new(u64::MAX, 1024).checked_chunk_count(), None);
+        let at_cap = MAX_CHUNKS as u64 * 262_144;
+        assert_eq!(
+            Geometry::new(at_cap, 262_144).checked_chunk_count(),
+            Some(MAX_CHUNKS)
+        );
+        assert_eq!(
+            Geometry::new(at_cap + 1, 262_144).checked_chunk_count(),
+            None
+        );
+        // The largest bitfield fits in a control frame.
+        assert!((MAX_CHUNKS as usize).div_ceil(8) + 64 < crate::codec::MAX_CONTROL_FRAME as usize);
     }
 }

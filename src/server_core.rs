@@ -2,13 +2,16 @@
 //! relays the manifest (file table, chunk digests, whole-file digests), records progress and
 //! completion, and decides when the run is over. `now` is the System Clock in µs (0 at start).
 
-use crate::codec::{FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo};
+use crate::codec::{FileInfo, MAX_CONTROL_FRAME, MAX_DIGESTS_PER_FRAME, Message, PeerInfo};
 use crate::geometry::Geometry;
 use crate::ids::{Digest, FileId, PeerId, check_file_name, hex};
 use crate::summary::{ClientSummary, FileSummary, Summary};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+
+/// Most files one client may share.
+pub const MAX_FILES_PER_CLIENT: usize = 1000;
 
 /// The shell's handle for one connection.
 pub type ConnId = usize;
@@ -53,6 +56,8 @@ pub struct ServerCore {
     started: bool,
     finished: bool,
     manifest_logged: bool,
+    /// Size the start message would have now (bounded by the control frame cap).
+    start_bytes: usize,
     actions: VecDeque<ServerAction>,
 }
 
@@ -67,6 +72,7 @@ impl ServerCore {
             started: false,
             finished: false,
             manifest_logged: false,
+            start_bytes: 16,
             actions: VecDeque::new(),
         }
     }
@@ -189,6 +195,17 @@ impl ServerCore {
         if self.started || self.clients.len() as u32 >= self.expected {
             return self.refuse(conn, format!("the run is full ({} clients)", self.expected));
         }
+        // The start message lists every client and file of the run in one control frame.
+        let grow: usize =
+            10 + name.len() + listen.len() + files.iter().map(|f| 18 + f.name.len()).sum::<usize>();
+        if files.len() > MAX_FILES_PER_CLIENT
+            || self.start_bytes + grow > MAX_CONTROL_FRAME as usize - 64
+        {
+            return self.refuse(
+                conn,
+                format!("too many files ({}) for one run", files.len()),
+            );
+        }
         if listen.parse::<SocketAddr>().is_err() {
             return self.refuse(conn, format!("bad listen address {listen:?}"));
         }
@@ -267,6 +284,7 @@ impl ServerCore {
             },
         );
         self.conns.insert(conn, Some(id));
+        self.start_bytes += grow;
         self.actions.push_back(ServerAction::Send(
             conn,
             Message::Welcome {
@@ -645,6 +663,53 @@ mod tests {
         s.on_message(2, hello("", "a2"), 1);
         assert!(
             matches!(drain(&mut s).last(), Some(ServerAction::Close(2, r)) if r == "second hello")
+        );
+    }
+
+    #[test]
+    fn oversized_hellos_are_refused() {
+        let mut s = ServerCore::new(2, 262_144);
+        s.on_connect(0, "x");
+        let files = (0..=MAX_FILES_PER_CLIENT)
+            .map(|i| FileDecl {
+                name: format!("f{i}"),
+                size: 1,
+            })
+            .collect();
+        s.on_message(
+            0,
+            Message::Hello {
+                version: VERSION,
+                listen: "127.0.0.1:9".into(),
+                name: String::new(),
+                files,
+            },
+            1,
+        );
+        assert!(matches!(
+            drain(&mut s).as_slice(),
+            [
+                ServerAction::Send(0, Message::Refuse { .. }),
+                ServerAction::Close(0, _)
+            ]
+        ));
+        s.on_connect(1, "x");
+        let huge = vec![FileDecl {
+            name: "big".into(),
+            size: 1 << 50,
+        }];
+        s.on_message(
+            1,
+            Message::Hello {
+                version: VERSION,
+                listen: "127.0.0.1:9".into(),
+                name: String::new(),
+                files: huge,
+            },
+            1,
+        );
+        assert!(
+            matches!(drain(&mut s).as_slice(), [ServerAction::Send(1, Message::Refuse { reason }), _] if reason.contains("too large"))
         );
     }
 
