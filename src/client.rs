@@ -373,7 +373,7 @@ impl Client {
             if let Some(mut s) = self.server.take() {
                 let _ = self.poll.registry().deregister(&mut s.stream);
             }
-            self.core.on_server_lost();
+            self.core.on_server_lost(now_us());
         }
         if self.core.is_started() {
             let deferred: Vec<usize> = self
@@ -781,7 +781,7 @@ impl Client {
         {
             warn!("server_error event=server_connection_error error={e}");
             self.server = None;
-            self.core.on_server_lost();
+            self.core.on_server_lost(now_us());
             self.actions();
         }
     }

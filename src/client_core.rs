@@ -138,6 +138,8 @@ pub struct ClientCore {
     /// Own-file digests sent to the server so far (a prefix), and batches waiting for it.
     own_hashed: BTreeMap<FileId, u32>,
     own_pending: BTreeMap<FileId, BTreeMap<u32, Vec<Digest>>>,
+    /// The server is gone after the manifest was complete: finish among the peers.
+    server_gone: bool,
 }
 
 impl ClientCore {
@@ -161,6 +163,7 @@ impl ClientCore {
             last_progress: 0,
             own_hashed: BTreeMap::new(),
             own_pending: BTreeMap::new(),
+            server_gone: false,
         };
         c.actions.push_back(Action::ToServer(Message::Hello {
             version: VERSION,
@@ -194,6 +197,11 @@ impl ClientCore {
     /// Whether the client list arrived (peer connections may be accepted).
     pub fn is_started(&self) -> bool {
         matches!(self.phase, Phase::Started | Phase::Complete)
+    }
+
+    /// Whether every file of the run is held, verified and renamed (also after the exit).
+    pub fn holds_all(&self) -> bool {
+        self.phase != Phase::Hello && self.files.values().all(|f| f.owned || f.done)
     }
 
     pub fn is_complete(&self) -> bool {
@@ -482,21 +490,54 @@ impl ClientCore {
     }
 
     /// The server connection is gone.
-    pub fn on_server_lost(&mut self) {
-        if self.phase == Phase::Exited {
+    /// The server connection is gone. Once the manifest is complete the clients need the
+    /// server no more: they finish the exchange among themselves, and each exits when every
+    /// peer it can reach holds every file.
+    pub fn on_server_lost(&mut self, now: u64) {
+        if self.phase == Phase::Exited || self.server_gone {
             return;
         }
         warn!("server_lost event=server_lost phase={:?}", self.phase);
-        match self.phase {
-            Phase::Complete => self.exit(
+        if matches!(self.phase, Phase::Started | Phase::Complete) && self.manifest_complete() {
+            self.server_gone = true;
+            info!("server_lost event=continue_without_server");
+            self.check_peers_done(now);
+        } else {
+            self.exit(1, "lost the server before the manifest was complete".into());
+        }
+    }
+
+    /// Whether every chunk digest and whole-file MD5 of every file is known.
+    pub fn manifest_complete(&self) -> bool {
+        self.files
+            .values()
+            .all(|f| f.owned || (f.known == f.geo.chunk_count() && f.whole.is_some()))
+    }
+
+    /// Without a server, nobody says the run is over: this node stops when it holds every
+    /// file and every connected peer is known (from its bitfield and haves) to hold every file
+    /// too, with no peer waiting to be dialled again.
+    fn check_peers_done(&mut self, now: u64) {
+        let _ = now;
+        if !self.server_gone || self.phase != Phase::Complete {
+            return;
+        }
+        let all = self.peers.iter().all(|(p, s)| {
+            if s.connected {
+                self.sched.peer_complete(*p)
+            } else {
+                s.redial_at.is_none()
+            }
+        });
+        if all {
+            info!(
+                "all_peers_complete event=all_peers_complete peers={}",
+                self.peers.len()
+            );
+            self.exit(
                 0,
-                "the server is gone and this client holds every file".into(),
-            ),
-            Phase::Exited => {}
-            _ => self.exit(
-                1,
-                "lost the connection to the server before holding every file".into(),
-            ),
+                "the server is gone; every reachable peer holds every file".into(),
+            );
         }
     }
 
@@ -642,6 +683,7 @@ impl ClientCore {
             bytes_received: self.bytes_received,
             bytes_sent: self.bytes_sent,
         }));
+        self.check_peers_done(now);
     }
 
     // ------------------------------------------------------------ peers
@@ -686,7 +728,7 @@ impl ClientCore {
         );
         self.sched.peer_connected(p);
         for (id, f) in &self.files {
-            if f.owned || f.info.owner == p {
+            if f.owned {
                 continue;
             }
             if let Some(h) = self.sched.have_set(*id)
@@ -720,6 +762,7 @@ impl ClientCore {
         self.sched.peer_disconnected(p);
         self.schedule_redial(p, now);
         self.fill_all(now);
+        self.check_peers_done(now);
     }
 
     /// An outgoing connection to `p` could not be established.
@@ -790,6 +833,7 @@ impl ClientCore {
             other => return Err(format!("unexpected {} from a peer", other.name())),
         }
         self.fill(p, now);
+        self.check_peers_done(now);
         Ok(())
     }
 
@@ -859,9 +903,10 @@ impl ClientCore {
                 "chunk event=chunk_received file={} index={} from={from} bytes={len} download_ms={ms:.3}",
                 f.info.name, c.index
             );
-            let owner = f.info.owner;
+            // Every peer hears of it, the sender and the owner too: without a server, a node
+            // decides that the run is over from what its peers are known to hold.
             for (q, s) in &self.peers {
-                if s.connected && *q != p && *q != owner {
+                if s.connected {
                     self.actions
                         .push_back(Action::ToPeer(*q, Message::Have { chunk: c }));
                 }
@@ -910,6 +955,7 @@ impl ClientCore {
             self.actions
                 .push_back(Action::ToPeer(p, Message::Cancel { chunk: c }));
         }
+        self.check_peers_done(now);
         if self.progress_dirty && now.saturating_sub(self.last_progress) >= PROGRESS_EVERY_US {
             self.send_progress(now);
         }

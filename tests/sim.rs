@@ -75,6 +75,8 @@ struct Sim {
     own_uploaded: Vec<u64>,
     file_owner: BTreeMap<FileId, usize>,
     received: Vec<u64>,
+    /// The server is gone: messages to and from it are lost.
+    server_dead: bool,
 }
 
 fn label(c: ChunkId) -> Digest {
@@ -111,6 +113,7 @@ impl Sim {
             own_uploaded: vec![0; n],
             file_owner: BTreeMap::new(),
             received: vec![0; n],
+            server_dead: false,
         };
         for i in 0..n {
             let decls = if sim.hosts[i].file > 0 {
@@ -264,6 +267,7 @@ impl Sim {
             .remove(&seq)
             .expect("every queued event is stored");
         match ev {
+            Ev::ToServer { .. } | Ev::ToClient { .. } if self.server_dead => {}
             Ev::ToServer { from, msg } => {
                 self.server.on_message(from, msg, t);
                 self.server_actions();
@@ -322,7 +326,7 @@ impl Sim {
                     self.clients[i].on_tick(t);
                     self.client_actions(i);
                 }
-                if self.finished.is_none() {
+                if self.finished.is_none() && self.exits.iter().any(Option::is_none) {
                     self.at(t + TICK_US, Ev::Tick);
                 }
             }
@@ -339,6 +343,17 @@ impl Sim {
             .unwrap_or_else(|| panic!("run did not finish by {} s", limit_us / 1_000_000));
         assert_eq!(code, 0, "the server reports a failed run");
         self.server.summary(self.now).total_ms / 1000.0
+    }
+}
+
+impl Sim {
+    /// The server dies: every client loses its connection.
+    fn kill_server(&mut self) {
+        self.server_dead = true;
+        for i in 0..self.clients.len() {
+            self.clients[i].on_server_lost(self.now);
+            self.client_actions(i);
+        }
     }
 }
 
@@ -362,7 +377,7 @@ fn check_complete(sim: &Sim) {
     let total: u64 = sim.hosts.iter().map(|h| h.file).sum();
     for (i, h) in sim.hosts.iter().enumerate() {
         assert!(
-            sim.clients[i].is_complete(),
+            sim.clients[i].holds_all(),
             "client {} is not complete",
             i + 1
         );
@@ -472,4 +487,54 @@ fn forty_ms_round_trips_still_complete() {
         total < 2.0 * bound,
         "total {total:.3} s vs T_lb {bound:.3} s"
     );
+}
+
+#[test]
+fn clients_finish_without_the_server_after_the_manifest() {
+    let hosts = vec![
+        Host {
+            up: 500.0 * MBIT,
+            down: 500.0 * MBIT,
+            file: 48 * CHUNK as u64 + 99
+        };
+        4
+    ];
+    let mut sim = Sim::new(hosts, 500);
+    // Run until every client knows the whole manifest, then kill the server.
+    while !sim
+        .clients
+        .iter()
+        .all(|c| c.manifest_complete() && c.is_started())
+    {
+        assert!(sim.step(), "the manifest never completed");
+    }
+    assert!(
+        sim.clients.iter().all(|c| !c.is_complete()),
+        "killed too late to mean anything"
+    );
+    sim.kill_server();
+    while sim.exits.iter().any(Option::is_none) && sim.now < 600_000_000 {
+        assert!(sim.step(), "the swarm stalled without its server");
+    }
+    assert_eq!(sim.exits, vec![Some(0); 4], "every client exits 0");
+    check_complete(&sim);
+    assert!(
+        sim.finished.is_none(),
+        "the dead server never finished the run"
+    );
+}
+
+#[test]
+fn server_lost_before_the_manifest_is_an_error() {
+    let hosts = vec![
+        Host {
+            up: 500.0 * MBIT,
+            down: 500.0 * MBIT,
+            file: 8 * CHUNK as u64
+        };
+        3
+    ];
+    let mut sim = Sim::new(hosts, 500);
+    sim.kill_server();
+    assert_eq!(sim.exits, vec![Some(1); 3]);
 }
