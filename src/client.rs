@@ -3,9 +3,10 @@
 //! the memory maps, the output files and the hash pool, and carries out the core's actions.
 
 use crate::client_core::{Action, ClientCore, PieceVerdict};
-use crate::codec::{BufPool, FileDecl, Inbound, Message, VERSION};
+use crate::codec::{FileDecl, Message, VERSION};
 use crate::conn::{Conn, ConnEnd};
 use crate::error::Error;
+use crate::frame::{BufPool, Inbound};
 use crate::geometry::Geometry;
 use crate::hashpool::{Done, HashPool, Job};
 use crate::ids::{FileId, PeerId};

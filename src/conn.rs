@@ -3,7 +3,8 @@
 //! header plus a reference to the memory map it comes from, and is written with vectored writes
 //! straight from the map: the payload is never copied into a user-space buffer.
 
-use crate::codec::{self, BufPool, DecodeError, FrameDecoder, Inbound, Message};
+use crate::codec::{self, DecodeError, Message};
+use crate::frame::{BufPool, FrameDecoder, Inbound};
 use crate::ids::ChunkId;
 use memmap2::Mmap;
 use mio::net::TcpStream;

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod conn;
 pub mod datagen;
 pub mod error;
+pub mod frame;
 pub mod geometry;
 pub mod hashpool;
 pub mod ids;

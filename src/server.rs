@@ -2,9 +2,9 @@
 //! connections (slab key + 1 = token), runs the System Clock (0.0 ms at start), and writes the
 //! summary when the run is over.
 
-use crate::codec::Inbound;
 use crate::conn::{Conn, ConnEnd};
 use crate::error::Error;
+use crate::frame::Inbound;
 use crate::logging::{self, now_us};
 use crate::server_core::{ServerAction, ServerCore};
 use log::{info, warn};
@@ -216,7 +216,7 @@ impl Server {
             return;
         };
         let mut inbound = Vec::new();
-        let mut pool = crate::codec::BufPool::default();
+        let mut pool = crate::frame::BufPool::default();
         let r = c.read(&mut pool, &mut inbound);
         for x in inbound {
             if let Inbound::Msg(m) = x
