@@ -6,6 +6,7 @@
 use crate::codec::{FileDecl, FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo, VERSION};
 use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
+use crate::redial::{AfterFailure, Redial};
 use crate::scheduler::{PieceOutcome, Scheduler};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
@@ -20,10 +21,7 @@ pub const PROGRESS_EVERY_US: u64 = 250_000;
 pub const MAX_SERVE_QUEUE: usize = 1024;
 /// Bad chunks after which a peer is disconnected (and not dialled again).
 pub const MAX_BAD_CHUNKS: u32 = 3;
-/// Failed or lost connections to one peer after which it is not dialled again.
-pub const MAX_DIAL_FAILURES: u32 = 6;
-/// First redial delay (µs); doubled after each further failure.
-pub const REDIAL_BASE_US: u64 = 250_000;
+pub use crate::redial::{MAX_DIAL_FAILURES, REDIAL_BASE_US};
 
 /// What the shell must do.
 #[derive(Debug, PartialEq, Eq)]
@@ -111,12 +109,8 @@ struct PeerSlot {
     connected: bool,
     serve: VecDeque<ChunkId>,
     bad_chunks: u32,
-    /// Failed or lost connections since the last success (only for peers this node dials).
-    dial_failures: u32,
-    /// When to dial again, after a failure or a loss.
-    redial_at: Option<u64>,
-    /// Dropped for bad data: never dialled again.
-    banned: bool,
+    /// Used only for peers this node dials (the lower ids).
+    redial: Redial,
 }
 
 pub struct ClientCore {
@@ -383,9 +377,7 @@ impl ClientCore {
                     connected: false,
                     serve: VecDeque::new(),
                     bad_chunks: 0,
-                    dial_failures: 0,
-                    redial_at: None,
-                    banned: false,
+                    redial: Redial::default(),
                 },
             );
         }
@@ -526,7 +518,7 @@ impl ClientCore {
             if s.connected {
                 self.sched.peer_complete(*p)
             } else {
-                s.redial_at.is_none()
+                !s.redial.pending()
             }
         });
         if all {
@@ -703,7 +695,7 @@ impl ClientCore {
         match self.peers.get(&id) {
             None => Err(format!("unknown peer id {}", id.0)),
             Some(p) if p.connected => Err(format!("peer {} is already connected", id.0)),
-            Some(p) if p.banned => Err(format!("peer {} sent bad chunks", id.0)),
+            Some(p) if p.redial.banned => Err(format!("peer {} sent bad chunks", id.0)),
             Some(_) => Ok(()),
         }
     }
@@ -720,8 +712,7 @@ impl ClientCore {
             return;
         };
         slot.connected = true;
-        slot.dial_failures = 0;
-        slot.redial_at = None;
+        slot.redial.connected();
         info!(
             "peer_connected event=peer_connected peer={} addr={}",
             slot.info.name, slot.info.addr
@@ -774,28 +765,21 @@ impl ClientCore {
         self.schedule_redial(p, now);
     }
 
-    /// Peers this node dials are dialled again after a failure or a loss, with exponential
-    /// backoff, a bounded number of times: a transient fault must not cut a pair off for the
-    /// rest of the run, and a peer that is gone for good must not be dialled forever.
+    /// Peers this node dials are dialled again after a failure or a loss (see `redial`).
     fn schedule_redial(&mut self, p: PeerId, now: u64) {
         let me = self.id;
         let Some(slot) = self.peers.get_mut(&p) else {
             return;
         };
-        if p >= me || slot.banned || self.phase == Phase::Exited {
+        if p >= me || self.phase == Phase::Exited {
             return;
         }
-        slot.dial_failures += 1;
-        if slot.dial_failures > MAX_DIAL_FAILURES {
+        if let AfterFailure::GiveUp(n) = slot.redial.failed(now) {
             warn!(
-                "peer_given_up event=peer_given_up peer={} failures={}",
-                slot.info.name,
-                slot.dial_failures - 1
+                "peer_given_up event=peer_given_up peer={} failures={n}",
+                slot.info.name
             );
-            return;
         }
-        let backoff = REDIAL_BASE_US << (slot.dial_failures - 1).min(6);
-        slot.redial_at = Some(now + backoff);
     }
 
     /// A control message from a connected peer. An error closes that connection.
@@ -920,7 +904,7 @@ impl ClientCore {
             if let Some(s) = self.peers.get_mut(&p) {
                 s.bad_chunks += 1;
                 if s.bad_chunks >= MAX_BAD_CHUNKS && s.connected {
-                    s.banned = true;
+                    s.redial.banned = true;
                     let reason = format!("{} chunks failed their MD5", s.bad_chunks);
                     self.actions
                         .push_back(Action::Disconnect { peer: p, reason });
@@ -934,12 +918,13 @@ impl ClientCore {
 
     pub fn on_tick(&mut self, now: u64) {
         for (p, slot) in self.peers.iter_mut() {
-            if !slot.connected && slot.redial_at.is_some_and(|t| t <= now) {
-                slot.redial_at = None;
+            if slot.connected {
+                continue;
+            }
+            if let Some(attempt) = slot.redial.due(now) {
                 info!(
-                    "peer_redial event=peer_redial peer={} attempt={}",
-                    slot.info.name,
-                    slot.dial_failures + 1
+                    "peer_redial event=peer_redial peer={} attempt={attempt}",
+                    slot.info.name
                 );
                 self.actions.push_back(Action::Connect {
                     peer: *p,
@@ -1018,242 +1003,5 @@ impl FileSlot {
             finalizing: false,
             done: false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::codec::FileDecl;
-
-    /// A client (id 2) that owns f2 in a run with client 1 (owns f1) and client 3 (owns f3).
-    fn started() -> ClientCore {
-        let mut c = ClientCore::new(
-            String::new(),
-            "127.0.0.1:2".into(),
-            vec![FileDecl {
-                name: "f2".into(),
-                size: 600_000,
-            }],
-        );
-        c.on_server_message(
-            Message::Welcome {
-                id: PeerId(2),
-                name: "client2".into(),
-                clock_us: 0,
-                chunk_size: 262_144,
-                clients: 3,
-                files: vec![FileId(1)],
-            },
-            0,
-        );
-        let peers = (1..=3)
-            .map(|i| PeerInfo {
-                id: PeerId(i),
-                name: format!("client{i}"),
-                addr: format!("127.0.0.1:{i}"),
-            })
-            .collect();
-        let files = (1..=3)
-            .map(|i| FileInfo {
-                id: FileId(i - 1),
-                owner: PeerId(i),
-                name: format!("f{i}"),
-                size: 600_000,
-            })
-            .collect();
-        c.on_server_message(Message::Start { peers, files }, 1);
-        c
-    }
-
-    fn drain(c: &mut ClientCore) -> Vec<Action> {
-        std::iter::from_fn(|| c.poll_action()).collect()
-    }
-
-    #[test]
-    fn start_dials_lower_ids_and_creates_outputs() {
-        let mut c = started();
-        let a = drain(&mut c);
-        assert!(a.contains(&Action::Connect {
-            peer: PeerId(1),
-            addr: "127.0.0.1:1".into()
-        }));
-        assert!(!a.iter().any(|x| matches!(
-            x,
-            Action::Connect {
-                peer: PeerId(3),
-                ..
-            }
-        )));
-        assert!(a.contains(&Action::CreateOutput { file: FileId(0) }));
-        assert!(a.contains(&Action::CreateOutput { file: FileId(2) }));
-        assert!(
-            !a.contains(&Action::CreateOutput { file: FileId(1) }),
-            "no output for the own file"
-        );
-        assert_eq!(
-            c.accept_peer(PeerId(1)),
-            Err("peer 1 must be dialled by this node, not dial it".into())
-        );
-        assert!(c.accept_peer(PeerId(3)).is_ok());
-    }
-
-    #[test]
-    fn piece_before_its_digest_is_a_violation_not_a_panic() {
-        let mut c = started();
-        c.on_peer_connected(PeerId(3), 2);
-        let chunk = ChunkId {
-            file: FileId(2),
-            index: 0,
-        };
-        assert!(matches!(
-            c.on_piece(PeerId(3), chunk, 262_144),
-            PieceVerdict::Violation(_)
-        ));
-    }
-
-    #[test]
-    fn requested_piece_is_verified_then_announced() {
-        let mut c = started();
-        c.on_peer_connected(PeerId(3), 2);
-        c.on_server_message(
-            Message::ChunkDigests {
-                file: FileId(2),
-                first: 0,
-                digests: vec![[1; 16], [2; 16], [3; 16]],
-            },
-            3,
-        );
-        let a = drain(&mut c);
-        let chunk = ChunkId {
-            file: FileId(2),
-            index: 0,
-        };
-        assert!(
-            a.contains(&Action::ToPeer(PeerId(3), Message::Request { chunk })),
-            "{a:?}"
-        );
-        assert_eq!(
-            c.on_piece(PeerId(3), chunk, 100),
-            PieceVerdict::Violation("piece file2#0 has 100 bytes, expected 262144".into())
-        );
-        assert_eq!(
-            c.on_piece(PeerId(3), chunk, 262_144),
-            PieceVerdict::Verify {
-                digest: [1; 16],
-                offset: 0,
-                requested_at: 3
-            }
-        );
-        c.on_verified(PeerId(3), chunk, true, 3, 10);
-        assert!(c.holds(chunk));
-        assert_eq!(c.bytes_received, 262_144);
-        // A chunk that fails verification is neither held nor counted.
-        let bad = ChunkId {
-            file: FileId(2),
-            index: 1,
-        };
-        assert!(matches!(
-            c.on_piece(PeerId(3), bad, 262_144),
-            PieceVerdict::Verify { .. }
-        ));
-        c.on_verified(PeerId(3), bad, false, 3, 11);
-        assert!(!c.holds(bad));
-        assert_eq!(c.bytes_received, 262_144);
-    }
-
-    #[test]
-    fn request_for_a_chunk_not_held_closes_the_peer() {
-        let mut c = started();
-        c.on_peer_connected(PeerId(3), 2);
-        let r = c.on_peer_message(
-            PeerId(3),
-            Message::Request {
-                chunk: ChunkId {
-                    file: FileId(0),
-                    index: 0,
-                },
-            },
-            3,
-        );
-        assert!(r.is_err());
-        let own = ChunkId {
-            file: FileId(1),
-            index: 2,
-        };
-        assert!(
-            c.on_peer_message(PeerId(3), Message::Request { chunk: own }, 3)
-                .is_ok()
-        );
-        assert_eq!(
-            c.next_piece(PeerId(3)),
-            Some((own, 524_288, 600_000 - 524_288))
-        );
-    }
-
-    #[test]
-    fn lost_peer_is_redialled_with_backoff_then_given_up() {
-        let mut c = started();
-        drain(&mut c);
-        c.on_peer_connected(PeerId(1), 2);
-        c.on_peer_lost(PeerId(1), "reset", 1_000);
-        let connects = |a: &[Action]| {
-            a.iter()
-                .filter(|x| {
-                    matches!(
-                        x,
-                        Action::Connect {
-                            peer: PeerId(1),
-                            ..
-                        }
-                    )
-                })
-                .count()
-        };
-        c.on_tick(1_000 + REDIAL_BASE_US - 1);
-        assert_eq!(connects(&drain(&mut c)), 0, "not before the backoff");
-        c.on_tick(1_000 + REDIAL_BASE_US);
-        assert_eq!(connects(&drain(&mut c)), 1);
-        // Every further failure doubles the delay; after MAX_DIAL_FAILURES it stops.
-        let mut now = 1_000 + REDIAL_BASE_US;
-        let mut dials = 1;
-        for _ in 0..20 {
-            c.on_dial_failed(PeerId(1), "refused", now);
-            now += 100 * REDIAL_BASE_US;
-            c.on_tick(now);
-            dials += connects(&drain(&mut c));
-        }
-        assert_eq!(dials, MAX_DIAL_FAILURES as usize);
-        // Peers that dial this node (higher ids) are not dialled by it.
-        c.on_peer_connected(PeerId(3), now);
-        c.on_peer_lost(PeerId(3), "reset", now);
-        c.on_tick(now + 100 * REDIAL_BASE_US);
-        assert!(!drain(&mut c).iter().any(|x| matches!(
-            x,
-            Action::Connect {
-                peer: PeerId(3),
-                ..
-            }
-        )));
-    }
-
-    #[test]
-    fn bad_name_from_server_exits() {
-        let mut c = ClientCore::new(String::new(), "127.0.0.1:2".into(), vec![]);
-        c.on_server_message(
-            Message::Welcome {
-                id: PeerId(2),
-                name: "../x".into(),
-                clock_us: 0,
-                chunk_size: 262_144,
-                clients: 3,
-                files: vec![],
-            },
-            0,
-        );
-        assert!(matches!(
-            drain(&mut c).last(),
-            Some(Action::Exit { code: 1, .. })
-        ));
     }
 }

@@ -17,6 +17,7 @@ pub mod hashpool;
 pub mod ids;
 pub mod logging;
 pub mod md5x;
+pub mod redial;
 pub mod scheduler;
 pub mod server;
 pub mod server_core;

@@ -1,0 +1,237 @@
+//! The client's session state machine driven alone, through its public sans-IO interface:
+//! messages and `now` in, actions out. No sockets, no threads.
+
+use p2pshare::client_core::*;
+use p2pshare::codec::{FileDecl, FileInfo, Message, PeerInfo};
+use p2pshare::ids::{ChunkId, FileId, PeerId};
+
+/// A client (id 2) that owns f2 in a run with client 1 (owns f1) and client 3 (owns f3).
+fn started() -> ClientCore {
+    let mut c = ClientCore::new(
+        String::new(),
+        "127.0.0.1:2".into(),
+        vec![FileDecl {
+            name: "f2".into(),
+            size: 600_000,
+        }],
+    );
+    c.on_server_message(
+        Message::Welcome {
+            id: PeerId(2),
+            name: "client2".into(),
+            clock_us: 0,
+            chunk_size: 262_144,
+            clients: 3,
+            files: vec![FileId(1)],
+        },
+        0,
+    );
+    let peers = (1..=3)
+        .map(|i| PeerInfo {
+            id: PeerId(i),
+            name: format!("client{i}"),
+            addr: format!("127.0.0.1:{i}"),
+        })
+        .collect();
+    let files = (1..=3)
+        .map(|i| FileInfo {
+            id: FileId(i - 1),
+            owner: PeerId(i),
+            name: format!("f{i}"),
+            size: 600_000,
+        })
+        .collect();
+    c.on_server_message(Message::Start { peers, files }, 1);
+    c
+}
+
+fn drain(c: &mut ClientCore) -> Vec<Action> {
+    std::iter::from_fn(|| c.poll_action()).collect()
+}
+
+#[test]
+fn start_dials_lower_ids_and_creates_outputs() {
+    let mut c = started();
+    let a = drain(&mut c);
+    assert!(a.contains(&Action::Connect {
+        peer: PeerId(1),
+        addr: "127.0.0.1:1".into()
+    }));
+    assert!(!a.iter().any(|x| matches!(
+        x,
+        Action::Connect {
+            peer: PeerId(3),
+            ..
+        }
+    )));
+    assert!(a.contains(&Action::CreateOutput { file: FileId(0) }));
+    assert!(a.contains(&Action::CreateOutput { file: FileId(2) }));
+    assert!(
+        !a.contains(&Action::CreateOutput { file: FileId(1) }),
+        "no output for the own file"
+    );
+    assert_eq!(
+        c.accept_peer(PeerId(1)),
+        Err("peer 1 must be dialled by this node, not dial it".into())
+    );
+    assert!(c.accept_peer(PeerId(3)).is_ok());
+}
+
+#[test]
+fn piece_before_its_digest_is_a_violation_not_a_panic() {
+    let mut c = started();
+    c.on_peer_connected(PeerId(3), 2);
+    let chunk = ChunkId {
+        file: FileId(2),
+        index: 0,
+    };
+    assert!(matches!(
+        c.on_piece(PeerId(3), chunk, 262_144),
+        PieceVerdict::Violation(_)
+    ));
+}
+
+#[test]
+fn requested_piece_is_verified_then_announced() {
+    let mut c = started();
+    c.on_peer_connected(PeerId(3), 2);
+    c.on_server_message(
+        Message::ChunkDigests {
+            file: FileId(2),
+            first: 0,
+            digests: vec![[1; 16], [2; 16], [3; 16]],
+        },
+        3,
+    );
+    let a = drain(&mut c);
+    let chunk = ChunkId {
+        file: FileId(2),
+        index: 0,
+    };
+    assert!(
+        a.contains(&Action::ToPeer(PeerId(3), Message::Request { chunk })),
+        "{a:?}"
+    );
+    assert_eq!(
+        c.on_piece(PeerId(3), chunk, 100),
+        PieceVerdict::Violation("piece file2#0 has 100 bytes, expected 262144".into())
+    );
+    assert_eq!(
+        c.on_piece(PeerId(3), chunk, 262_144),
+        PieceVerdict::Verify {
+            digest: [1; 16],
+            offset: 0,
+            requested_at: 3
+        }
+    );
+    c.on_verified(PeerId(3), chunk, true, 3, 10);
+    assert!(c.holds(chunk));
+    assert_eq!(c.bytes_received, 262_144);
+    // A chunk that fails verification is neither held nor counted.
+    let bad = ChunkId {
+        file: FileId(2),
+        index: 1,
+    };
+    assert!(matches!(
+        c.on_piece(PeerId(3), bad, 262_144),
+        PieceVerdict::Verify { .. }
+    ));
+    c.on_verified(PeerId(3), bad, false, 3, 11);
+    assert!(!c.holds(bad));
+    assert_eq!(c.bytes_received, 262_144);
+}
+
+#[test]
+fn request_for_a_chunk_not_held_closes_the_peer() {
+    let mut c = started();
+    c.on_peer_connected(PeerId(3), 2);
+    let r = c.on_peer_message(
+        PeerId(3),
+        Message::Request {
+            chunk: ChunkId {
+                file: FileId(0),
+                index: 0,
+            },
+        },
+        3,
+    );
+    assert!(r.is_err());
+    let own = ChunkId {
+        file: FileId(1),
+        index: 2,
+    };
+    assert!(
+        c.on_peer_message(PeerId(3), Message::Request { chunk: own }, 3)
+            .is_ok()
+    );
+    assert_eq!(
+        c.next_piece(PeerId(3)),
+        Some((own, 524_288, 600_000 - 524_288))
+    );
+}
+
+#[test]
+fn lost_peer_is_redialled_with_backoff_then_given_up() {
+    let mut c = started();
+    drain(&mut c);
+    c.on_peer_connected(PeerId(1), 2);
+    c.on_peer_lost(PeerId(1), "reset", 1_000);
+    let connects = |a: &[Action]| {
+        a.iter()
+            .filter(|x| {
+                matches!(
+                    x,
+                    Action::Connect {
+                        peer: PeerId(1),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    c.on_tick(1_000 + REDIAL_BASE_US - 1);
+    assert_eq!(connects(&drain(&mut c)), 0, "not before the backoff");
+    c.on_tick(1_000 + REDIAL_BASE_US);
+    assert_eq!(connects(&drain(&mut c)), 1);
+    // Every further failure doubles the delay; after MAX_DIAL_FAILURES it stops.
+    let mut now = 1_000 + REDIAL_BASE_US;
+    let mut dials = 1;
+    for _ in 0..20 {
+        c.on_dial_failed(PeerId(1), "refused", now);
+        now += 100 * REDIAL_BASE_US;
+        c.on_tick(now);
+        dials += connects(&drain(&mut c));
+    }
+    assert_eq!(dials, MAX_DIAL_FAILURES as usize);
+    // Peers that dial this node (higher ids) are not dialled by it.
+    c.on_peer_connected(PeerId(3), now);
+    c.on_peer_lost(PeerId(3), "reset", now);
+    c.on_tick(now + 100 * REDIAL_BASE_US);
+    assert!(!drain(&mut c).iter().any(|x| matches!(
+        x,
+        Action::Connect {
+            peer: PeerId(3),
+            ..
+        }
+    )));
+}
+
+#[test]
+fn bad_name_from_server_exits() {
+    let mut c = ClientCore::new(String::new(), "127.0.0.1:2".into(), vec![]);
+    c.on_server_message(
+        Message::Welcome {
+            id: PeerId(2),
+            name: "../x".into(),
+            clock_us: 0,
+            chunk_size: 262_144,
+            clients: 3,
+            files: vec![],
+        },
+        0,
+    );
+    assert!(matches!(
+        drain(&mut c).last(),
+        Some(Action::Exit { code: 1, .. })
+    ));
+}
