@@ -290,36 +290,13 @@ impl Client {
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
-                Ok((mut stream, from)) => {
+                Ok((stream, from)) => {
                     let pending = self.peers.iter().filter(|(_, p)| !p.established).count();
                     if pending >= MAX_PENDING_HANDSHAKES {
                         warn!("peer_refused event=handshake_cap from={from}");
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
-                    let entry = self.peers.vacant_entry();
-                    let key = entry.key();
-                    if self
-                        .poll
-                        .registry()
-                        .register(
-                            &mut stream,
-                            Token(key + FIRST_PEER),
-                            Interest::READABLE | Interest::WRITABLE,
-                        )
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    let conn = Conn::new(stream, self.core.chunk_size());
-                    entry.insert(PeerConn {
-                        conn,
-                        peer: None,
-                        connecting: false,
-                        established: false,
-                        deferred: false,
-                        since: Instant::now(),
-                    });
+                    self.add_conn(stream, None);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -707,39 +684,42 @@ impl Client {
             );
             return;
         };
-        let mut stream = match TcpStream::connect(sa) {
+        let stream = match TcpStream::connect(sa) {
             Ok(s) => s,
             Err(e) => return self.core.on_dial_failed(peer, &e.to_string(), now_us()),
         };
+        if let Some(key) = self.add_conn(stream, Some(peer)) {
+            self.by_peer.insert(peer, key);
+        }
+    }
+
+    /// Registers a new peer connection: accepted (`peer` unknown until its hello) or dialled
+    /// (`peer` known; its connect is in progress and our hello is queued first).
+    fn add_conn(&mut self, mut stream: TcpStream, peer: Option<PeerId>) -> Option<usize> {
         let _ = stream.set_nodelay(true);
         let entry = self.peers.vacant_entry();
         let key = entry.key();
-        if self
-            .poll
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        self.poll
             .registry()
-            .register(
-                &mut stream,
-                Token(key + FIRST_PEER),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .is_err()
-        {
-            return;
-        }
+            .register(&mut stream, Token(key + FIRST_PEER), interest)
+            .ok()?;
         let mut conn = Conn::new(stream, self.core.chunk_size());
-        conn.queue(&Message::PeerHello {
-            version: VERSION,
-            id: self.core.id(),
-        });
+        if peer.is_some() {
+            conn.queue(&Message::PeerHello {
+                version: VERSION,
+                id: self.core.id(),
+            });
+        }
         entry.insert(PeerConn {
             conn,
-            peer: Some(peer),
-            connecting: true,
+            peer,
+            connecting: peer.is_some(),
             established: false,
             deferred: false,
             since: Instant::now(),
         });
-        self.by_peer.insert(peer, key);
+        Some(key)
     }
 
     /// Tops up each peer's queue of outgoing pieces and writes what each socket takes.
