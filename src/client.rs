@@ -351,7 +351,7 @@ impl Client {
             if let Some(mut s) = self.server.take() {
                 let _ = self.poll.registry().deregister(&mut s.stream);
             }
-            self.core.on_server_lost(now_us());
+            self.core.on_server_lost();
         }
         if self.core.is_started() {
             let deferred: Vec<usize> = self
@@ -762,7 +762,7 @@ impl Client {
         {
             warn!("server_error event=server_connection_error error={e}");
             self.server = None;
-            self.core.on_server_lost(now_us());
+            self.core.on_server_lost();
             self.actions();
         }
     }

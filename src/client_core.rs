@@ -93,7 +93,6 @@ pub struct FileSlot {
     pub geo: Geometry,
     pub owned: bool,
     digests: Vec<Digest>,
-    known: u32,
     whole: Option<Digest>,
     computed: Option<Digest>,
     stream_pos: u32,
@@ -421,7 +420,10 @@ impl ClientCore {
         };
         let count = f.geo.chunk_count();
         let n = digests.len() as u32;
-        if f.owned || first != f.known || first.checked_add(n).is_none_or(|e| e > count) {
+        if f.owned
+            || first as usize != f.digests.len()
+            || first.checked_add(n).is_none_or(|e| e > count)
+        {
             let reason = format!(
                 "digests for {} out of order or range ({first}+{n})",
                 f.info.name
@@ -434,9 +436,8 @@ impl ClientCore {
             f.info.name
         );
         f.digests.extend(digests);
-        f.known += n;
         self.sched.set_known(file, first, n);
-        if f.known == count {
+        if f.digests.len() as u32 == count {
             debug!(
                 "digests event=chunk_digests_complete file={} chunks={count}",
                 f.info.name
@@ -462,22 +463,11 @@ impl ClientCore {
     }
 
     fn manifest_check(&self) {
-        let complete = self
-            .files
-            .values()
-            .all(|f| f.owned || (f.known == f.geo.chunk_count() && f.whole.is_some()));
-        if complete && self.phase == Phase::Started {
-            let all_known = self
-                .files
-                .values()
-                .filter(|f| !f.owned)
-                .all(|f| f.whole.is_some());
-            if all_known {
-                info!(
-                    "manifest event=manifest_received files={}",
-                    self.files.len()
-                );
-            }
+        if self.phase == Phase::Started && self.manifest_complete() {
+            info!(
+                "manifest event=manifest_received files={}",
+                self.files.len()
+            );
         }
     }
 
@@ -485,7 +475,7 @@ impl ClientCore {
     /// The server connection is gone. Once the manifest is complete the clients need the
     /// server no more: they finish the exchange among themselves, and each exits when every
     /// peer it can reach holds every file.
-    pub fn on_server_lost(&mut self, now: u64) {
+    pub fn on_server_lost(&mut self) {
         if self.phase == Phase::Exited || self.server_gone {
             return;
         }
@@ -493,7 +483,7 @@ impl ClientCore {
         if matches!(self.phase, Phase::Started | Phase::Complete) && self.manifest_complete() {
             self.server_gone = true;
             info!("server_lost event=continue_without_server");
-            self.check_peers_done(now);
+            self.check_peers_done();
         } else {
             self.exit(1, "lost the server before the manifest was complete".into());
         }
@@ -501,16 +491,15 @@ impl ClientCore {
 
     /// Whether every chunk digest and whole-file MD5 of every file is known.
     pub fn manifest_complete(&self) -> bool {
-        self.files
-            .values()
-            .all(|f| f.owned || (f.known == f.geo.chunk_count() && f.whole.is_some()))
+        self.files.values().all(|f| {
+            f.owned || (f.digests.len() as u32 == f.geo.chunk_count() && f.whole.is_some())
+        })
     }
 
     /// Without a server, nobody says the run is over: this node stops when it holds every
     /// file and every connected peer is known (from its bitfield and haves) to hold every file
     /// too, with no peer waiting to be dialled again.
-    fn check_peers_done(&mut self, now: u64) {
-        let _ = now;
+    fn check_peers_done(&mut self) {
         if !self.server_gone || self.phase != Phase::Complete {
             return;
         }
@@ -675,7 +664,7 @@ impl ClientCore {
             bytes_received: self.bytes_received,
             bytes_sent: self.bytes_sent,
         }));
-        self.check_peers_done(now);
+        self.check_peers_done();
     }
 
     // ------------------------------------------------------------ peers
@@ -753,7 +742,7 @@ impl ClientCore {
         self.sched.peer_disconnected(p);
         self.schedule_redial(p, now);
         self.fill_all(now);
-        self.check_peers_done(now);
+        self.check_peers_done();
     }
 
     /// An outgoing connection to `p` could not be established.
@@ -817,7 +806,7 @@ impl ClientCore {
             other => return Err(format!("unexpected {} from a peer", other.name())),
         }
         self.fill(p, now);
-        self.check_peers_done(now);
+        self.check_peers_done();
         Ok(())
     }
 
@@ -940,7 +929,7 @@ impl ClientCore {
             self.actions
                 .push_back(Action::ToPeer(p, Message::Cancel { chunk: c }));
         }
-        self.check_peers_done(now);
+        self.check_peers_done();
         if self.progress_dirty && now.saturating_sub(self.last_progress) >= PROGRESS_EVERY_US {
             self.send_progress(now);
         }
@@ -995,7 +984,6 @@ impl FileSlot {
             geo,
             owned,
             digests: Vec::new(),
-            known: 0,
             whole: None,
             computed: None,
             stream_pos: 0,

@@ -351,7 +351,7 @@ impl Sim {
     fn kill_server(&mut self) {
         self.server_dead = true;
         for i in 0..self.clients.len() {
-            self.clients[i].on_server_lost(self.now);
+            self.clients[i].on_server_lost();
             self.client_actions(i);
         }
     }
