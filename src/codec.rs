@@ -12,7 +12,9 @@ use crate::ids::{ChunkId, Digest, FileId, PeerId};
 use std::fmt;
 
 pub const MAGIC: [u8; 4] = *b"P2PS";
-pub const VERSION: u16 = 1;
+/// 2: `RequestFresh`, `NoFresh` and `Load` between peers (a version-1 peer would close the
+/// connection on them, so the hello refuses it instead).
+pub const VERSION: u16 = 2;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
 /// Length prefix plus kind byte.
@@ -112,6 +114,25 @@ pub enum Message {
     Cancel {
         chunk: ChunkId,
     },
+    /// To a file's owner: send one chunk of `file` of your choice that you have never sent to
+    /// anyone (answered by a `Piece`, or by `NoFresh`).
+    RequestFresh {
+        file: FileId,
+        /// The chunk must be below this index: the requester knows those chunks' digests.
+        below: u32,
+    },
+    /// From a file's owner: every chunk of `file` has been sent or promised once; this answers
+    /// one `RequestFresh`.
+    NoFresh {
+        file: FileId,
+    },
+    /// The sender's load, for its peers' source choice: the time it needs to send every chunk of
+    /// its own files that has never left it, at its measured upload rate (0: nothing left), and
+    /// that rate.
+    Load {
+        own_eta_ms: u32,
+        upload_kib_s: u32,
+    },
 }
 
 pub(crate) mod kind {
@@ -131,6 +152,9 @@ pub(crate) mod kind {
     pub const REQUEST: u8 = 23;
     pub const CANCEL: u8 = 24;
     pub const PIECE: u8 = 25;
+    pub const REQUEST_FRESH: u8 = 26;
+    pub const NO_FRESH: u8 = 27;
+    pub const LOAD: u8 = 28;
 }
 
 impl Message {
@@ -152,6 +176,9 @@ impl Message {
             Message::Have { .. } => "have",
             Message::Request { .. } => "request",
             Message::Cancel { .. } => "cancel",
+            Message::RequestFresh { .. } => "request_fresh",
+            Message::NoFresh { .. } => "no_fresh",
+            Message::Load { .. } => "load",
         }
     }
 }
@@ -382,6 +409,26 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.chunk(*chunk);
             w
         }
+        Message::RequestFresh { file, below } => {
+            let mut w = Writer::frame(REQUEST_FRESH);
+            w.u32(file.0);
+            w.u32(*below);
+            w
+        }
+        Message::NoFresh { file } => {
+            let mut w = Writer::frame(NO_FRESH);
+            w.u32(file.0);
+            w
+        }
+        Message::Load {
+            own_eta_ms,
+            upload_kib_s,
+        } => {
+            let mut w = Writer::frame(LOAD);
+            w.u32(*own_eta_ms);
+            w.u32(*upload_kib_s);
+            w
+        }
     };
     w.finish()
 }
@@ -598,6 +645,17 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
         HAVE => Message::Have { chunk: r.chunk()? },
         REQUEST => Message::Request { chunk: r.chunk()? },
         CANCEL => Message::Cancel { chunk: r.chunk()? },
+        REQUEST_FRESH => Message::RequestFresh {
+            file: FileId(r.u32()?),
+            below: r.u32()?,
+        },
+        NO_FRESH => Message::NoFresh {
+            file: FileId(r.u32()?),
+        },
+        LOAD => Message::Load {
+            own_eta_ms: r.u32()?,
+            upload_kib_s: r.u32()?,
+        },
         other => return Err(DecodeError::UnknownKind(other)),
     };
     r.end()?;
@@ -679,6 +737,15 @@ pub(crate) mod tests {
             Message::Have { chunk: c },
             Message::Request { chunk: c },
             Message::Cancel { chunk: c },
+            Message::RequestFresh {
+                file: FileId(2),
+                below: 800,
+            },
+            Message::NoFresh { file: FileId(5) },
+            Message::Load {
+                own_eta_ms: 1234,
+                upload_kib_s: 122_070,
+            },
         ]
     }
 

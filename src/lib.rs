@@ -21,5 +21,6 @@ pub mod redial;
 pub mod scheduler;
 pub mod server;
 pub mod server_core;
+pub mod serving;
 pub mod storage;
 pub mod summary;

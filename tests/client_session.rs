@@ -86,7 +86,7 @@ fn piece_before_its_digest_is_a_violation_not_a_panic() {
         index: 0,
     };
     assert!(matches!(
-        c.on_piece(PeerId(3), chunk, 262_144),
+        c.on_piece(PeerId(3), chunk, 262_144, 5),
         PieceVerdict::Violation(_)
     ));
 }
@@ -113,11 +113,11 @@ fn requested_piece_is_verified_then_announced() {
         "{a:?}"
     );
     assert_eq!(
-        c.on_piece(PeerId(3), chunk, 100),
+        c.on_piece(PeerId(3), chunk, 100, 5),
         PieceVerdict::Violation("piece file2#0 has 100 bytes, expected 262144".into())
     );
     assert_eq!(
-        c.on_piece(PeerId(3), chunk, 262_144),
+        c.on_piece(PeerId(3), chunk, 262_144, 5),
         PieceVerdict::Verify {
             digest: [1; 16],
             offset: 0,
@@ -133,7 +133,7 @@ fn requested_piece_is_verified_then_announced() {
         index: 1,
     };
     assert!(matches!(
-        c.on_piece(PeerId(3), bad, 262_144),
+        c.on_piece(PeerId(3), bad, 262_144, 5),
         PieceVerdict::Verify { .. }
     ));
     c.on_verified(PeerId(3), bad, false, 3, 11);
