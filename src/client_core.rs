@@ -188,6 +188,11 @@ impl ClientCore {
         self.chunk_size
     }
 
+    /// The chunk scheduler (read-only: for tests and the simulated swarm's reports).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
+    }
+
     pub fn file(&self, f: FileId) -> Option<&FileSlot> {
         self.files.get(&f)
     }
@@ -819,7 +824,8 @@ impl ClientCore {
                 upload_kib_s,
             } => {
                 let rate = upload_kib_s as f64 * 1024.0 / 1e6;
-                self.sched.peer_load(p, own_eta_ms as u64 * 1000, rate);
+                let withdrawn = self.sched.peer_load(p, own_eta_ms as u64 * 1000, rate);
+                self.cancel_all(withdrawn);
                 // Who is a bottleneck may have changed what every peer should be asked.
                 self.fill_all(now);
                 return Ok(());
@@ -949,9 +955,13 @@ impl ClientCore {
             }
         }
         self.serving.on_tick(now);
-        self.sched
+        let withdrawn = self
+            .sched
             .set_my_load(self.serving.own_eta_us(), self.serving.rate());
-        if now.saturating_sub(self.last_load) >= LOAD_EVERY_US {
+        self.cancel_all(withdrawn);
+        // The first as soon as the upload rate is measured: peers must learn early which
+        // uplink to spare.
+        if self.last_load == 0 || now.saturating_sub(self.last_load) >= LOAD_EVERY_US {
             self.send_load(now);
         }
         for (p, c) in self.sched.on_tick(now) {
@@ -986,6 +996,13 @@ impl ClientCore {
             bytes_sent: self.bytes_sent,
             have,
         }));
+    }
+
+    fn cancel_all(&mut self, requests: Vec<(PeerId, ChunkId)>) {
+        for (p, chunk) in requests {
+            self.actions
+                .push_back(Action::ToPeer(p, Message::Cancel { chunk }));
+        }
     }
 
     /// Tells every connected peer this node's `Load` (once its upload rate is measured).

@@ -36,7 +36,7 @@ pub const MIN_WINDOW: usize = 4;
 pub const MAX_WINDOW: usize = 64;
 /// Requests per peer beyond its bandwidth-delay product: the pieces the peer has already
 /// committed to its socket, plus slack for jitter.
-pub const WINDOW_MARGIN: f64 = 4.0;
+pub const WINDOW_MARGIN: f64 = 6.0;
 /// In-flight requests plus chunks awaiting verification, over all peers (bounds buffer memory).
 pub const DEFAULT_MAX_OUTSTANDING: usize = 64;
 /// A request unanswered for this long (µs) is given up and asked elsewhere.
@@ -48,8 +48,11 @@ pub const PROBE_EVERY_US: u64 = 200_000;
 pub const LOST_AFTER_US: u64 = 2_000_000;
 /// A peer is a bottleneck if its own-file time is at least this share of the largest...
 const PRECIOUS_SHARE: f64 = 0.6;
-/// ... and that largest time is at least this long (µs).
-const PRECIOUS_MIN_US: u64 = 300_000;
+/// ... and at least this many times every other peer's (a clear gap, not measurement noise)...
+const PRECIOUS_GAP: f64 = 2.0;
+/// ... and at least this long (µs) when it becomes one (so that owners finishing at nearly the
+/// same time do not), after which it stays one until its own files are out.
+const PRECIOUS_MIN_US: u64 = 1_000_000;
 
 struct SFile {
     owner: PeerId,
@@ -90,6 +93,8 @@ enum Fresh {
 struct Req {
     ask: Ask,
     at: u64,
+    /// The peer's `arrivals` when this was sent: pieces arriving in between were ahead of it.
+    arrivals: u64,
 }
 
 struct SPeer {
@@ -101,9 +106,12 @@ struct SPeer {
     /// Fresh requests given up on (timeout) whose piece may still arrive.
     late_fresh: BTreeMap<FileId, u32>,
     fresh: BTreeMap<FileId, Fresh>,
-    /// Delivery rate (bytes/µs, smoothed; 0 until measured) and the least request-to-piece time.
+    /// Delivery rate (bytes/µs, smoothed; 0 until measured), the least request-to-piece time,
+    /// and the smoothed round trip: request to piece, less the pieces that were ahead of it.
     rate: f64,
     min_lat: u64,
+    rtt: f64,
+    arrivals: u64,
     last_arrival: Option<u64>,
     /// Its last `Load`: own-file time (µs) and upload rate (bytes/µs).
     load: Option<(u64, f64)>,
@@ -247,6 +255,8 @@ impl Scheduler {
                 fresh: BTreeMap::new(),
                 rate: 0.0,
                 min_lat: u64::MAX,
+                rtt: 0.0,
+                arrivals: 0,
                 last_arrival: None,
                 load: None,
             },
@@ -272,6 +282,7 @@ impl Scheduler {
                 }
             }
         }
+        // (Its requests went with it: nothing else needs withdrawing.)
         self.update_precious();
     }
 
@@ -351,6 +362,14 @@ impl Scheduler {
         self.peers.get(&p).map_or(0, |s| self.window(s))
     }
 
+    /// What `p`'s window is made of: its delivery rate (bytes/µs), round trip (µs), and the
+    /// requests in flight there.
+    pub fn peer_stats(&self, p: PeerId) -> Option<(f64, f64, usize)> {
+        self.peers
+            .get(&p)
+            .map(|s| (s.rate, s.rtt, s.inflight.len()))
+    }
+
     /// Picks what to ask of `p` next and records it, or `None` if the window is full, the
     /// global cap is reached, or `p` has nothing useful.
     pub fn next_request(&mut self, p: PeerId, now: u64) -> Option<Ask> {
@@ -358,15 +377,28 @@ impl Scheduler {
         if s.inflight.len() >= self.window(s) || self.outstanding >= self.max_outstanding {
             return None;
         }
-        let ask = match self.pick_fresh(p) {
-            Some(f) => Ask::Fresh(f),
-            None => Ask::Chunk(self.pick_chunk(p, now).or_else(|| self.pick_endgame(p))?),
+        // At an owner: chunks of its file stuck elsewhere, then fresh ones; then relaying.
+        let ask = match self.pick_chunk(p, now, true) {
+            Some(c) => Ask::Chunk(c),
+            None => match self.pick_fresh(p) {
+                Some(f) => Ask::Fresh(f),
+                None => Ask::Chunk(
+                    self.pick_chunk(p, now, false)
+                        .or_else(|| self.pick_endgame(p))?,
+                ),
+            },
         };
         if let Ask::Chunk(c) = ask {
             self.take(c);
         }
         self.outstanding += 1;
-        self.peers.get_mut(&p)?.inflight.push(Req { ask, at: now });
+        let s = self.peers.get_mut(&p)?;
+        let arrivals = s.arrivals;
+        s.inflight.push(Req {
+            ask,
+            at: now,
+            arrivals,
+        });
         Some(ask)
     }
 
@@ -395,7 +427,7 @@ impl Scheduler {
     /// steadily for its whole-file MD5. From the owner: only chunks that left it but cannot be
     /// had elsewhere. Files are scanned from one that depends on the peer, so that different
     /// peers serve different files.
-    fn pick_chunk(&self, p: PeerId, now: u64) -> Option<ChunkId> {
+    fn pick_chunk(&self, p: PeerId, now: u64, own_files: bool) -> Option<ChunkId> {
         let s = self.peers.get(&p)?;
         let p_precious = self.precious.contains(&p);
         let nf = self.files.len();
@@ -405,7 +437,11 @@ impl Scheduler {
             let f = &self.files[fi];
             let file = FileId(fi as u32);
             let from_owner = f.owner == p;
-            if !f.wanted || f.have.is_full() || (p_precious && !from_owner) {
+            if !f.wanted
+                || f.have.is_full()
+                || from_owner != own_files
+                || (p_precious && !from_owner)
+            {
                 continue;
             }
             let Some(bits) = s.has.get(&file) else {
@@ -544,6 +580,16 @@ impl Scheduler {
             };
         }
         s.last_arrival = Some(now);
+        if s.rate > 0.0 {
+            let ahead = (s.arrivals - r.arrivals) as f64 * self.chunk / s.rate;
+            let base = (lat as f64 - ahead).max(self.chunk / s.rate);
+            s.rtt = if s.rtt == 0.0 {
+                base
+            } else {
+                s.rtt + (base - s.rtt) / 8.0
+            };
+        }
+        s.arrivals += 1;
         if let Ask::Fresh(file) = r.ask
             && matches!(s.fresh.get(&file), Some(Fresh::Probing { .. }))
         {
@@ -683,25 +729,63 @@ impl Scheduler {
     }
 
     /// This node's own-file time (µs; `None` while unmeasured) and upload rate (bytes/µs).
-    pub fn set_my_load(&mut self, eta_us: Option<u64>, rate: f64) {
+    /// Returns the requests to cancel (see `update_precious`).
+    pub fn set_my_load(&mut self, eta_us: Option<u64>, rate: f64) -> Vec<(PeerId, ChunkId)> {
         self.my_load = eta_us.map(|e| (e, rate));
-        self.update_precious();
+        self.update_precious()
     }
 
-    /// A peer's `Load`.
-    pub fn peer_load(&mut self, p: PeerId, eta_us: u64, rate: f64) {
-        if let Some(s) = self.peers.get_mut(&p) {
-            s.load = Some((eta_us, rate));
-            self.update_precious();
+    /// A peer's `Load`. Returns the requests to cancel (see `update_precious`).
+    pub fn peer_load(&mut self, p: PeerId, eta_us: u64, rate: f64) -> Vec<(PeerId, ChunkId)> {
+        match self.peers.get_mut(&p) {
+            Some(s) => {
+                s.load = Some((eta_us, rate));
+                self.update_precious()
+            }
+            None => Vec::new(),
         }
     }
 
     /// The bottleneck owners: those whose time to send their own files once is at least
-    /// `PRECIOUS_SHARE` of the largest, provided the others have at least as much upload
-    /// capacity to relay with (with equal links nobody is, and everybody relays).
-    fn update_precious(&mut self) {
-        let loads: Vec<(PeerId, u64, f64)> = self
-            .my_load
+    /// `PRECIOUS_SHARE` of the largest and `PRECIOUS_GAP` times everybody else's, provided the
+    /// others have at least as much upload capacity to relay with (with equal links nobody
+    /// is, and everybody relays). Requests by
+    /// name waiting at a peer that just became one are withdrawn (returned, to be cancelled):
+    /// they were asked before its load was known, and would take its uplink from its own file.
+    fn update_precious(&mut self) -> Vec<(PeerId, ChunkId)> {
+        let before = std::mem::take(&mut self.precious);
+        self.precious = self.find_precious(&before);
+        let mut out = Vec::new();
+        for p in self.precious.difference(&before) {
+            let Some(s) = self.peers.get_mut(p) else {
+                continue;
+            };
+            let files = &self.files;
+            let mut mine = Vec::new();
+            s.inflight.retain(|r| match r.ask {
+                Ask::Chunk(c)
+                    if files[c.file.0 as usize].owner != *p
+                        && !files[c.file.0 as usize].verifying.get(c.index) =>
+                {
+                    mine.push(c);
+                    false
+                }
+                _ => true,
+            });
+            for c in mine {
+                push_cancelled(&mut s.cancelled, c);
+                out.push((*p, c));
+            }
+        }
+        for &(_, c) in &out {
+            self.release(c);
+        }
+        out
+    }
+
+    /// The loads known, this node's included: (peer, own-file time µs, upload bytes/µs).
+    pub fn loads(&self) -> Vec<(PeerId, u64, f64)> {
+        self.my_load
             .map(|(e, r)| (self.me, e, r))
             .into_iter()
             .chain(
@@ -709,24 +793,37 @@ impl Scheduler {
                     .iter()
                     .filter_map(|(p, s)| s.load.map(|(e, r)| (*p, e, r))),
             )
-            .collect();
-        self.precious.clear();
+            .collect()
+    }
+
+    fn find_precious(&self, before: &BTreeSet<PeerId>) -> BTreeSet<PeerId> {
+        let loads = self.loads();
         let max = loads.iter().map(|l| l.1).max().unwrap_or(0);
-        if loads.len() < 2 || max < PRECIOUS_MIN_US {
-            return;
+        if loads.len() < 2 || max == 0 {
+            return BTreeSet::new();
         }
         let slow = |e: u64| e as f64 >= PRECIOUS_SHARE * max as f64;
-        let (mut cap_slow, mut cap_rest) = (0.0, 0.0);
+        let (mut cap_slow, mut cap_rest, mut least_slow, mut most_rest) = (0.0, 0.0, max, 0);
         for &(_, e, r) in &loads {
             if slow(e) {
                 cap_slow += r;
+                least_slow = least_slow.min(e);
             } else {
                 cap_rest += r;
+                most_rest = most_rest.max(e);
             }
         }
-        if cap_rest >= cap_slow && cap_rest > 0.0 {
-            self.precious = loads.iter().filter(|l| slow(l.1)).map(|l| l.0).collect();
+        if cap_rest < cap_slow
+            || cap_rest <= 0.0
+            || (least_slow as f64) < PRECIOUS_GAP * most_rest as f64
+        {
+            return BTreeSet::new();
         }
+        loads
+            .iter()
+            .filter(|l| slow(l.1) && (l.1 >= PRECIOUS_MIN_US || (l.1 > 0 && before.contains(&l.0))))
+            .map(|l| l.0)
+            .collect()
     }
 
     /// Whether every wanted file is held in full.

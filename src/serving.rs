@@ -18,6 +18,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Most requests a peer may have queued at this node.
 pub const MAX_SERVE_QUEUE: usize = 1024;
+/// Busy upload time (µs) ignored before the upload rate is measured.
+pub const RATE_WARMUP_US: u64 = 200_000;
 
 /// One request as the requester remembers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,10 +60,13 @@ pub struct Serving {
     /// Fresh requests found unanswerable when their turn came, to be answered `NoFresh`.
     refused: Vec<(PeerId, FileId)>,
     own: BTreeMap<FileId, Seed>,
-    /// Payload bytes handed out since the last tick, and the smoothed upload rate (bytes/µs).
+    /// Payload bytes handed out since the last tick; bytes and time of the ticks when some
+    /// request was waiting; and those at the end of the warm-up.
     sent_since: u64,
     last_tick: Option<u64>,
-    rate: f64,
+    busy_bytes: u64,
+    busy_us: u64,
+    warm: Option<(u64, u64)>,
 }
 
 impl Serving {
@@ -195,20 +200,19 @@ impl Serving {
         self.queues.get(&p).is_some_and(|q| !q.is_empty())
     }
 
-    /// Updates the upload rate: an average over about 8 ticks, of the ticks when some request
-    /// was waiting (an idle uplink says nothing of its capacity).
+    /// Accounts the upload rate: bytes handed out over the ticks when something was (an idle
+    /// uplink says nothing of its capacity), after a warm-up of `RATE_WARMUP_US` of such time
+    /// (the first pieces fill the socket buffers at once, far above the link's rate). A node
+    /// whose own file is the bottleneck sends without pause, so its figure is its capacity.
     pub fn on_tick(&mut self, now: u64) {
-        let busy = self.sent_since > 0 && self.queues.values().any(|q| !q.is_empty());
         if let Some(t) = self.last_tick
-            && now > t
-            && busy
+            && self.sent_since > 0
         {
-            let sample = self.sent_since as f64 / (now - t) as f64;
-            self.rate = if self.rate == 0.0 {
-                sample
-            } else {
-                self.rate + (sample - self.rate) / 8.0
-            };
+            self.busy_bytes += self.sent_since;
+            self.busy_us += now.saturating_sub(t);
+            if self.warm.is_none() && self.busy_us >= RATE_WARMUP_US {
+                self.warm = Some((self.busy_bytes, self.busy_us));
+            }
         }
         self.last_tick = Some(now);
         self.sent_since = 0;
@@ -216,7 +220,12 @@ impl Serving {
 
     /// Upload rate in bytes per µs (0 until measured).
     pub fn rate(&self) -> f64 {
-        self.rate
+        match self.warm {
+            Some((b, t)) if self.busy_us > t => {
+                (self.busy_bytes - b) as f64 / (self.busy_us - t) as f64
+            }
+            _ => 0.0,
+        }
     }
 
     /// The time (µs) to send every never-sent own chunk once at the measured rate: 0 when none
@@ -230,7 +239,8 @@ impl Serving {
         if left == 0 {
             return Some(0);
         }
-        (self.rate > 0.0).then(|| (left as f64 / self.rate) as u64)
+        let rate = self.rate();
+        (rate > 0.0).then(|| (left as f64 / rate) as u64)
     }
 }
 
@@ -322,8 +332,12 @@ mod tests {
         s.on_request_fresh(PeerId(2), FileId(0), 100).unwrap();
         s.on_request_fresh(PeerId(2), FileId(0), 100).unwrap();
         s.next(PeerId(2));
+        // A burst while the socket buffers fill: ignored.
+        s.count_sent(50_000);
+        s.on_tick(RATE_WARMUP_US);
+        assert_eq!(s.rate(), 0.0);
         s.count_sent(1000);
-        s.on_tick(100);
+        s.on_tick(RATE_WARMUP_US + 100);
         assert_eq!(s.rate(), 10.0);
         assert_eq!(s.own_eta_us(), Some(99 * 1000 / 10));
     }

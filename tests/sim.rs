@@ -179,6 +179,50 @@ fn scenario(name: &str) -> Vec<Host> {
 fn ratio_of(name: &str, latency_us: u64) -> f64 {
     let hosts = scenario(name);
     let mut sim = Sim::new(hosts.clone(), latency_us);
+    if std::env::var("SIM_DEBUG").is_ok() {
+        for t in [1_000_000, 3_000_000, 10_000_000] {
+            while sim.now < t && sim.step() {}
+            for i in 0..hosts.len() {
+                let mut miss = Vec::new();
+                for f in 0..hosts.len() as u32 {
+                    if let Some(h) = sim.clients[i]
+                        .scheduler()
+                        .have_set(p2pshare::ids::FileId(f))
+                    {
+                        let n = h.len() - h.count();
+                        let at4 = sim.clients[3]
+                            .scheduler()
+                            .have_set(p2pshare::ids::FileId(f))
+                            .map_or(0, |h4| {
+                                (0..h.len()).filter(|&k| !h.get(k) && h4.get(k)).count()
+                            });
+                        miss.push(format!("f{f}:{n}({at4}@4)"));
+                    }
+                }
+                eprintln!("  loads {:?}", sim.clients[i].scheduler().loads());
+                eprintln!(
+                    "  t={t} client{} missing {} precious4={} me_precious={}",
+                    i + 1,
+                    miss.join(" "),
+                    sim.clients[i]
+                        .scheduler()
+                        .is_precious(p2pshare::ids::PeerId(4)),
+                    sim.clients[i].scheduler().am_precious()
+                );
+            }
+            for p in 2..=4 {
+                let st = sim.clients[0]
+                    .scheduler()
+                    .peer_stats(p2pshare::ids::PeerId(p));
+                let w = sim.clients[0]
+                    .scheduler()
+                    .window_of(p2pshare::ids::PeerId(p));
+                eprintln!(
+                    "  t={t} client1 peer {p}: (rate B/us, rtt us, inflight) {st:?} window {w}"
+                );
+            }
+        }
+    }
     let total = sim.run(600_000_000);
     sim.check_complete();
     let bound = t_lb(&hosts);
@@ -195,12 +239,38 @@ fn ratio_of(name: &str, latency_us: u64) -> f64 {
         own.join(" "),
         waste as f64 / MIB as f64
     );
+    if std::env::var("SIM_DEBUG").is_ok() {
+        for i in 0..hosts.len() {
+            eprintln!(
+                "  client{}: done {:.3} s, uploaded {:.1} MiB (own {:.1}), wasted {:.1} MiB",
+                i + 1,
+                sim.done_at[i].unwrap_or(0) as f64 / 1e6,
+                sim.uploaded[i] as f64 / MIB as f64,
+                sim.own_uploaded[i] as f64 / MIB as f64,
+                sim.wasted[i] as f64 / MIB as f64
+            );
+            let tl: Vec<String> = sim.timeline[i]
+                .iter()
+                .map(|b| format!("{}", b * 4 / MIB))
+                .collect();
+            eprintln!("    MiB/s per 250 ms: {}", tl.join(" "));
+            let rl: Vec<String> = sim.relayed[i]
+                .iter()
+                .map(|b| format!("{}", b * 4 / MIB))
+                .collect();
+            eprintln!("    relayed MiB/s per 250 ms: {}", rl.join(" "));
+        }
+    }
     total / bound
 }
 
 #[test]
 fn issue_scenarios() {
+    let only = std::env::var("SIM_ONLY").unwrap_or_default();
     for name in ["net-sym", "net-slow-up", "net-slow-down", "net-mixed"] {
+        if !name.contains(&only) {
+            continue;
+        }
         for lat in [250, 20_000] {
             ratio_of(name, lat);
         }

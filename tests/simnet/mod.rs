@@ -14,8 +14,9 @@
 //!   the core while fewer than [`COMMITTED`] are queued on that connection (two in the
 //!   reactor's queue plus what the kernel's send buffer holds), so a piece is chosen late, and a
 //!   cancel cannot reach a committed one;
-//! - a control frame (request, have, cancel, ...) goes behind the pieces already committed to
-//!   that connection, as in the reactor: its bytes are negligible, but it waits for them.
+//! - a control frame (request, have, cancel, ...) goes ahead of the pieces in the reactor's queue
+//!   but behind those already in the kernel's send buffer ([`IN_KERNEL`]), as in the reactor:
+//!   its bytes are negligible, but it waits for them.
 //!   Server messages only take the latency.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
@@ -34,6 +35,9 @@ pub const MIB: u64 = 1 << 20;
 /// Pieces committed to one connection at a time: the reactor keeps 2 in its own queue, and the
 /// kernel's send buffer holds about 2 more (512 KiB) unsent.
 pub const COMMITTED: usize = 4;
+/// Of those, the pieces a control frame must wait for: the reactor queues control frames ahead
+/// of its own pieces (conn.rs), but not of what the kernel already holds.
+pub const IN_KERNEL: usize = 2;
 
 /// One emulated host: rates in bytes per second, and the size of the file it shares (0: none).
 #[derive(Clone, Copy, Debug)]
@@ -126,10 +130,14 @@ pub struct Sim {
     pub own_uploaded: Vec<u64>,
     /// Bytes each host uploaded in all.
     pub uploaded: Vec<u64>,
+    /// Bytes of other files each host uploaded (relayed), per 250 ms of virtual time.
+    pub relayed: Vec<Vec<u64>>,
     /// Piece bytes each host received and dropped (duplicates, cancelled requests).
     pub wasted: Vec<u64>,
     file_owner: BTreeMap<FileId, usize>,
     pub received: Vec<u64>,
+    /// Verified bytes each client received per 250 ms of virtual time.
+    pub timeline: Vec<Vec<u64>>,
     /// When each client held every file (µs).
     pub done_at: Vec<Option<u64>>,
     /// The server is gone: messages to and from it are lost.
@@ -168,9 +176,11 @@ impl Sim {
             finished: None,
             own_uploaded: vec![0; n],
             uploaded: vec![0; n],
+            relayed: vec![Vec::new(); n],
             wasted: vec![0; n],
             file_owner: BTreeMap::new(),
             received: vec![0; n],
+            timeline: vec![Vec::new(); n],
             done_at: vec![None; n],
             server_dead: false,
         };
@@ -257,7 +267,8 @@ impl Sim {
                 Action::Exit { code, .. } => self.exits[i] = Some(code),
             }
         }
-        if self.done_at[i].is_none() && self.clients[i].holds_all() {
+        if self.done_at[i].is_none() && self.clients[i].is_started() && self.clients[i].holds_all()
+        {
             self.done_at[i] = Some(self.now);
         }
         self.top_up(i);
@@ -290,7 +301,9 @@ impl Sim {
     /// behind the pieces committed to it.
     fn send_control(&mut self, from: usize, to: usize, msg: Message) {
         let l = from * self.n() + to;
-        match self.links[l].q.back_mut() {
+        let q = &mut self.links[l].q;
+        let behind = q.len().min(IN_KERNEL);
+        match behind.checked_sub(1).and_then(|k| q.get_mut(k)) {
             Some(f) => f.then.push(msg),
             None => self.at(self.now + self.latency_us, Ev::ToPeer { from, to, msg }),
         }
@@ -312,6 +325,13 @@ impl Sim {
                 };
                 if self.file_owner.get(&chunk.file) == Some(&i) {
                     self.own_uploaded[i] += len as u64;
+                } else {
+                    let b = (self.now / 250_000) as usize;
+                    let r = &mut self.relayed[i];
+                    if r.len() <= b {
+                        r.resize(b + 1, 0);
+                    }
+                    r[b] += len as u64;
                 }
                 self.uploaded[i] += len as u64;
                 let link = &mut self.links[l];
@@ -483,6 +503,12 @@ impl Sim {
                         let ok = digest == label(chunk);
                         if ok {
                             self.received[to] += len as u64;
+                            let b = (t / 250_000) as usize;
+                            let tl = &mut self.timeline[to];
+                            if tl.len() <= b {
+                                tl.resize(b + 1, 0);
+                            }
+                            tl[b] += len as u64;
                         }
                         self.clients[to].on_verified(p, chunk, ok, requested_at, t);
                     }
