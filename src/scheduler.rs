@@ -454,9 +454,13 @@ impl Scheduler {
                 .filter(|q| **q != f.owner && **q != self.me)
                 .filter_map(|q| self.peers.get(q).and_then(|qs| qs.has.get(&file)))
                 .collect();
-            let lost = from_owner
-                && matches!(s.fresh.get(&file), Some(Fresh::Drained { since, .. } | Fresh::Probing { since })
-                    if now.saturating_sub(*since) >= LOST_AFTER_US);
+            let drained_since = match s.fresh.get(&file) {
+                Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) if from_owner => {
+                    Some(*since)
+                }
+                _ => None,
+            };
+            let lost = drained_since.is_some_and(|t| now.saturating_sub(t) >= LOST_AFTER_US);
             for i in f.open.iter_both(bits) {
                 let bad = f.bad_from.get(&i);
                 if bad == Some(&p) {
@@ -465,11 +469,13 @@ impl Scheduler {
                 let all = f.avail[i as usize] as u32;
                 let usable = all - spared.iter().filter(|b| b.get(i)).count() as u32;
                 let score = if from_owner {
-                    let stuck = usable == 0 && (all > 0 || lost);
-                    if bad.is_none() && !stuck {
-                        continue; // spare the owner: it left it, and a relay has or will have it
+                    if bad.is_some() || (usable == 0 && (all > 0 || lost)) {
+                        0 // left the owner, but cannot be had elsewhere
+                    } else if drained_since.is_some() && all > 0 {
+                        usable // its fresh chunks are out: a relay like any other
+                    } else {
+                        continue; // spare the owner: a relay has it, or will (in flight)
                     }
-                    0
                 } else {
                     usable.saturating_sub(1)
                 };

@@ -53,7 +53,7 @@ fn no_fresh_stops_fresh_requests_until_a_chunk_has_no_holder() {
     fill(&mut s, PeerId(1), 0);
     assert!(s.no_fresh(PeerId(1), FileId(0), 10));
     assert!(!s.no_fresh(PeerId(9), FileId(0), 10), "unknown peer");
-    // Every chunk is at relay 3: nothing is asked of the drained owner, even later.
+    // Every chunk is at relay 3 (and asked of it): no fresh request to the drained owner.
     for i in 0..8 {
         s.peer_has(PeerId(3), c(0, i));
     }
@@ -62,6 +62,8 @@ fn no_fresh_stops_fresh_requests_until_a_chunk_has_no_holder() {
         assert!(s.no_fresh(PeerId(1), FileId(0), 10));
         assert_eq!(s.inflight(PeerId(1)), n - 1);
     }
+    assert_eq!(fill(&mut s, PeerId(3), 20).len(), 8);
+    s.max_outstanding = 8; // (no endgame duplicates at the owner here)
     assert_eq!(s.next_request(PeerId(1), 20), None);
     s.on_tick(10 + PROBE_EVERY_US);
     assert_eq!(
@@ -69,6 +71,7 @@ fn no_fresh_stops_fresh_requests_until_a_chunk_has_no_holder() {
         None,
         "nothing lacks a holder"
     );
+    s.max_outstanding = DEFAULT_MAX_OUTSTANDING;
     // Relay 3 leaves: its chunks have no holder, so the owner is probed with one request.
     s.peer_disconnected(PeerId(3));
     s.on_tick(10 + 2 * PROBE_EVERY_US);
@@ -271,19 +274,18 @@ fn disconnect_and_timeout_release_requests() {
 #[test]
 fn silent_relay_does_not_stall_the_run() {
     let mut s = Scheduler::new(PeerId(2), CHUNK);
-    s.add_file(FileId(0), PeerId(1), 1);
-    s.set_known(FileId(0), 0, 1);
+    s.add_file(FileId(0), PeerId(1), 2);
+    s.set_known(FileId(0), 0, 2);
     s.peer_connected(PeerId(1));
     s.peer_connected(PeerId(3));
     s.peer_has(PeerId(3), c(0, 0));
-    assert_eq!(s.next_request(PeerId(1), 0), Some(Ask::Fresh(FileId(0))));
-    s.no_fresh(PeerId(1), FileId(0), 0);
+    s.max_outstanding = 2;
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
     assert_eq!(
         s.next_request(PeerId(1), 0),
-        None,
-        "owner spared while a relay holds it"
+        Some(Ask::Fresh(FileId(0))),
+        "from the owner, not chunk 0 by name: a relay holds it"
     );
-    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
     assert_eq!(
         s.on_tick(REQUEST_TIMEOUT_US + 1),
         vec![(PeerId(3), c(0, 0))]
@@ -296,8 +298,23 @@ fn silent_relay_does_not_stall_the_run() {
     assert_eq!(
         s.next_request(PeerId(1), 0),
         Some(Ask::Chunk(c(0, 0))),
-        "the owner now"
+        "the owner now, by name"
     );
+}
+
+#[test]
+fn a_drained_owner_relays_what_others_hold_but_not_what_is_in_flight() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 2);
+    s.set_known(FileId(0), 0, 2);
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    s.peer_has(PeerId(3), c(0, 1));
+    assert_eq!(s.next_request(PeerId(1), 0), Some(Ask::Fresh(FileId(0))));
+    assert!(s.no_fresh(PeerId(1), FileId(0), 0));
+    // Chunk 0 has no holder yet (the owner's last fresh chunks are still on their way).
+    assert_eq!(s.next_request(PeerId(1), 1), Some(Ask::Chunk(c(0, 1))));
+    assert_eq!(s.next_request(PeerId(1), 1), None);
 }
 
 #[test]

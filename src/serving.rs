@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Most requests a peer may have queued at this node.
 pub const MAX_SERVE_QUEUE: usize = 1024;
-/// Busy upload time (µs) ignored before the upload rate is measured.
-pub const RATE_WARMUP_US: u64 = 200_000;
+/// The window (µs) over which the upload rate is measured.
+pub const RATE_WINDOW_US: u64 = 200_000;
 
 /// One request as the requester remembers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,13 +60,13 @@ pub struct Serving {
     /// Fresh requests found unanswerable when their turn came, to be answered `NoFresh`.
     refused: Vec<(PeerId, FileId)>,
     own: BTreeMap<FileId, Seed>,
-    /// Payload bytes handed out since the last tick; bytes and time of the ticks when some
-    /// request was waiting; and those at the end of the warm-up.
-    sent_since: u64,
-    last_tick: Option<u64>,
-    busy_bytes: u64,
-    busy_us: u64,
-    warm: Option<(u64, u64)>,
+    /// Upload capacity (bytes/µs): the best rate over a `RATE_WINDOW_US` window so far, the
+    /// first window after the first piece excepted (the socket buffers fill at once then, far
+    /// above the link's rate). Payload handed out in the current window, and its start.
+    capacity: f64,
+    window_bytes: u64,
+    window_start: Option<u64>,
+    warmed: bool,
 }
 
 impl Serving {
@@ -193,39 +193,38 @@ impl Serving {
 
     /// Counts payload handed to the connections, for the upload rate.
     pub fn count_sent(&mut self, bytes: u64) {
-        self.sent_since += bytes;
+        self.window_bytes += bytes;
     }
 
     pub fn has_pending(&self, p: PeerId) -> bool {
         self.queues.get(&p).is_some_and(|q| !q.is_empty())
     }
 
-    /// Accounts the upload rate: bytes handed out over the ticks when something was (an idle
-    /// uplink says nothing of its capacity), after a warm-up of `RATE_WARMUP_US` of such time
-    /// (the first pieces fill the socket buffers at once, far above the link's rate). A node
-    /// whose own file is the bottleneck sends without pause, so its figure is its capacity.
+    /// Closes a rate window when it is due. The best window is this node's capacity: a node
+    /// whose own file is the bottleneck sends without pause, so its figure is exact; an idle
+    /// spell elsewhere does not lower it.
     pub fn on_tick(&mut self, now: u64) {
-        if let Some(t) = self.last_tick
-            && self.sent_since > 0
-        {
-            self.busy_bytes += self.sent_since;
-            self.busy_us += now.saturating_sub(t);
-            if self.warm.is_none() && self.busy_us >= RATE_WARMUP_US {
-                self.warm = Some((self.busy_bytes, self.busy_us));
+        let Some(start) = self.window_start else {
+            if self.window_bytes > 0 {
+                self.window_start = Some(now);
+                self.window_bytes = 0;
             }
+            return;
+        };
+        if now.saturating_sub(start) >= RATE_WINDOW_US {
+            if self.warmed {
+                let rate = self.window_bytes as f64 / (now - start) as f64;
+                self.capacity = self.capacity.max(rate);
+            }
+            self.warmed = true;
+            self.window_start = Some(now);
+            self.window_bytes = 0;
         }
-        self.last_tick = Some(now);
-        self.sent_since = 0;
     }
 
-    /// Upload rate in bytes per µs (0 until measured).
+    /// Upload capacity in bytes per µs (0 until measured).
     pub fn rate(&self) -> f64 {
-        match self.warm {
-            Some((b, t)) if self.busy_us > t => {
-                (self.busy_bytes - b) as f64 / (self.busy_us - t) as f64
-            }
-            _ => 0.0,
-        }
+        self.capacity
     }
 
     /// The time (µs) to send every never-sent own chunk once at the measured rate: 0 when none
@@ -330,14 +329,18 @@ mod tests {
         assert_eq!(s.own_eta_us(), None);
         s.on_tick(0);
         s.on_request_fresh(PeerId(2), FileId(0), 100).unwrap();
-        s.on_request_fresh(PeerId(2), FileId(0), 100).unwrap();
         s.next(PeerId(2));
-        // A burst while the socket buffers fill: ignored.
+        // A burst while the socket buffers fill, then its window: ignored.
         s.count_sent(50_000);
-        s.on_tick(RATE_WARMUP_US);
+        s.on_tick(10);
+        s.count_sent(90_000);
+        s.on_tick(10 + RATE_WINDOW_US);
         assert_eq!(s.rate(), 0.0);
-        s.count_sent(1000);
-        s.on_tick(RATE_WARMUP_US + 100);
+        s.count_sent(2_000_000);
+        s.on_tick(10 + 2 * RATE_WINDOW_US);
+        assert_eq!(s.rate(), 10.0);
+        // An idle window does not lower the capacity.
+        s.on_tick(10 + 3 * RATE_WINDOW_US);
         assert_eq!(s.rate(), 10.0);
         assert_eq!(s.own_eta_us(), Some(99 * 1000 / 10));
     }

@@ -108,8 +108,15 @@ fn requested_piece_is_verified_then_announced() {
         file: FileId(2),
         index: 0,
     };
+    // Peer 3 owns the file: it is asked for chunks it never sent, below the digests known.
     assert!(
-        a.contains(&Action::ToPeer(PeerId(3), Message::Request { chunk })),
+        a.contains(&Action::ToPeer(
+            PeerId(3),
+            Message::RequestFresh {
+                file: FileId(2),
+                below: 3
+            }
+        )),
         "{a:?}"
     );
     assert_eq!(
