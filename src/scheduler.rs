@@ -46,6 +46,8 @@ pub const PROBE_EVERY_US: u64 = 200_000;
 /// A chunk nobody announced this long after its owner ran out of fresh chunks is asked of the
 /// owner by name (its only copy was lost, or a fresh piece was dropped).
 pub const LOST_AFTER_US: u64 = 2_000_000;
+/// Candidates examined per file and request (see `pick_chunk`).
+const SCAN_LIMIT: usize = 128;
 /// A peer is a bottleneck if its own-file time is at least this share of the largest...
 const PRECIOUS_SHARE: f64 = 0.6;
 /// ... and at least this many times every other peer's (a clear gap, not measurement noise)...
@@ -115,7 +117,12 @@ struct SPeer {
     last_arrival: Option<u64>,
     /// Its last `Load`: own-file time (µs) and upload rate (bytes/µs).
     load: Option<(u64, f64)>,
+    /// The scheduler's `epoch` when `pick_chunk` last found nothing here, for its own files and
+    /// for relaying (`NEVER`: not known): the scan is skipped until something changes.
+    idle: [u64; 2],
 }
+
+const NEVER: u64 = u64::MAX;
 
 /// What the scheduler says of an arriving piece.
 #[derive(Debug, PartialEq, Eq)]
@@ -138,6 +145,8 @@ pub struct Scheduler {
     my_load: Option<(u64, f64)>,
     /// Bottleneck owners, perhaps this node.
     precious: BTreeSet<PeerId>,
+    /// Bumped by every change that can give any peer a new candidate chunk (see `idle`).
+    epoch: u64,
 }
 
 impl Scheduler {
@@ -151,6 +160,7 @@ impl Scheduler {
             outstanding: 0,
             my_load: None,
             precious: BTreeSet::new(),
+            epoch: 0,
         }
     }
 
@@ -177,6 +187,7 @@ impl Scheduler {
     }
 
     pub fn set_known(&mut self, file: FileId, first: u32, n: u32) {
+        self.epoch += 1;
         if let Some(f) = self.files.get_mut(file.0 as usize) {
             for i in first..first.saturating_add(n).min(f.len()) {
                 f.known.set(i);
@@ -259,6 +270,7 @@ impl Scheduler {
                 arrivals: 0,
                 last_arrival: None,
                 load: None,
+                idle: [NEVER; 2],
             },
         );
     }
@@ -268,6 +280,7 @@ impl Scheduler {
         let Some(s) = self.peers.remove(&p) else {
             return;
         };
+        self.epoch += 1;
         for r in s.inflight {
             match r.ask {
                 Ask::Chunk(c) => self.release(c),
@@ -309,6 +322,7 @@ impl Scheduler {
             f.pending -= 1;
             if !f.have.get(c.index) && f.known.get(c.index) {
                 f.open.set(c.index);
+                self.epoch += 1;
             }
         }
     }
@@ -330,6 +344,12 @@ impl Scheduler {
             .or_insert_with(|| BitSet::new(f.have.len()));
         if bits.set(c.index) && f.owner != p {
             f.avail[c.index as usize] += 1;
+        }
+        // New for `p`, and perhaps for the owner (a chunk it may now relay or must resend).
+        s.idle = [NEVER; 2];
+        let owner = f.owner;
+        if let Some(o) = self.peers.get_mut(&owner) {
+            o.idle = [NEVER; 2];
         }
         true
     }
@@ -378,12 +398,12 @@ impl Scheduler {
             return None;
         }
         // At an owner: chunks of its file stuck elsewhere, then fresh ones; then relaying.
-        let ask = match self.pick_chunk(p, now, true) {
+        let ask = match self.pick_cached(p, now, true) {
             Some(c) => Ask::Chunk(c),
             None => match self.pick_fresh(p) {
                 Some(f) => Ask::Fresh(f),
                 None => Ask::Chunk(
-                    self.pick_chunk(p, now, false)
+                    self.pick_cached(p, now, false)
                         .or_else(|| self.pick_endgame(p))?,
                 ),
             },
@@ -400,6 +420,22 @@ impl Scheduler {
             arrivals,
         });
         Some(ask)
+    }
+
+    /// `pick_chunk`, skipped while nothing changed since it last found nothing (it runs for
+    /// every free slot of every peer, and a scan is linear in the missing chunks).
+    fn pick_cached(&mut self, p: PeerId, now: u64, own_files: bool) -> Option<ChunkId> {
+        let k = own_files as usize;
+        if self.peers.get(&p)?.idle[k] == self.epoch {
+            return None;
+        }
+        let c = self.pick_chunk(p, now, own_files);
+        if c.is_none()
+            && let Some(s) = self.peers.get_mut(&p)
+        {
+            s.idle[k] = self.epoch;
+        }
+        c
     }
 
     /// A file `p` owns that it may still have fresh chunks of. A bottleneck node takes none.
@@ -424,7 +460,9 @@ impl Scheduler {
 
     /// The best chunk to ask of `p` by name. From a relay: the fewest other usable holders
     /// first (0 ends the scan), then the lowest index, so each file's verified prefix grows
-    /// steadily for its whole-file MD5. From the owner: only chunks that left it but cannot be
+    /// steadily for its whole-file MD5; rarity is judged among the `SCAN_LIMIT` lowest
+    /// candidates of each file (a scan of every missing chunk for every request costs more
+    /// than it brings). From the owner: only chunks that left it but cannot be
     /// had elsewhere. Files are scanned from one that depends on the peer, so that different
     /// peers serve different files.
     fn pick_chunk(&self, p: PeerId, now: u64, own_files: bool) -> Option<ChunkId> {
@@ -461,13 +499,18 @@ impl Scheduler {
                 _ => None,
             };
             let lost = drained_since.is_some_and(|t| now.saturating_sub(t) >= LOST_AFTER_US);
-            for i in f.open.iter_both(bits) {
-                let bad = f.bad_from.get(&i);
+            let any_bad = !f.bad_from.is_empty();
+            for i in f.open.iter_both(bits).take(SCAN_LIMIT) {
+                let bad = if any_bad { f.bad_from.get(&i) } else { None };
                 if bad == Some(&p) {
                     continue;
                 }
                 let all = f.avail[i as usize] as u32;
-                let usable = all - spared.iter().filter(|b| b.get(i)).count() as u32;
+                let usable = if spared.is_empty() {
+                    all
+                } else {
+                    all - spared.iter().filter(|b| b.get(i)).count() as u32
+                };
                 let score = if from_owner {
                     if bad.is_some() || (usable == 0 && (all > 0 || lost)) {
                         0 // left the owner, but cannot be had elsewhere
@@ -637,6 +680,7 @@ impl Scheduler {
         self.release(c);
         if !ok {
             self.files[c.file.0 as usize].bad_from.insert(c.index, from);
+            self.epoch += 1;
             return Vec::new();
         }
         let mut cancel = Vec::new();
@@ -663,6 +707,7 @@ impl Scheduler {
             return false;
         };
         s.inflight.remove(k);
+        s.idle = [NEVER; 2];
         self.outstanding = self.outstanding.saturating_sub(1);
         let since = match s.fresh.get(&file) {
             Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) => *since,
@@ -681,6 +726,7 @@ impl Scheduler {
     /// Timers: gives up requests older than the timeout (returned, so the caller can cancel
     /// those asked by name), and lets drained owners be probed again.
     pub fn on_tick(&mut self, now: u64) -> Vec<(PeerId, ChunkId)> {
+        self.epoch += 1; // time alone makes chunks lost
         let mut out = Vec::new();
         let mut fresh_expired = 0;
         for (p, s) in self.peers.iter_mut() {
@@ -761,6 +807,9 @@ impl Scheduler {
     fn update_precious(&mut self) -> Vec<(PeerId, ChunkId)> {
         let before = std::mem::take(&mut self.precious);
         self.precious = self.find_precious(&before);
+        if self.precious != before {
+            self.epoch += 1;
+        }
         let mut out = Vec::new();
         for p in self.precious.difference(&before) {
             let Some(s) = self.peers.get_mut(p) else {

@@ -97,6 +97,7 @@ fn a_chunk_lost_after_the_owner_drained_is_asked_of_the_owner_by_name() {
         None,
         "it may still be in flight"
     );
+    s.on_tick(LOST_AFTER_US);
     assert_eq!(
         s.next_request(PeerId(1), LOST_AFTER_US),
         Some(Ask::Chunk(c(0, 0)))
