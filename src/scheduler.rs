@@ -589,20 +589,22 @@ impl Scheduler {
         let Some(s) = self.peers.get_mut(&p) else {
             return PieceOutcome::Unrequested;
         };
-        let k = s
-            .inflight
-            .iter()
-            .position(|r| r.ask == Ask::Chunk(c))
-            .or_else(|| {
-                from_owner
-                    .then(|| s.inflight.iter().position(|r| r.ask == Ask::Fresh(c.file)))
-                    .flatten()
-            });
-        let Some(k) = k else {
-            if let Some(k) = s.cancelled.iter().position(|x| *x == c) {
-                s.cancelled.remove(k);
-                return PieceOutcome::Discard;
-            }
+        // A piece is matched to a request by name, then to a cancelled one (an owner's answer
+        // to a cancelled request must not be taken for the answer to a fresh one), then to a
+        // fresh request, then to a fresh request given up on.
+        let named = s.inflight.iter().position(|r| r.ask == Ask::Chunk(c));
+        if named.is_none()
+            && let Some(k) = s.cancelled.iter().position(|x| *x == c)
+        {
+            s.cancelled.remove(k);
+            return PieceOutcome::Discard;
+        }
+        let fresh = || {
+            from_owner
+                .then(|| s.inflight.iter().position(|r| r.ask == Ask::Fresh(c.file)))
+                .flatten()
+        };
+        let Some(k) = named.or_else(fresh) else {
             let late = s.late_fresh.entry(c.file).or_default();
             if from_owner && *late > 0 {
                 // A fresh piece after its request timed out: still welcome if still missing.
@@ -698,17 +700,23 @@ impl Scheduler {
     }
 
     /// The owner `p` has no fresh chunk of `file` for one of our fresh requests. Returns false
-    /// if no fresh request for it was outstanding there.
+    /// if no fresh request for it was outstanding (or given up on) there.
     pub fn no_fresh(&mut self, p: PeerId, file: FileId, now: u64) -> bool {
         let Some(s) = self.peers.get_mut(&p) else {
             return false;
         };
-        let Some(k) = s.inflight.iter().rposition(|r| r.ask == Ask::Fresh(file)) else {
-            return false;
-        };
-        s.inflight.remove(k);
+        match s.inflight.iter().rposition(|r| r.ask == Ask::Fresh(file)) {
+            Some(k) => {
+                s.inflight.remove(k);
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
+            // The answer to a fresh request given up on (timeout).
+            None => match s.late_fresh.get_mut(&file) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => return false,
+            },
+        }
         s.idle = [NEVER; 2];
-        self.outstanding = self.outstanding.saturating_sub(1);
         let since = match s.fresh.get(&file) {
             Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) => *since,
             _ => now,

@@ -5,8 +5,10 @@
 //! A `RequestFresh` asks an owner for "a chunk of your file that you have never sent": the owner
 //! picks the lowest such chunk when the piece is about to be written (late, so a connection that
 //! drains faster takes more), and so sends each chunk of its file once while peers keep asking;
-//! the peers then relay it among themselves. A fresh request that cannot be honoured (every chunk
-//! sent or promised to an earlier fresh request) is answered `NoFresh` at once.
+//! the peers then relay it among themselves. A fresh request is answered `NoFresh` at once if
+//! every chunk has left, or when its turn comes if every chunk has left by then (fresh requests
+//! are not promised chunks on arrival: a requester that asked first would hold promises others
+//! could use sooner, and the others, told `NoFresh`, would ask this busy owner to relay).
 //!
 //! It also measures this node's upload rate, from which it derives the time it needs to send the
 //! rest of its own files once: the `Load` its peers use to spare an owner whose uplink is the
@@ -18,8 +20,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 /// Most requests a peer may have queued at this node.
 pub const MAX_SERVE_QUEUE: usize = 1024;
-/// The window (µs) over which the upload rate is measured.
-pub const RATE_WINDOW_US: u64 = 200_000;
+/// The least time (µs) over which the upload rate is measured.
+pub const RATE_SPAN_US: u64 = 200_000;
 
 /// One request as the requester remembers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +44,6 @@ struct Seed {
     unsent: u32,
     /// No chunk below this index is unsent (a lower bound, advanced lazily).
     cursor: u32,
-    /// Fresh requests queued and not yet given a chunk.
-    promised: u32,
     chunk_len: u64,
 }
 
@@ -60,13 +60,12 @@ pub struct Serving {
     /// Fresh requests found unanswerable when their turn came, to be answered `NoFresh`.
     refused: Vec<(PeerId, FileId)>,
     own: BTreeMap<FileId, Seed>,
-    /// Upload capacity (bytes/µs): the best rate over a `RATE_WINDOW_US` window so far, the
-    /// first window after the first piece excepted (the socket buffers fill at once then, far
-    /// above the link's rate). Payload handed out in the current window, and its start.
-    capacity: f64,
-    window_bytes: u64,
-    window_start: Option<u64>,
-    warmed: bool,
+    /// The upload rate: payload handed out since `since`, the first tick that saw any (the
+    /// pieces handed out before it fill the socket buffers at once, far above the link's rate,
+    /// and are not counted), and the time of the last tick.
+    sent_bytes: u64,
+    since: Option<u64>,
+    now: u64,
 }
 
 impl Serving {
@@ -77,7 +76,6 @@ impl Serving {
                 sent: BitSet::new(chunks),
                 unsent: chunks,
                 cursor: 0,
-                promised: 0,
                 chunk_len: chunk_len as u64,
             },
         );
@@ -90,13 +88,7 @@ impl Serving {
     /// Forgets `p`'s queue. Chunks of own files that left only towards `p`, as far as this node
     /// knows (`held` says whether a connected peer holds a chunk), count as never sent again.
     pub fn peer_lost(&mut self, p: PeerId, held: impl Fn(ChunkId) -> bool) {
-        for a in self.queues.remove(&p).unwrap_or_default() {
-            if let Queued::Fresh(f, _) = a
-                && let Some(s) = self.own.get_mut(&f)
-            {
-                s.promised = s.promised.saturating_sub(1);
-            }
-        }
+        self.queues.remove(&p);
         for (file, s) in self.own.iter_mut() {
             let lost: Vec<u32> = s
                 .sent
@@ -125,8 +117,8 @@ impl Serving {
         Ok(())
     }
 
-    /// A fresh request for a chunk below `below`: queued while some chunk of `file` is neither
-    /// sent nor promised.
+    /// A fresh request for a chunk below `below`: queued while some chunk of `file` has never
+    /// left this node.
     pub fn on_request_fresh(
         &mut self,
         p: PeerId,
@@ -136,13 +128,17 @@ impl Serving {
         let Some(s) = self.own.get(&file) else {
             return Err(format!("fresh request for file {}, not ours", file.0));
         };
-        if s.promised >= s.unsent {
+        if s.unsent == 0 {
             return Ok(FreshReply::NoFresh);
         }
-        self.queue(p)?.push_back(Queued::Fresh(file, below));
-        if let Some(s) = self.own.get_mut(&file) {
-            s.promised += 1;
-        }
+        // Ahead of the requests by name: a chunk that has never left this node is the scarcest
+        // thing it can send (the others may be had elsewhere).
+        let q = self.queue(p)?;
+        let at = q
+            .iter()
+            .position(|a| matches!(a, Queued::Chunk(_)))
+            .unwrap_or(q.len());
+        q.insert(at, Queued::Fresh(file, below));
         Ok(FreshReply::Queued)
     }
 
@@ -162,7 +158,6 @@ impl Serving {
                     let Some(s) = self.own.get_mut(&file) else {
                         continue;
                     };
-                    s.promised = s.promised.saturating_sub(1);
                     let n = s.sent.len();
                     while s.cursor < n && s.sent.get(s.cursor) {
                         s.cursor += 1;
@@ -193,38 +188,33 @@ impl Serving {
 
     /// Counts payload handed to the connections, for the upload rate.
     pub fn count_sent(&mut self, bytes: u64) {
-        self.window_bytes += bytes;
+        self.sent_bytes += bytes;
     }
 
     pub fn has_pending(&self, p: PeerId) -> bool {
         self.queues.get(&p).is_some_and(|q| !q.is_empty())
     }
 
-    /// Closes a rate window when it is due. The best window is this node's capacity: a node
-    /// whose own file is the bottleneck sends without pause, so its figure is exact; an idle
-    /// spell elsewhere does not lower it.
+    /// Keeps time for the upload rate. It is an average since the first send, idle time
+    /// included: connections sharing an uplink finish their pieces in bursts, so no short window
+    /// measures it, and a node whose own file is the bottleneck never idles, so for it the
+    /// average is its capacity (at first somewhat less, while the socket buffers drain).
     pub fn on_tick(&mut self, now: u64) {
-        let Some(start) = self.window_start else {
-            if self.window_bytes > 0 {
-                self.window_start = Some(now);
-                self.window_bytes = 0;
-            }
-            return;
-        };
-        if now.saturating_sub(start) >= RATE_WINDOW_US {
-            if self.warmed {
-                let rate = self.window_bytes as f64 / (now - start) as f64;
-                self.capacity = self.capacity.max(rate);
-            }
-            self.warmed = true;
-            self.window_start = Some(now);
-            self.window_bytes = 0;
+        self.now = now;
+        if self.since.is_none() && self.sent_bytes > 0 {
+            self.since = Some(now);
+            self.sent_bytes = 0;
         }
     }
 
-    /// Upload capacity in bytes per µs (0 until measured).
+    /// Upload rate in bytes per µs (0 until measured).
     pub fn rate(&self) -> f64 {
-        self.capacity
+        match self.since {
+            Some(t) if self.now >= t + RATE_SPAN_US => {
+                self.sent_bytes as f64 / (self.now - t) as f64
+            }
+            _ => 0.0,
+        }
     }
 
     /// The time (µs) to send every never-sent own chunk once at the measured rate: 0 when none
@@ -260,31 +250,28 @@ mod tests {
         s.add_own(FileId(0), 3, 10);
         s.add_peer(PeerId(2));
         s.add_peer(PeerId(3));
-        assert_eq!(
-            s.on_request_fresh(PeerId(2), FileId(0), 100),
-            Ok(FreshReply::Queued)
-        );
-        assert_eq!(
-            s.on_request_fresh(PeerId(3), FileId(0), 100),
-            Ok(FreshReply::Queued)
-        );
+        for p in [2, 3, 3, 2] {
+            assert_eq!(
+                s.on_request_fresh(PeerId(p), FileId(0), 100),
+                Ok(FreshReply::Queued),
+                "no promises: all wait while a chunk has never left"
+            );
+        }
         s.on_request(PeerId(3), c(0, 0)).unwrap();
-        assert_eq!(
-            s.on_request_fresh(PeerId(3), FileId(0), 100),
-            Ok(FreshReply::Queued)
-        );
-        assert_eq!(
-            s.on_request_fresh(PeerId(2), FileId(0), 100),
-            Ok(FreshReply::NoFresh),
-            "three chunks, three promises"
-        );
-        // Chosen when sent, in the order the connections drain.
+        // Chosen when sent, in the order the connections drain; fresh ones before those by name.
         assert_eq!(s.next(PeerId(3)), Some(c(0, 0)));
-        assert_eq!(s.next(PeerId(3)), Some(c(0, 0)), "an explicit request");
-        assert_eq!(s.next(PeerId(2)), Some(c(0, 1)));
-        assert_eq!(s.next(PeerId(3)), Some(c(0, 2)));
+        assert_eq!(s.next(PeerId(3)), Some(c(0, 1)));
+        assert_eq!(s.next(PeerId(2)), Some(c(0, 2)));
+        assert!(s.take_refused().is_empty());
+        assert_eq!(s.next(PeerId(2)), None, "every chunk has left: refused");
+        assert_eq!(s.take_refused(), vec![(PeerId(2), FileId(0))]);
+        assert_eq!(s.next(PeerId(3)), Some(c(0, 0)), "the request by name");
         assert_eq!(s.next(PeerId(3)), None);
         assert_eq!(s.own_eta_us(), Some(0));
+        assert_eq!(
+            s.on_request_fresh(PeerId(2), FileId(0), 100),
+            Ok(FreshReply::NoFresh)
+        );
         assert!(s.on_request_fresh(PeerId(2), FileId(1), 100).is_err());
     }
 
@@ -330,18 +317,15 @@ mod tests {
         s.on_tick(0);
         s.on_request_fresh(PeerId(2), FileId(0), 100).unwrap();
         s.next(PeerId(2));
-        // A burst while the socket buffers fill, then its window: ignored.
+        // A burst while the socket buffers fill: ignored.
         s.count_sent(50_000);
         s.on_tick(10);
-        s.count_sent(90_000);
-        s.on_tick(10 + RATE_WINDOW_US);
-        assert_eq!(s.rate(), 0.0);
-        s.count_sent(2_000_000);
-        s.on_tick(10 + 2 * RATE_WINDOW_US);
-        assert_eq!(s.rate(), 10.0);
-        // An idle window does not lower the capacity.
-        s.on_tick(10 + 3 * RATE_WINDOW_US);
-        assert_eq!(s.rate(), 10.0);
-        assert_eq!(s.own_eta_us(), Some(99 * 1000 / 10));
+        s.count_sent(1000);
+        s.on_tick(10 + RATE_SPAN_US / 2);
+        assert_eq!(s.rate(), 0.0, "not measured yet");
+        s.count_sent(1000);
+        s.on_tick(10 + RATE_SPAN_US);
+        assert_eq!(s.rate(), 0.01);
+        assert_eq!(s.own_eta_us(), Some(99 * 1000 * 100));
     }
 }

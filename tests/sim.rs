@@ -264,6 +264,144 @@ fn ratio_of(name: &str, latency_us: u64) -> f64 {
     total / bound
 }
 
+/// The issue's target for a scenario: total / T_lb.
+fn target(name: &str) -> f64 {
+    if name == "net-sym" { 1.12 } else { 1.15 }
+}
+
+fn check_scenario(name: &str, latency_us: u64) {
+    let r = ratio_of(name, latency_us);
+    assert!(
+        r <= target(name),
+        "{name} with {} ms round trips: total / T_lb = {r:.3}, target {}",
+        2 * latency_us / 1000,
+        target(name)
+    );
+}
+
+#[test]
+fn net_sym() {
+    check_scenario("net-sym", 250);
+}
+
+#[test]
+fn net_sym_40ms() {
+    check_scenario("net-sym", 20_000);
+}
+
+#[test]
+fn net_slow_up() {
+    check_scenario("net-slow-up", 250);
+}
+
+#[test]
+fn net_slow_up_40ms() {
+    check_scenario("net-slow-up", 20_000);
+}
+
+#[test]
+fn net_slow_down() {
+    check_scenario("net-slow-down", 250);
+}
+
+#[test]
+fn net_slow_down_40ms() {
+    check_scenario("net-slow-down", 20_000);
+}
+
+#[test]
+fn net_mixed() {
+    check_scenario("net-mixed", 250);
+}
+
+#[test]
+fn net_mixed_40ms() {
+    check_scenario("net-mixed", 20_000);
+}
+
+/// A deterministic generator (splitmix64) for the random swarm.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn sixteen_clients_with_random_rates() {
+    let mut seed: u64 = std::env::var("SIM_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_251_126);
+    let mut pick = |lo: u64, hi: u64| lo + splitmix(&mut seed) % (hi - lo + 1);
+    let hosts: Vec<Host> = (0..16)
+        .map(|_| {
+            Host::mbit(
+                pick(50, 1000) as f64,
+                pick(100, 1000) as f64,
+                pick(2, 12) * MIB + pick(0, CHUNK as u64),
+            )
+        })
+        .collect();
+    let mut sim = Sim::new(hosts.clone(), pick(250, 20_000));
+    if std::env::var("SIM_DEBUG").is_ok() {
+        for t in [
+            300_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 6_000_000, 8_000_000,
+        ] {
+            while sim.now < t && sim.step() {}
+            let sc = sim.clients[1].scheduler();
+            let miss: Vec<String> = (0..16u32)
+                .filter_map(|f| {
+                    let h = sc.have_set(p2pshare::ids::FileId(f))?;
+                    (h.count() < h.len()).then(|| format!("f{f}:{}", h.len() - h.count()))
+                })
+                .collect();
+            eprintln!(
+                "  t={t}: client2 misses {}; inflight at 1: {}",
+                miss.join(" "),
+                sc.inflight(p2pshare::ids::PeerId(1))
+            );
+            let l1 = sc
+                .loads()
+                .into_iter()
+                .find(|l| l.0 == p2pshare::ids::PeerId(1));
+            eprintln!(
+                "  t={t}: client2 sees client1 precious {} load {l1:?}; client1 sees itself {}",
+                sc.is_precious(p2pshare::ids::PeerId(1)),
+                sim.clients[0].scheduler().am_precious()
+            );
+        }
+    }
+    let total = sim.run(600_000_000);
+    sim.check_complete();
+    let bound = t_lb(&hosts);
+    if std::env::var("SIM_DEBUG").is_ok() {
+        for (i, h) in hosts.iter().enumerate() {
+            eprintln!(
+                "  client{}: up {:.0} down {:.0} Mbit/s, file {:.1} MiB, own/up {:.2} s; done {:.3} s, uploaded {:.1} MiB (own x{:.2}), wasted {:.1} MiB",
+                i + 1,
+                h.up / MBIT,
+                h.down / MBIT,
+                h.file as f64 / MIB as f64,
+                h.file as f64 / h.up,
+                sim.done_at[i].unwrap_or(0) as f64 / 1e6,
+                sim.uploaded[i] as f64 / MIB as f64,
+                sim.own_uploaded[i] as f64 / h.file as f64,
+                sim.wasted[i] as f64 / MIB as f64
+            );
+        }
+    }
+    eprintln!(
+        "16 random clients: total {total:.3} s, T_lb {bound:.3} s, ratio {:.3}",
+        total / bound
+    );
+    assert!(
+        total < 1.3 * bound,
+        "total {total:.3} s vs T_lb {bound:.3} s"
+    );
+}
+
 #[test]
 fn issue_scenarios() {
     let only = std::env::var("SIM_ONLY").unwrap_or_default();
