@@ -37,8 +37,11 @@ pub const MAX_WINDOW: usize = 64;
 /// Requests per peer beyond its bandwidth-delay product: the pieces the peer has already
 /// committed to its socket, plus slack for jitter.
 pub const WINDOW_MARGIN: f64 = 6.0;
-/// In-flight requests plus chunks awaiting verification, over all peers (bounds buffer memory).
-pub const DEFAULT_MAX_OUTSTANDING: usize = 64;
+/// In-flight requests plus chunks awaiting verification, over all peers, in bytes: a bound on
+/// the buffers that arriving pieces can take (256 chunks of 256 KiB). It must allow the sum of
+/// the windows: a node whose uplink is slow and shared by many peers sees its requests wait
+/// behind its own outgoing pieces, and needs that many in flight to keep its downlink busy.
+pub const MAX_OUTSTANDING_BYTES: u64 = 64 << 20;
 /// A request unanswered for this long (µs) is given up and asked elsewhere.
 pub const REQUEST_TIMEOUT_US: u64 = 15_000_000;
 /// After `NoFresh`, how often an owner is asked again while some missing chunk has no holder.
@@ -117,6 +120,10 @@ struct SPeer {
     last_arrival: Option<u64>,
     /// Its last `Load`: own-file time (µs) and upload rate (bytes/µs).
     load: Option<(u64, f64)>,
+    /// Requests added to the window because it ran dry while it was the limit (the round trip
+    /// grew since `min_lat`, e.g. behind a busy uplink), and whether it was the limit.
+    extra: f64,
+    full: bool,
     /// The scheduler's `epoch` when `pick_chunk` last found nothing here, for its own files and
     /// for relaying (`NEVER`: not known): the scan is skipped until something changes.
     idle: [u64; 2],
@@ -156,7 +163,8 @@ impl Scheduler {
             chunk: chunk_size.max(1) as f64,
             files: Vec::new(),
             peers: BTreeMap::new(),
-            max_outstanding: DEFAULT_MAX_OUTSTANDING,
+            max_outstanding: (MAX_OUTSTANDING_BYTES / chunk_size.max(1) as u64).clamp(8, 1024)
+                as usize,
             outstanding: 0,
             my_load: None,
             precious: BTreeSet::new(),
@@ -270,6 +278,8 @@ impl Scheduler {
                 arrivals: 0,
                 last_arrival: None,
                 load: None,
+                extra: 0.0,
+                full: false,
                 idle: [NEVER; 2],
             },
         );
@@ -374,7 +384,7 @@ impl Scheduler {
             return INITIAL_WINDOW;
         }
         let bdp = s.rate * s.min_lat as f64 / self.chunk;
-        ((bdp + WINDOW_MARGIN).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW)
+        ((bdp + WINDOW_MARGIN + s.extra).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW)
     }
 
     /// The current window for `p` (for tests and logs).
@@ -394,20 +404,14 @@ impl Scheduler {
     /// global cap is reached, or `p` has nothing useful.
     pub fn next_request(&mut self, p: PeerId, now: u64) -> Option<Ask> {
         let s = self.peers.get(&p)?;
-        if s.inflight.len() >= self.window(s) || self.outstanding >= self.max_outstanding {
+        let full = s.inflight.len() >= self.window(s);
+        if full || self.outstanding >= self.max_outstanding {
+            self.peers.get_mut(&p)?.full = full;
             return None;
         }
-        // At an owner: chunks of its file stuck elsewhere, then fresh ones; then relaying.
-        let ask = match self.pick_cached(p, now, true) {
-            Some(c) => Ask::Chunk(c),
-            None => match self.pick_fresh(p) {
-                Some(f) => Ask::Fresh(f),
-                None => Ask::Chunk(
-                    self.pick_cached(p, now, false)
-                        .or_else(|| self.pick_endgame(p))?,
-                ),
-            },
-        };
+        let ask = self.pick(p, now);
+        self.peers.get_mut(&p)?.full = false;
+        let ask = ask?;
         if let Ask::Chunk(c) = ask {
             self.take(c);
         }
@@ -420,6 +424,20 @@ impl Scheduler {
             arrivals,
         });
         Some(ask)
+    }
+
+    /// At an owner: chunks of its file stuck elsewhere, then fresh ones; then relaying; then
+    /// endgame duplicates.
+    fn pick(&mut self, p: PeerId, now: u64) -> Option<Ask> {
+        if let Some(c) = self.pick_cached(p, now, true) {
+            return Some(Ask::Chunk(c));
+        }
+        if let Some(f) = self.pick_fresh(p) {
+            return Some(Ask::Fresh(f));
+        }
+        self.pick_cached(p, now, false)
+            .or_else(|| self.pick_endgame(p))
+            .map(Ask::Chunk)
     }
 
     /// `pick_chunk`, skipped while nothing changed since it last found nothing (it runs for
@@ -615,6 +633,9 @@ impl Scheduler {
             return PieceOutcome::Unrequested;
         };
         let r = s.inflight.remove(k);
+        if s.full && s.inflight.is_empty() {
+            s.extra = (s.extra + 2.0).min(MAX_WINDOW as f64);
+        }
         // Rate: the gap since the previous piece, when this one was surely queued at the peer
         // by then (it was asked at least one least-latency earlier).
         let lat = now.saturating_sub(r.at);

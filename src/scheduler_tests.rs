@@ -71,7 +71,7 @@ fn no_fresh_stops_fresh_requests_until_a_chunk_has_no_holder() {
         None,
         "nothing lacks a holder"
     );
-    s.max_outstanding = DEFAULT_MAX_OUTSTANDING;
+    s.max_outstanding = 1024;
     // Relay 3 leaves: its chunks have no holder, so the owner is probed with one request.
     s.peer_disconnected(PeerId(3));
     s.on_tick(10 + 2 * PROBE_EVERY_US);

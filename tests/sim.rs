@@ -30,7 +30,7 @@ fn symmetric_swarm_completes_near_the_bound() {
         total / bound
     );
     assert!(
-        total < 1.6 * bound,
+        total < 1.12 * bound,
         "total {total:.3} s vs T_lb {bound:.3} s"
     );
 }
@@ -51,16 +51,16 @@ fn slow_uplink_owner_sends_its_file_about_once() {
     sim.check_complete();
     let ratio = sim.own_uploaded[0] as f64 / hosts[0].file as f64;
     assert!(
-        ratio < 1.5,
+        ratio < 1.01,
         "the slow owner uploaded its file {ratio:.2} times"
     );
     let bound = t_lb(&hosts);
     eprintln!(
-        "slow uplink (issue 3 brings this to 1.15; today's scheduler must not get worse): total {total:.3} s, T_lb {bound:.3} s, ratio {:.2}",
+        "slow uplink: total {total:.3} s, T_lb {bound:.3} s, ratio {:.2}",
         total / bound
     );
     assert!(
-        total < 2.5 * bound,
+        total < 1.15 * bound,
         "total {total:.3} s vs T_lb {bound:.3} s"
     );
 }
@@ -95,14 +95,15 @@ fn forty_ms_round_trips_still_complete() {
     let mut sim = Sim::new(hosts.clone(), 20_000);
     let total = sim.run(600_000_000);
     sim.check_complete();
-    // A window of 12 chunks per peer covers 200 Mbit/s x 40 ms (1 MB) three times over.
+    // 8 MiB files: the start (hello, welcome, start, digests, connect: about five one-way
+    // latencies) and the last relay weigh on a 1 s run.
     let bound = t_lb(&hosts);
     eprintln!(
         "40 ms RTT: total {total:.3} s, T_lb {bound:.3} s, ratio {:.2}",
         total / bound
     );
     assert!(
-        total < 2.0 * bound,
+        total < 1.3 * bound,
         "total {total:.3} s vs T_lb {bound:.3} s"
     );
 }
@@ -175,54 +176,37 @@ fn scenario(name: &str) -> Vec<Host> {
     h
 }
 
-/// Runs one scenario; returns total / T_lb.
+/// With SIM_DEBUG set: per client, when it was done, what it uploaded, and its download rate
+/// over time.
+fn report(sim: &Sim) {
+    if std::env::var("SIM_DEBUG").is_err() {
+        return;
+    }
+    for (i, h) in sim.hosts.iter().enumerate() {
+        let rates: Vec<String> = sim.timeline[i]
+            .iter()
+            .map(|b| format!("{}", b * 4 / MIB))
+            .collect();
+        eprintln!(
+            "  client{}: up {:.0} down {:.0} Mbit/s, file {:.1} MiB; done {:.3} s, uploaded {:.1} MiB (own file x{:.2}), duplicates {:.1} MiB; MiB/s in per 250 ms: {}",
+            i + 1,
+            h.up / MBIT,
+            h.down / MBIT,
+            h.file as f64 / MIB as f64,
+            sim.done_at[i].unwrap_or(0) as f64 / 1e6,
+            sim.uploaded[i] as f64 / MIB as f64,
+            sim.own_uploaded[i] as f64 / h.file.max(1) as f64,
+            sim.wasted[i] as f64 / MIB as f64,
+            rates.join(" ")
+        );
+    }
+}
+
+/// Runs one scenario; returns total / T_lb. The owner whose uplink sets T_lb must send its file
+/// once (1 % slack: at the very end a duplicate no longer delays anything).
 fn ratio_of(name: &str, latency_us: u64) -> f64 {
     let hosts = scenario(name);
     let mut sim = Sim::new(hosts.clone(), latency_us);
-    if std::env::var("SIM_DEBUG").is_ok() {
-        for t in [1_000_000, 3_000_000, 10_000_000] {
-            while sim.now < t && sim.step() {}
-            for i in 0..hosts.len() {
-                let mut miss = Vec::new();
-                for f in 0..hosts.len() as u32 {
-                    if let Some(h) = sim.clients[i]
-                        .scheduler()
-                        .have_set(p2pshare::ids::FileId(f))
-                    {
-                        let n = h.len() - h.count();
-                        let at4 = sim.clients[3]
-                            .scheduler()
-                            .have_set(p2pshare::ids::FileId(f))
-                            .map_or(0, |h4| {
-                                (0..h.len()).filter(|&k| !h.get(k) && h4.get(k)).count()
-                            });
-                        miss.push(format!("f{f}:{n}({at4}@4)"));
-                    }
-                }
-                eprintln!("  loads {:?}", sim.clients[i].scheduler().loads());
-                eprintln!(
-                    "  t={t} client{} missing {} precious4={} me_precious={}",
-                    i + 1,
-                    miss.join(" "),
-                    sim.clients[i]
-                        .scheduler()
-                        .is_precious(p2pshare::ids::PeerId(4)),
-                    sim.clients[i].scheduler().am_precious()
-                );
-            }
-            for p in 2..=4 {
-                let st = sim.clients[0]
-                    .scheduler()
-                    .peer_stats(p2pshare::ids::PeerId(p));
-                let w = sim.clients[0]
-                    .scheduler()
-                    .window_of(p2pshare::ids::PeerId(p));
-                eprintln!(
-                    "  t={t} client1 peer {p}: (rate B/us, rtt us, inflight) {st:?} window {w}"
-                );
-            }
-        }
-    }
     let total = sim.run(600_000_000);
     sim.check_complete();
     let bound = t_lb(&hosts);
@@ -231,35 +215,25 @@ fn ratio_of(name: &str, latency_us: u64) -> f64 {
         .zip(&sim.own_uploaded)
         .map(|(h, u)| format!("{:.2}", *u as f64 / h.file as f64))
         .collect();
-    let waste: u64 = sim.wasted.iter().sum();
+    let dup: u64 = sim.wasted.iter().sum();
     eprintln!(
         "{name} rtt {} ms: total {total:.3} s, T_lb {bound:.3} s, ratio {:.3}; own file sent x [{}], duplicates {:.1} MiB",
         2 * latency_us / 1000,
         total / bound,
         own.join(" "),
-        waste as f64 / MIB as f64
+        dup as f64 / MIB as f64
     );
-    if std::env::var("SIM_DEBUG").is_ok() {
-        for i in 0..hosts.len() {
-            eprintln!(
-                "  client{}: done {:.3} s, uploaded {:.1} MiB (own {:.1}), wasted {:.1} MiB",
-                i + 1,
-                sim.done_at[i].unwrap_or(0) as f64 / 1e6,
-                sim.uploaded[i] as f64 / MIB as f64,
-                sim.own_uploaded[i] as f64 / MIB as f64,
-                sim.wasted[i] as f64 / MIB as f64
-            );
-            let tl: Vec<String> = sim.timeline[i]
-                .iter()
-                .map(|b| format!("{}", b * 4 / MIB))
-                .collect();
-            eprintln!("    MiB/s per 250 ms: {}", tl.join(" "));
-            let rl: Vec<String> = sim.relayed[i]
-                .iter()
-                .map(|b| format!("{}", b * 4 / MIB))
-                .collect();
-            eprintln!("    relayed MiB/s per 250 ms: {}", rl.join(" "));
-        }
+    report(&sim);
+    let owner_time = |i: usize| hosts[i].file as f64 / hosts[i].up;
+    let slowest = (0..hosts.len())
+        .max_by(|&a, &b| owner_time(a).total_cmp(&owner_time(b)))
+        .expect("four hosts");
+    if owner_time(slowest) >= 0.999 * bound {
+        let sent = sim.own_uploaded[slowest] as f64 / hosts[slowest].file as f64;
+        assert!(
+            sent <= 1.01,
+            "{name}: the bottleneck owner sent its file {sent:.3} times"
+        );
     }
     total / bound
 }
@@ -345,53 +319,10 @@ fn sixteen_clients_with_random_rates() {
         })
         .collect();
     let mut sim = Sim::new(hosts.clone(), pick(250, 20_000));
-    if std::env::var("SIM_DEBUG").is_ok() {
-        for t in [
-            300_000, 500_000, 1_000_000, 2_000_000, 4_000_000, 6_000_000, 8_000_000,
-        ] {
-            while sim.now < t && sim.step() {}
-            let sc = sim.clients[1].scheduler();
-            let miss: Vec<String> = (0..16u32)
-                .filter_map(|f| {
-                    let h = sc.have_set(p2pshare::ids::FileId(f))?;
-                    (h.count() < h.len()).then(|| format!("f{f}:{}", h.len() - h.count()))
-                })
-                .collect();
-            eprintln!(
-                "  t={t}: client2 misses {}; inflight at 1: {}",
-                miss.join(" "),
-                sc.inflight(p2pshare::ids::PeerId(1))
-            );
-            let l1 = sc
-                .loads()
-                .into_iter()
-                .find(|l| l.0 == p2pshare::ids::PeerId(1));
-            eprintln!(
-                "  t={t}: client2 sees client1 precious {} load {l1:?}; client1 sees itself {}",
-                sc.is_precious(p2pshare::ids::PeerId(1)),
-                sim.clients[0].scheduler().am_precious()
-            );
-        }
-    }
     let total = sim.run(600_000_000);
     sim.check_complete();
     let bound = t_lb(&hosts);
-    if std::env::var("SIM_DEBUG").is_ok() {
-        for (i, h) in hosts.iter().enumerate() {
-            eprintln!(
-                "  client{}: up {:.0} down {:.0} Mbit/s, file {:.1} MiB, own/up {:.2} s; done {:.3} s, uploaded {:.1} MiB (own x{:.2}), wasted {:.1} MiB",
-                i + 1,
-                h.up / MBIT,
-                h.down / MBIT,
-                h.file as f64 / MIB as f64,
-                h.file as f64 / h.up,
-                sim.done_at[i].unwrap_or(0) as f64 / 1e6,
-                sim.uploaded[i] as f64 / MIB as f64,
-                sim.own_uploaded[i] as f64 / h.file as f64,
-                sim.wasted[i] as f64 / MIB as f64
-            );
-        }
-    }
+    report(&sim);
     eprintln!(
         "16 random clients: total {total:.3} s, T_lb {bound:.3} s, ratio {:.3}",
         total / bound
@@ -400,17 +331,4 @@ fn sixteen_clients_with_random_rates() {
         total < 1.3 * bound,
         "total {total:.3} s vs T_lb {bound:.3} s"
     );
-}
-
-#[test]
-fn issue_scenarios() {
-    let only = std::env::var("SIM_ONLY").unwrap_or_default();
-    for name in ["net-sym", "net-slow-up", "net-slow-down", "net-mixed"] {
-        if !name.contains(&only) {
-            continue;
-        }
-        for lat in [250, 20_000] {
-            ratio_of(name, lat);
-        }
-    }
 }
