@@ -4,6 +4,7 @@
 //! in `client` and `server` own the sockets, the memory maps and the clock.
 
 pub mod bits;
+pub mod bottleneck;
 pub mod cli;
 pub mod client;
 pub mod client_core;
@@ -17,6 +18,7 @@ pub mod hashpool;
 pub mod ids;
 pub mod logging;
 pub mod md5x;
+pub mod pacing;
 pub mod redial;
 pub mod scheduler;
 pub mod server;

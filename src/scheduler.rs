@@ -8,10 +8,8 @@
 //!   owner but cannot be had elsewhere (a bad copy, a timeout, held only by a bottleneck peer,
 //!   or lost with its holder).
 //! - From a relay, the rarest chunk it holds (fewest usable holders), lowest index first.
-//! - Bottleneck owners ("precious": their time to send their own file once is far above the
-//!   others', and the others have the capacity to relay) send nothing but their own file: no
-//!   peer asks them to relay, and they take no fresh chunks of other files (they would hold
-//!   copies nobody should ask them for).
+//! - Bottleneck owners ("precious", see `bottleneck`) send nothing but their own file: no peer
+//!   asks them to relay, and they take no fresh chunks of other files.
 //! - Per peer, enough requests in flight to cover its measured delivery rate times its round
 //!   trip, plus a margin; a generous fixed window until it is measured (no slow start).
 //! - Endgame: when every missing chunk is asked for, a request is duplicated at a peer that
@@ -26,17 +24,13 @@
 //! - `outstanding` = requests in flight (by name or fresh) + chunks being verified.
 
 use crate::bits::BitSet;
+use crate::bottleneck::{Load, bottlenecks};
 use crate::ids::{ChunkId, FileId, PeerId};
+use crate::pacing::Pacing;
+pub use crate::pacing::{INITIAL_WINDOW, MAX_WINDOW};
 pub use crate::serving::Ask;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Requests in flight per peer before its rate and round trip are measured.
-pub const INITIAL_WINDOW: usize = 16;
-pub const MIN_WINDOW: usize = 4;
-pub const MAX_WINDOW: usize = 64;
-/// Requests per peer beyond its bandwidth-delay product: the pieces the peer has already
-/// committed to its socket, plus slack for jitter.
-pub const WINDOW_MARGIN: f64 = 6.0;
 /// In-flight requests plus chunks awaiting verification, over all peers, in bytes: a bound on
 /// the buffers that arriving pieces can take (256 chunks of 256 KiB). It must allow the sum of
 /// the windows: a node whose uplink is slow and shared by many peers sees its requests wait
@@ -51,13 +45,6 @@ pub const PROBE_EVERY_US: u64 = 200_000;
 pub const LOST_AFTER_US: u64 = 2_000_000;
 /// Candidates examined per file and request (see `pick_chunk`).
 const SCAN_LIMIT: usize = 128;
-/// A peer is a bottleneck if its own-file time is at least this share of the largest...
-const PRECIOUS_SHARE: f64 = 0.6;
-/// ... and at least this many times every other peer's (a clear gap, not measurement noise)...
-const PRECIOUS_GAP: f64 = 2.0;
-/// ... and at least this long (µs) when it becomes one (so that owners finishing at nearly the
-/// same time do not), after which it stays one until its own files are out.
-const PRECIOUS_MIN_US: u64 = 1_000_000;
 
 struct SFile {
     owner: PeerId,
@@ -98,8 +85,6 @@ enum Fresh {
 struct Req {
     ask: Ask,
     at: u64,
-    /// The peer's `arrivals` when this was sent: pieces arriving in between were ahead of it.
-    arrivals: u64,
 }
 
 struct SPeer {
@@ -111,19 +96,9 @@ struct SPeer {
     /// Fresh requests given up on (timeout) whose piece may still arrive.
     late_fresh: BTreeMap<FileId, u32>,
     fresh: BTreeMap<FileId, Fresh>,
-    /// Delivery rate (bytes/µs, smoothed; 0 until measured), the least request-to-piece time,
-    /// and the smoothed round trip: request to piece, less the pieces that were ahead of it.
-    rate: f64,
-    min_lat: u64,
-    rtt: f64,
-    arrivals: u64,
-    last_arrival: Option<u64>,
+    pacing: Pacing,
     /// Its last `Load`: own-file time (µs) and upload rate (bytes/µs).
     load: Option<(u64, f64)>,
-    /// Requests added to the window because it ran dry while it was the limit (the round trip
-    /// grew since `min_lat`, e.g. behind a busy uplink), and whether it was the limit.
-    extra: f64,
-    full: bool,
     /// The scheduler's `epoch` when `pick_chunk` last found nothing here, for its own files and
     /// for relaying (`NEVER`: not known): the scan is skipped until something changes.
     idle: [u64; 2],
@@ -272,14 +247,8 @@ impl Scheduler {
                 cancelled: VecDeque::new(),
                 late_fresh: BTreeMap::new(),
                 fresh: BTreeMap::new(),
-                rate: 0.0,
-                min_lat: u64::MAX,
-                rtt: 0.0,
-                arrivals: 0,
-                last_arrival: None,
+                pacing: Pacing::default(),
                 load: None,
-                extra: 0.0,
-                full: false,
                 idle: [NEVER; 2],
             },
         );
@@ -380,11 +349,7 @@ impl Scheduler {
 
     /// Requests to keep in flight at a peer: its bandwidth-delay product plus the margin.
     fn window(&self, s: &SPeer) -> usize {
-        if s.rate <= 0.0 || s.min_lat == u64::MAX {
-            return INITIAL_WINDOW;
-        }
-        let bdp = s.rate * s.min_lat as f64 / self.chunk;
-        ((bdp + WINDOW_MARGIN + s.extra).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW)
+        s.pacing.window(self.chunk)
     }
 
     /// The current window for `p` (for tests and logs).
@@ -392,12 +357,12 @@ impl Scheduler {
         self.peers.get(&p).map_or(0, |s| self.window(s))
     }
 
-    /// What `p`'s window is made of: its delivery rate (bytes/µs), round trip (µs), and the
+    /// What `p`'s window is made of: its delivery rate (bytes/µs), least latency (µs), and the
     /// requests in flight there.
-    pub fn peer_stats(&self, p: PeerId) -> Option<(f64, f64, usize)> {
+    pub fn peer_stats(&self, p: PeerId) -> Option<(f64, u64, usize)> {
         self.peers
             .get(&p)
-            .map(|s| (s.rate, s.rtt, s.inflight.len()))
+            .map(|s| (s.pacing.rate, s.pacing.min_lat, s.inflight.len()))
     }
 
     /// Picks what to ask of `p` next and records it, or `None` if the window is full, the
@@ -406,23 +371,17 @@ impl Scheduler {
         let s = self.peers.get(&p)?;
         let full = s.inflight.len() >= self.window(s);
         if full || self.outstanding >= self.max_outstanding {
-            self.peers.get_mut(&p)?.full = full;
+            self.peers.get_mut(&p)?.pacing.full = full;
             return None;
         }
         let ask = self.pick(p, now);
-        self.peers.get_mut(&p)?.full = false;
+        self.peers.get_mut(&p)?.pacing.full = false;
         let ask = ask?;
         if let Ask::Chunk(c) = ask {
             self.take(c);
         }
         self.outstanding += 1;
-        let s = self.peers.get_mut(&p)?;
-        let arrivals = s.arrivals;
-        s.inflight.push(Req {
-            ask,
-            at: now,
-            arrivals,
-        });
+        self.peers.get_mut(&p)?.inflight.push(Req { ask, at: now });
         Some(ask)
     }
 
@@ -563,13 +522,7 @@ impl Scheduler {
         }
         let s = self.peers.get(&p)?;
         let p_precious = self.precious.contains(&p);
-        let per_chunk = |s: &SPeer| self.chunk / s.rate.max(1.0);
-        let lat = if s.min_lat == u64::MAX {
-            0.0
-        } else {
-            s.min_lat as f64
-        };
-        let here = (s.inflight.len() + 1) as f64 * per_chunk(s) + lat;
+        let here = s.pacing.eta(self.chunk, s.inflight.len() + 1);
         let mut best: Option<(f64, ChunkId)> = None;
         for (q, qs) in &self.peers {
             if *q == p {
@@ -589,7 +542,7 @@ impl Scheduler {
                 {
                     continue;
                 }
-                let gain = (k + 1) as f64 * per_chunk(qs) - here;
+                let gain = qs.pacing.drain_time(self.chunk, k + 1) - here;
                 if gain > 0.0 && best.is_none_or(|(g, _)| gain > g) {
                     best = Some((gain, c));
                 }
@@ -633,35 +586,7 @@ impl Scheduler {
             return PieceOutcome::Unrequested;
         };
         let r = s.inflight.remove(k);
-        if s.full && s.inflight.is_empty() {
-            s.extra = (s.extra + 2.0).min(MAX_WINDOW as f64);
-        }
-        // Rate: the gap since the previous piece, when this one was surely queued at the peer
-        // by then (it was asked at least one least-latency earlier).
-        let lat = now.saturating_sub(r.at);
-        s.min_lat = s.min_lat.min(lat);
-        if let Some(t) = s.last_arrival
-            && now > t
-            && r.at.saturating_add(s.min_lat) <= t
-        {
-            let sample = self.chunk / (now - t) as f64;
-            s.rate = if s.rate == 0.0 {
-                sample
-            } else {
-                s.rate + (sample - s.rate) / 4.0
-            };
-        }
-        s.last_arrival = Some(now);
-        if s.rate > 0.0 {
-            let ahead = (s.arrivals - r.arrivals) as f64 * self.chunk / s.rate;
-            let base = (lat as f64 - ahead).max(self.chunk / s.rate);
-            s.rtt = if s.rtt == 0.0 {
-                base
-            } else {
-                s.rtt + (base - s.rtt) / 8.0
-            };
-        }
-        s.arrivals += 1;
+        s.pacing.on_arrival(self.chunk, r.at, now, s.inflight.len());
         if let Ask::Fresh(file) = r.ask
             && matches!(s.fresh.get(&file), Some(Fresh::Probing { .. }))
         {
@@ -827,15 +752,12 @@ impl Scheduler {
         }
     }
 
-    /// The bottleneck owners: those whose time to send their own files once is at least
-    /// `PRECIOUS_SHARE` of the largest and `PRECIOUS_GAP` times everybody else's, provided the
-    /// others have at least as much upload capacity to relay with (with equal links nobody
-    /// is, and everybody relays). Requests by
-    /// name waiting at a peer that just became one are withdrawn (returned, to be cancelled):
-    /// they were asked before its load was known, and would take its uplink from its own file.
+    /// Updates the bottleneck owners (see `bottleneck`). Requests by name waiting at a peer that
+    /// just became one are withdrawn (returned, to be cancelled): they were asked before its
+    /// load was known, and would take its uplink from its own file.
     fn update_precious(&mut self) -> Vec<(PeerId, ChunkId)> {
         let before = std::mem::take(&mut self.precious);
-        self.precious = self.find_precious(&before);
+        self.precious = bottlenecks(&self.loads(), &before);
         if self.precious != before {
             self.epoch += 1;
         }
@@ -868,7 +790,7 @@ impl Scheduler {
     }
 
     /// The loads known, this node's included: (peer, own-file time µs, upload bytes/µs).
-    pub fn loads(&self) -> Vec<(PeerId, u64, f64)> {
+    pub fn loads(&self) -> Vec<Load> {
         self.my_load
             .map(|(e, r)| (self.me, e, r))
             .into_iter()
@@ -877,36 +799,6 @@ impl Scheduler {
                     .iter()
                     .filter_map(|(p, s)| s.load.map(|(e, r)| (*p, e, r))),
             )
-            .collect()
-    }
-
-    fn find_precious(&self, before: &BTreeSet<PeerId>) -> BTreeSet<PeerId> {
-        let loads = self.loads();
-        let max = loads.iter().map(|l| l.1).max().unwrap_or(0);
-        if loads.len() < 2 || max == 0 {
-            return BTreeSet::new();
-        }
-        let slow = |e: u64| e as f64 >= PRECIOUS_SHARE * max as f64;
-        let (mut cap_slow, mut cap_rest, mut least_slow, mut most_rest) = (0.0, 0.0, max, 0);
-        for &(_, e, r) in &loads {
-            if slow(e) {
-                cap_slow += r;
-                least_slow = least_slow.min(e);
-            } else {
-                cap_rest += r;
-                most_rest = most_rest.max(e);
-            }
-        }
-        if cap_rest < cap_slow
-            || cap_rest <= 0.0
-            || (least_slow as f64) < PRECIOUS_GAP * most_rest as f64
-        {
-            return BTreeSet::new();
-        }
-        loads
-            .iter()
-            .filter(|l| slow(l.1) && (l.1 >= PRECIOUS_MIN_US || (l.1 > 0 && before.contains(&l.0))))
-            .map(|l| l.0)
             .collect()
     }
 

@@ -200,8 +200,8 @@ fn endgame_duplicates_at_a_faster_peer_and_cancels_the_loser() {
     }
     assert_eq!(s2.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
     assert_eq!(s2.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 1))));
-    s2.peers.get_mut(&PeerId(3)).unwrap().rate = 0.01;
-    s2.peers.get_mut(&PeerId(4)).unwrap().rate = 10.0;
+    s2.peers.get_mut(&PeerId(3)).unwrap().pacing.rate = 0.01;
+    s2.peers.get_mut(&PeerId(4)).unwrap().pacing.rate = 10.0;
     // The request that waits longest at the slow peer goes first.
     assert_eq!(s2.next_request(PeerId(4), 1), Some(Ask::Chunk(c(0, 1))));
     assert_eq!(s2.next_request(PeerId(4), 1), Some(Ask::Chunk(c(0, 0))));
