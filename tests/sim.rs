@@ -144,6 +144,28 @@ fn clients_finish_without_the_server_after_the_manifest() {
 }
 
 #[test]
+fn a_relay_lost_with_fresh_chunks_does_not_stall_the_run() {
+    // A slow owner: half a second in, its fresh chunks are spread over the others; client 2
+    // loses every connection (and is dialled again later). The chunks only it held go out
+    // again, fresh, and every client completes with exactly what it lacked.
+    let mut hosts = vec![Host::mbit(1000.0, 1000.0, 24 * MIB); 4];
+    hosts[0].up = 100.0 * MBIT;
+    let mut sim = Sim::new(hosts, 500);
+    while sim.now < 500_000 {
+        assert!(sim.step());
+    }
+    for j in [0, 2, 3] {
+        sim.cut(1, j, "test");
+    }
+    let total = sim.run(600_000_000);
+    sim.check_complete();
+    eprintln!(
+        "relay lost: total {total:.3} s, the slow owner sent its file x{:.2}",
+        sim.own_uploaded[0] as f64 / (24 * MIB) as f64
+    );
+}
+
+#[test]
 fn server_lost_before_the_manifest_is_an_error() {
     let hosts = vec![
         Host {

@@ -70,6 +70,7 @@ enum Ev {
         from: usize,
         to: usize,
         msg: Message,
+        epoch: u32,
     },
     Accepted {
         dialer: usize,
@@ -84,6 +85,7 @@ enum Ev {
         to: usize,
         chunk: ChunkId,
         len: u32,
+        epoch: u32,
     },
     FrameDone {
         link: usize,
@@ -122,6 +124,8 @@ pub struct Sim {
     /// Client index of each peer id (learned from the welcomes).
     idx_of: BTreeMap<PeerId, usize>,
     links: Vec<Link>,
+    /// Per pair of clients, bumped when their connection is cut: what was on its way is lost.
+    epochs: Vec<u32>,
     /// When the links' `left` were last brought up to date.
     flowed_at: u64,
     pub exits: Vec<Option<i32>>,
@@ -171,6 +175,7 @@ impl Sim {
             clients: Vec::new(),
             idx_of: BTreeMap::new(),
             links: (0..n * n).map(|_| Link::default()).collect(),
+            epochs: vec![0; n * n],
             flowed_at: 0,
             exits: vec![None; n],
             finished: None,
@@ -243,10 +248,7 @@ impl Sim {
                 }
                 Action::Disconnect { peer, reason } => {
                     if let Some(&j) = self.idx_of.get(&peer) {
-                        let me = self.id(i);
-                        self.clients[i].on_peer_lost(peer, &reason, now);
-                        self.clients[j].on_peer_lost(me, &reason, now);
-                        self.client_actions(j);
+                        self.cut(i, j, &reason);
                     }
                 }
                 Action::CreateOutput { .. } => {}
@@ -297,6 +299,27 @@ impl Sim {
         }
     }
 
+    fn epoch(&self, a: usize, b: usize) -> u32 {
+        self.epochs[a.min(b) * self.n() + a.max(b)]
+    }
+
+    /// The connection between clients `i` and `j` ends: both are told, and what was queued on
+    /// it or on its way is lost.
+    pub fn cut(&mut self, i: usize, j: usize, reason: &str) {
+        let n = self.n();
+        self.epochs[i.min(j) * n + i.max(j)] += 1;
+        for l in [i * n + j, j * n + i] {
+            self.links[l].q.clear();
+            self.links[l].rate = 0.0;
+        }
+        self.reflow();
+        let (a, b, now) = (self.id(i), self.id(j), self.now);
+        self.clients[i].on_peer_lost(b, reason, now);
+        self.clients[j].on_peer_lost(a, reason, now);
+        self.client_actions(j);
+        self.client_actions(i);
+    }
+
     /// A control frame from `from` to `to`: straight out if the connection is idle, otherwise
     /// behind the pieces committed to it.
     fn send_control(&mut self, from: usize, to: usize, msg: Message) {
@@ -305,7 +328,18 @@ impl Sim {
         let behind = q.len().min(IN_KERNEL);
         match behind.checked_sub(1).and_then(|k| q.get_mut(k)) {
             Some(f) => f.then.push(msg),
-            None => self.at(self.now + self.latency_us, Ev::ToPeer { from, to, msg }),
+            None => {
+                let epoch = self.epoch(from, to);
+                self.at(
+                    self.now + self.latency_us,
+                    Ev::ToPeer {
+                        from,
+                        to,
+                        msg,
+                        epoch,
+                    },
+                )
+            }
         }
     }
 
@@ -419,6 +453,7 @@ impl Sim {
         let (from, to) = (l / n, l % n);
         let f = self.links[l].q.pop_front().expect("checked above");
         let t = self.now + self.latency_us;
+        let epoch = self.epoch(from, to);
         self.at(
             t,
             Ev::Piece {
@@ -426,10 +461,19 @@ impl Sim {
                 to,
                 chunk: f.chunk,
                 len: f.len,
+                epoch,
             },
         );
         for msg in f.then {
-            self.at(t, Ev::ToPeer { from, to, msg });
+            self.at(
+                t,
+                Ev::ToPeer {
+                    from,
+                    to,
+                    msg,
+                    epoch,
+                },
+            );
         }
         let link = &mut self.links[l];
         match link.q.front() {
@@ -467,7 +511,13 @@ impl Sim {
                 self.clients[to].on_server_message(msg, t);
                 self.client_actions(to);
             }
-            Ev::ToPeer { from, to, msg } => {
+            Ev::ToPeer {
+                from, to, epoch, ..
+            }
+            | Ev::Piece {
+                from, to, epoch, ..
+            } if epoch != self.epoch(from, to) => {}
+            Ev::ToPeer { from, to, msg, .. } => {
                 let p = self.id(from);
                 if let Err(e) = self.clients[to].on_peer_message(p, msg, t) {
                     panic!("client {to} closed peer {from}: {e}");
@@ -492,6 +542,7 @@ impl Sim {
                 to,
                 chunk,
                 len,
+                ..
             } => {
                 let p = self.id(from);
                 match self.clients[to].on_piece(p, chunk, len as usize, t) {
