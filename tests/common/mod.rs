@@ -5,6 +5,9 @@
 //!
 //! Every child's stdout and stderr go to files in the test's directory, so no pipe can fill up;
 //! a failed test keeps its directory (the path is in the panic message) for a post-mortem.
+//!
+//! Each test crate uses only part of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
 
 use md5::{Digest, Md5};
 use serde_json::Value;
@@ -301,6 +304,46 @@ fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
     Some(addr.to_string())
 }
 
+/// Starts a server for `clients` clients on 127.0.0.1 with port 0, logging to `log_dir`, and
+/// waits for it to report its listening address. Returns the process index and the address.
+pub fn start_server(
+    g: &mut Group,
+    dir: &TestDir,
+    clients: usize,
+    log_dir: &Path,
+    summary: &Path,
+    deadline: Instant,
+) -> (usize, String) {
+    let server = g.spawn(
+        "server",
+        &dir.path,
+        &[
+            "server".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--clients".into(),
+            clients.to_string(),
+            "--log-dir".into(),
+            path_arg(log_dir),
+            "--summary".into(),
+            path_arg(summary),
+        ],
+    );
+    loop {
+        let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
+        if let Some(a) = listening_addr(&err, clients) {
+            return (server, a);
+        }
+        if let Some(st) = g.poll(server) {
+            g.fail(&format!("the server exited ({st}) before listening"));
+        }
+        if Instant::now() >= deadline {
+            g.fail("the server did not report its listening address in time");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
 /// Starts a server and one client per entry of `sizes` (`Some(size)`: it shares a generated
 /// file of that many bytes; `None`: it shares nothing), all on 127.0.0.1 with port 0, and waits
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
@@ -335,34 +378,7 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
     }
 
     let mut g = Group::default();
-    let server = g.spawn(
-        "server",
-        &dir.path,
-        &[
-            "server".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--clients".into(),
-            sizes.len().to_string(),
-            "--log-dir".into(),
-            path_arg(&log_dir),
-            "--summary".into(),
-            path_arg(&summary),
-        ],
-    );
-    let addr = loop {
-        let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
-        if let Some(a) = listening_addr(&err, sizes.len()) {
-            break a;
-        }
-        if let Some(st) = g.poll(server) {
-            g.fail(&format!("the server exited ({st}) before listening"));
-        }
-        if Instant::now() >= deadline {
-            g.fail("the server did not report its listening address in time");
-        }
-        std::thread::sleep(POLL);
-    };
+    let (_, addr) = start_server(&mut g, dir, sizes.len(), &log_dir, &summary, deadline);
 
     for c in &clients {
         let mut a = vec![

@@ -1,0 +1,192 @@
+//! Hostile input against the real server binary on 127.0.0.1 (issue 4, item 7): a stranger who
+//! speaks the protocol badly. Each case opens its own TCP connection, sends one kind of
+//! violation, and must see the server close that connection; the server's log must name the
+//! reason; and the server must stay up and still welcome a well-behaved client afterwards.
+//!
+//! The harness (deadlines, child processes, temporary directories) is in `tests/common/mod.rs`.
+
+mod common;
+
+use common::{Group, TestDir, start_server};
+use p2pshare::codec::{FileDecl, MAGIC, Message, VERSION, encode};
+use p2pshare::ids::{ChunkId, FileId};
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// How long the server may take to close a connection that misbehaved.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
+fn hello(name: &str, files: &[(&str, u64)]) -> Message {
+    Message::Hello {
+        version: VERSION,
+        listen: "127.0.0.1:1".into(),
+        name: name.into(),
+        files: files
+            .iter()
+            .map(|(n, s)| FileDecl {
+                name: n.to_string(),
+                size: *s,
+            })
+            .collect(),
+    }
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it. Returns what the
+/// server sent before closing; fails the test if it does not close within `CLOSE_WITHIN`.
+fn send_expect_close(addr: &str, bytes: &[u8], case: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{case}: connect: {e}"));
+    s.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    // The server may close before it has read everything: a reset on write is a close too.
+    let _ = s.write_all(bytes);
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("{case}: the server kept the connection open for {CLOSE_WITHIN:?}")
+            }
+            Err(e) => panic!("{case}: read: {e}"),
+        }
+        assert!(
+            start.elapsed() < CLOSE_WITHIN,
+            "{case}: the server kept sending and did not close"
+        );
+    }
+}
+
+/// The kind byte of the first frame in `bytes`, if there is a whole header.
+fn first_kind(bytes: &[u8]) -> Option<u8> {
+    bytes.get(4).copied()
+}
+
+/// A frame of `kind` with `body`, framed as the codec does (u32 length of kind + body).
+fn raw_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    f.push(kind);
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn server_closes_every_protocol_violation_and_stays_up() {
+    let dir = TestDir::new("hostile-server");
+    let log_dir = dir.join("logs");
+    let mut g = Group::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Ten slots, so the cases that get as far as a welcome never fill the run.
+    let (server, addr) = start_server(
+        &mut g,
+        &dir,
+        10,
+        &log_dir,
+        &dir.join("summary.json"),
+        deadline,
+    );
+
+    let good = encode(&hello("", &[("a.bin", 1000)]));
+    let mut bad_magic = good.clone();
+    let at = bad_magic
+        .windows(4)
+        .position(|w| w == MAGIC)
+        .expect("the hello carries the magic");
+    bad_magic[at..at + 4].copy_from_slice(b"EVIL");
+    let bad_version = encode(&Message::Hello {
+        version: VERSION + 7,
+        listen: "127.0.0.1:1".into(),
+        name: String::new(),
+        files: vec![],
+    });
+    let chunk = ChunkId {
+        file: FileId(0),
+        index: 0,
+    };
+    let mut twice = good.clone();
+    twice.extend_from_slice(&good);
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("request before hello", encode(&Message::Request { chunk })),
+        ("bad magic", bad_magic),
+        ("bad version", bad_version),
+        ("unknown message kind", raw_frame(99, b"xyz")),
+        ("length over the cap", {
+            let mut f = (1u32 << 30).to_be_bytes().to_vec();
+            f.push(1);
+            f
+        }),
+        ("zero-length frame", vec![0, 0, 0, 0, 1]),
+        ("piece to the server", raw_frame(25, &[0; 12])),
+        ("second hello", twice),
+        (
+            "truncated hello body",
+            raw_frame(1, &[b'P', b'2', b'P', b'S', 0]),
+        ),
+    ];
+    for (case, bytes) in &cases {
+        send_expect_close(&addr, bytes, case);
+        assert!(
+            g.poll(server).is_none(),
+            "{case}: the server exited instead of dropping the connection"
+        );
+    }
+
+    // File names that would leave the out-dir of every client that downloads them.
+    for bad in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a/b",
+        "a\0b",
+        "..",
+        ".",
+        "",
+    ] {
+        let case = format!("file name {bad:?}");
+        let got = send_expect_close(&addr, &encode(&hello("", &[(bad, 10)])), &case);
+        assert_eq!(
+            first_kind(&got),
+            Some(3),
+            "{case}: the server must answer with a refusal before it closes"
+        );
+    }
+    // A name for the client itself that is no file name either.
+    let got = send_expect_close(&addr, &encode(&hello("../x", &[])), "client name ../x");
+    assert_eq!(first_kind(&got), Some(3), "client name ../x: not refused");
+
+    // Still up, and a well-behaved client is welcomed.
+    let mut s = TcpStream::connect(&addr).expect("connect after the abuse");
+    s.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    s.write_all(&encode(&hello("", &[("ok.bin", 1000)])))
+        .expect("send a good hello");
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("an answer to a good hello");
+    assert_eq!(head[4], 2, "a good hello after the abuse gets a welcome");
+    assert!(g.poll(server).is_none(), "the server is still running");
+
+    // Every violation left a reason in the server's log.
+    g.kill_all();
+    let log = fs::read_to_string(log_dir.join("server.log")).expect("server.log");
+    let closed = log
+        .lines()
+        .filter(|l| {
+            l.contains("event=connection_closed")
+                || l.contains("event=connection_error")
+                || l.contains("event=client_refused")
+        })
+        .count();
+    let expected = cases.len() + 8;
+    assert!(
+        closed >= expected,
+        "the server logged {closed} closed or refused connections with a reason, not {expected}:\n{log}"
+    );
+    for l in log.lines().filter(|l| l.contains("event=connection_")) {
+        assert!(
+            l.contains("reason=") || l.contains("error="),
+            "a close without a reason: {l}"
+        );
+    }
+}
