@@ -8,12 +8,17 @@
 mod common;
 
 use common::{Group, TestDir, start_server};
-use p2pshare::codec::{FileDecl, MAGIC, Message, VERSION, encode};
+use p2pshare::codec::{
+    FileDecl, MAGIC, MAX_CONTROL_FRAME, Message, VERSION, decode_body, encode, piece_header,
+};
 use p2pshare::ids::{ChunkId, FileId};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+
+/// The kind byte of a piece frame.
+const PIECE_KIND: u8 = 25;
 
 /// How long the server may take to close a connection that misbehaved.
 const CLOSE_WITHIN: Duration = Duration::from_secs(10);
@@ -189,4 +194,191 @@ fn server_closes_every_protocol_violation_and_stays_up() {
             "a close without a reason: {l}"
         );
     }
+}
+
+/// Reads one frame (`u32` length of kind and body, kind, body) and decodes it.
+fn read_message(s: &mut TcpStream) -> Message {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("a frame header");
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    assert!(
+        (1..=MAX_CONTROL_FRAME as usize).contains(&len),
+        "frame of {len} bytes"
+    );
+    let mut body = vec![0u8; len - 1];
+    s.read_exact(&mut body).expect("a frame body");
+    decode_body(head[4], &body).expect("a frame the codec accepts")
+}
+
+/// Polls `path` until a line contains `needle`, or fails the test at `deadline`.
+fn wait_for_line(g: &mut Group, path: &std::path::Path, needle: &str, deadline: Instant) {
+    while !fs::read_to_string(path).is_ok_and(|l| l.contains(needle)) {
+        if Instant::now() >= deadline {
+            g.fail(&format!("no line with {needle:?} in {}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn client_drops_misbehaving_peers_and_keeps_serving() {
+    let dir = TestDir::new("hostile-peer");
+    let log_dir = dir.join("logs");
+    let src = dir.join("c1.bin");
+    common::gen_file(&dir.path, &src, 3 * common::CHUNK + 100, 7);
+    let mut g = Group::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (_, addr) = start_server(
+        &mut g,
+        &dir,
+        2,
+        &log_dir,
+        &dir.join("summary.json"),
+        deadline,
+    );
+    let client = g.spawn(
+        "client1",
+        &dir.path,
+        &common::args(&[
+            "client",
+            "--server",
+            &addr,
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "client1",
+            "--file",
+            &common::path_arg(&src),
+            "--out-dir",
+            &common::path_arg(&dir.join("out1")),
+            "--log-dir",
+            &common::path_arg(&log_dir),
+        ]),
+    );
+    wait_for_line(
+        &mut g,
+        &log_dir.join("server.log"),
+        "client=client1",
+        deadline,
+    );
+
+    // The test joins as the second client, so the run starts and client1 takes peers.
+    let mut me = TcpStream::connect(&addr).expect("connect to the server");
+    me.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    me.write_all(&encode(&hello("fake", &[]))).expect("hello");
+    let my_id = match read_message(&mut me) {
+        Message::Welcome { id, .. } => id,
+        m => panic!("expected a welcome, got {m:?}"),
+    };
+    let (peer_addr, file, chunk_size) = loop {
+        if let Message::Start { peers, files } = read_message(&mut me) {
+            let p = peers
+                .iter()
+                .find(|p| p.name == "client1")
+                .expect("client1 is in the start message");
+            let f = files
+                .iter()
+                .find(|f| f.owner == p.id)
+                .expect("client1's file");
+            break (p.addr.clone(), f.id, common::CHUNK as u32);
+        }
+    };
+    let peer_hello = encode(&Message::PeerHello {
+        version: VERSION,
+        id: my_id,
+    });
+    let after_hello = |m: Vec<u8>| {
+        let mut b = peer_hello.clone();
+        b.extend_from_slice(&m);
+        b
+    };
+    let chunk = |file, index| ChunkId { file, index };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "request before the peer hello",
+            encode(&Message::Request {
+                chunk: chunk(file, 0),
+            }),
+        ),
+        (
+            "peer hello with a bad version",
+            encode(&Message::PeerHello {
+                version: VERSION + 7,
+                id: my_id,
+            }),
+        ),
+        (
+            "peer hello from an id not in the run",
+            encode(&Message::PeerHello {
+                version: VERSION,
+                id: p2pshare::ids::PeerId(999),
+            }),
+        ),
+        (
+            "request for a chunk index out of range",
+            after_hello(encode(&Message::Request {
+                chunk: chunk(file, 10_000),
+            })),
+        ),
+        (
+            "request for a file that does not exist",
+            after_hello(encode(&Message::Request {
+                chunk: chunk(FileId(77), 0),
+            })),
+        ),
+        (
+            "piece longer than a chunk",
+            after_hello(
+                piece_header(chunk(file, 0), 2 * chunk_size)
+                    .into_iter()
+                    .chain(std::iter::repeat_n(0u8, 64))
+                    .collect(),
+            ),
+        ),
+        ("second peer hello", after_hello(peer_hello.clone())),
+        ("unknown message kind", after_hello(raw_frame(99, b"x"))),
+    ];
+    for (case, bytes) in &cases {
+        send_expect_close(&peer_addr, bytes, case);
+        assert!(
+            g.poll(client).is_none(),
+            "{case}: client1 exited instead of dropping the peer"
+        );
+    }
+
+    // Still serving: a well-behaved peer connection gets client1's chunk 0, byte for byte.
+    let mut p = TcpStream::connect(&peer_addr).expect("connect to client1");
+    p.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    p.write_all(&after_hello(encode(&Message::Request {
+        chunk: chunk(file, 0),
+    })))
+    .expect("a good request");
+    let want = &fs::read(&src).expect("read the source")[..chunk_size as usize];
+    let mut head = [0u8; 5];
+    loop {
+        p.read_exact(&mut head).expect("a frame from client1");
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let mut body = vec![0u8; len - 1];
+        p.read_exact(&mut body).expect("its body");
+        if head[4] == PIECE_KIND {
+            assert_eq!(&body[8..], want, "the piece client1 served");
+            break;
+        }
+    }
+    assert!(g.poll(client).is_none(), "client1 is still running");
+    g.kill_all();
+
+    let log = fs::read_to_string(log_dir.join("client1.log")).expect("client1.log");
+    let dropped = log
+        .lines()
+        .filter(|l| {
+            l.contains("event=handshake_failed reason=")
+                || l.contains("event=peer_disconnected peer=fake reason=")
+        })
+        .count();
+    assert!(
+        dropped >= cases.len(),
+        "client1 logged {dropped} dropped peers with a reason, not {}:\n{log}",
+        cases.len()
+    );
 }
