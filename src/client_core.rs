@@ -193,6 +193,15 @@ impl ClientCore {
     }
 
     /// Whether every file of the run is held, verified and renamed (also after the exit).
+    /// Bytes of all the files this node downloads (known once the start message came).
+    pub fn download_bytes(&self) -> u64 {
+        self.files
+            .values()
+            .filter(|f| !f.owned)
+            .map(|f| f.info.size)
+            .sum()
+    }
+
     pub fn holds_all(&self) -> bool {
         self.phase != Phase::Hello && self.files.values().all(|f| f.owned || f.done)
     }

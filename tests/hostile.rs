@@ -239,21 +239,7 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
     let client = g.spawn(
         "client1",
         &dir.path,
-        &common::args(&[
-            "client",
-            "--server",
-            &addr,
-            "--listen",
-            "127.0.0.1:0",
-            "--name",
-            "client1",
-            "--file",
-            &common::path_arg(&src),
-            "--out-dir",
-            &common::path_arg(&dir.join("out1")),
-            "--log-dir",
-            &common::path_arg(&log_dir),
-        ]),
+        &common::client_cmd(&addr, "client1", Some(&src), &dir.join("out1"), &log_dir),
     );
     wait_for_line(
         &mut g,

@@ -82,9 +82,20 @@ impl Group {
     /// Spawns the binary with `args`, working directory `cwd`, output into `cwd/LABEL.stdout`
     /// and `cwd/LABEL.stderr`. Returns the index of the new process.
     pub fn spawn(&mut self, label: &str, cwd: &Path, args: &[String]) -> usize {
+        self.spawn_program(label, cwd, bin(), args)
+    }
+
+    /// Like `spawn`, for another program (a wrapper such as `unshare` that runs the binary).
+    pub fn spawn_program(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        program: &str,
+        args: &[String],
+    ) -> usize {
         let stdout = cwd.join(format!("{label}.stdout"));
         let stderr = cwd.join(format!("{label}.stderr"));
-        let child = Command::new(bin())
+        let child = Command::new(program)
             .args(args)
             .current_dir(cwd)
             .env_remove("P2PSHARE_LOG")
@@ -344,6 +355,35 @@ pub fn start_server(
     }
 }
 
+/// The command line of a client named `name` of the server at `addr`, listening on 127.0.0.1,
+/// sharing `file` if given, downloading into `out` and logging into `log_dir`.
+pub fn client_cmd(
+    addr: &str,
+    name: &str,
+    file: Option<&Path>,
+    out: &Path,
+    log_dir: &Path,
+) -> Vec<String> {
+    let mut a = args(&[
+        "client",
+        "--server",
+        addr,
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        name,
+        "--out-dir",
+        &path_arg(out),
+        "--log-dir",
+        &path_arg(log_dir),
+    ]);
+    if let Some(f) = file {
+        a.push("--file".into());
+        a.push(path_arg(f));
+    }
+    a
+}
+
 /// Starts a server and one client per entry of `sizes` (`Some(size)`: it shares a generated
 /// file of that many bytes; `None`: it shares nothing), all on 127.0.0.1 with port 0, and waits
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
@@ -381,23 +421,8 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
     let (_, addr) = start_server(&mut g, dir, sizes.len(), &log_dir, &summary, deadline);
 
     for c in &clients {
-        let mut a = vec![
-            "client".to_string(),
-            "--server".into(),
-            addr.clone(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--name".into(),
-            c.name.clone(),
-            "--out-dir".into(),
-            path_arg(&c.out_dir),
-            "--log-dir".into(),
-            path_arg(&log_dir),
-        ];
-        if let Some(f) = &c.owns {
-            a.push("--file".into());
-            a.push(path_arg(&f.path));
-        }
+        let file = c.owns.as_ref().map(|f| f.path.as_path());
+        let a = client_cmd(&addr, &c.name, file, &c.out_dir, &log_dir);
         g.spawn(&c.name, &dir.path, &a);
     }
     g.wait_all(deadline, "swarm run");
