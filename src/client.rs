@@ -242,6 +242,25 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
 }
 
 impl Client {
+    /// Without a server there is nobody to write the run's summary: each client writes what it
+    /// measured itself to `LOG_DIR/NAME.summary.json`, in the server's format.
+    fn write_own_summary(&self) {
+        let path = self
+            .log_dir
+            .join(format!("{}.summary.json", self.core.name()));
+        match self
+            .core
+            .own_summary(now_us(), logging::offset_us())
+            .write_json(&path)
+        {
+            Ok(()) => info!("summary event=own_summary_written path={}", path.display()),
+            Err(e) => warn!(
+                "summary event=own_summary_failed path={} error={e}",
+                path.display()
+            ),
+        }
+    }
+
     fn run_loop(&mut self) -> Result<i32, Error> {
         let mut events = Events::with_capacity(256);
         let mut last_tick = Instant::now();
@@ -256,6 +275,9 @@ impl Client {
                 }
                 // Into the log file only: on a failure, main prints the one line stderr gets.
                 info!("exit event=exit code={code} reason={reason:?}");
+                if self.core.server_gone() {
+                    self.write_own_summary();
+                }
                 log::logger().flush();
                 return if code == 0 {
                     Ok(0)

@@ -115,6 +115,20 @@ impl Group {
         self.procs.len() - 1
     }
 
+    /// Waits for process `i` to exit; fails the test (killing the group) with `what` if it is
+    /// still running at `deadline`.
+    pub fn wait_exit(&mut self, i: usize, deadline: Instant, what: &str) -> ExitStatus {
+        loop {
+            if let Some(st) = self.poll(i) {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                self.fail(what);
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// Polls process `i`; `Some(status)` once it has exited.
     pub fn poll(&mut self, i: usize) -> Option<ExitStatus> {
         let p = &mut self.procs[i];
