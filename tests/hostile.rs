@@ -8,9 +8,8 @@
 mod common;
 
 use common::{Group, TestDir, start_server};
-use p2pshare::codec::{
-    FileDecl, MAGIC, MAX_CONTROL_FRAME, Message, VERSION, decode_body, encode, piece_header,
-};
+use common::{read_message, wait_for_line};
+use p2pshare::codec::{FileDecl, MAGIC, Message, VERSION, encode, piece_header};
 use p2pshare::ids::{ChunkId, FileId};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -193,30 +192,6 @@ fn server_closes_every_protocol_violation_and_stays_up() {
             l.contains("reason=") || l.contains("error="),
             "a close without a reason: {l}"
         );
-    }
-}
-
-/// Reads one frame (`u32` length of kind and body, kind, body) and decodes it.
-fn read_message(s: &mut TcpStream) -> Message {
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).expect("a frame header");
-    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    assert!(
-        (1..=MAX_CONTROL_FRAME as usize).contains(&len),
-        "frame of {len} bytes"
-    );
-    let mut body = vec![0u8; len - 1];
-    s.read_exact(&mut body).expect("a frame body");
-    decode_body(head[4], &body).expect("a frame the codec accepts")
-}
-
-/// Polls `path` until a line contains `needle`, or fails the test at `deadline`.
-fn wait_for_line(g: &mut Group, path: &std::path::Path, needle: &str, deadline: Instant) {
-    while !fs::read_to_string(path).is_ok_and(|l| l.contains(needle)) {
-        if Instant::now() >= deadline {
-            g.fail(&format!("no line with {needle:?} in {}", path.display()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -13,6 +13,7 @@ use md5::{Digest, Md5};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -677,4 +678,28 @@ pub fn check_run(dir: &TestDir, run: &SwarmRun) {
     check_outputs(dir, run);
     check_summary(run);
     check_logs(run);
+}
+
+/// Reads one frame (`u32` length of kind and body, kind, body) and decodes it.
+pub fn read_message(s: &mut std::net::TcpStream) -> p2pshare::codec::Message {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("a frame header");
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    assert!(
+        (1..=p2pshare::codec::MAX_CONTROL_FRAME as usize).contains(&len),
+        "frame of {len} bytes"
+    );
+    let mut body = vec![0u8; len - 1];
+    s.read_exact(&mut body).expect("a frame body");
+    p2pshare::codec::decode_body(head[4], &body).expect("a frame the codec accepts")
+}
+
+/// Polls `path` until a line contains `needle`, or fails the test at `deadline`.
+pub fn wait_for_line(g: &mut Group, path: &std::path::Path, needle: &str, deadline: Instant) {
+    while !fs::read_to_string(path).is_ok_and(|l| l.contains(needle)) {
+        if Instant::now() >= deadline {
+            g.fail(&format!("no line with {needle:?} in {}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
