@@ -71,6 +71,9 @@ struct FileIo {
     geo: Geometry,
     output: Option<Output>,
     stream_ctx: Option<Box<Md5State>>,
+    /// Payload bytes of this file's pieces queued for peers (logged at exit as file_uploaded:
+    /// the per-file split of bytes_sent, e.g. how often an owner sent its own file).
+    sent: u64,
 }
 
 struct Client {
@@ -247,6 +250,14 @@ impl Client {
             if let Some((code, reason)) = self.exit.take() {
                 if let Some(s) = self.server.as_mut() {
                     let _ = s.flush();
+                }
+                for (id, f) in &self.files {
+                    if let Some(slot) = self.core.file(*id) {
+                        info!(
+                            "uploaded event=file_uploaded file={} bytes={}",
+                            slot.info.name, f.sent
+                        );
+                    }
                 }
                 if code == 0 {
                     eprintln!("{}: {reason}", self.core.name());
@@ -571,6 +582,7 @@ impl Client {
                     geo,
                     output: None,
                     stream_ctx: None,
+                    sent: 0,
                 },
             );
         }
@@ -735,11 +747,14 @@ impl Client {
                         let Some((c, offset, len)) = self.core.next_piece(p) else {
                             break;
                         };
-                        let map = self.files.get(&c.file).and_then(|f| f.map.clone());
-                        match map {
-                            Some(m) => pc.conn.queue_piece(c, m, offset as usize, len as usize),
-                            None => break,
-                        }
+                        let Some(f) = self.files.get_mut(&c.file) else {
+                            break;
+                        };
+                        let Some(m) = f.map.clone() else {
+                            break;
+                        };
+                        f.sent += u64::from(len);
+                        pc.conn.queue_piece(c, m, offset as usize, len as usize);
                     }
                 }
                 match pc.conn.flush() {
