@@ -1,7 +1,8 @@
-//! Harness for the end-to-end tests in `tests/e2e.rs`: per-test temporary directories, running
-//! the real `p2pshare` binary with a deadline (children are killed and the test fails when it
-//! passes), starting a server plus N clients on 127.0.0.1, and checking what a finished run left
-//! behind: the downloaded files, the summary JSON and the per-node logs.
+//! Harness for the end-to-end tests in `tests/e2e.rs` and `tests/netns.rs`: per-test temporary
+//! directories, running the real `p2pshare` binary with a deadline (children are killed and the
+//! test fails when it passes), starting a server plus N clients on 127.0.0.1 or each in a network
+//! namespace of its own, and checking what a finished run left behind: the downloaded files, the
+//! summary JSON and the per-node logs.
 //!
 //! Every child's stdout and stderr go to files in the test's directory, so no pipe can fill up;
 //! a failed test keeps its directory (the path is in the panic message) for a post-mortem.
@@ -77,12 +78,32 @@ pub struct Group {
 
 impl Group {
     /// Spawns the binary with `args`, working directory `cwd`, output into `cwd/LABEL.stdout`
-    /// and `cwd/LABEL.stderr`. Returns the index of the new process.
-    pub fn spawn(&mut self, label: &str, cwd: &Path, args: &[String]) -> usize {
+    /// and `cwd/LABEL.stderr`, inside network namespace `netns` if given (`ip netns exec` execs
+    /// the binary, so the child is the node itself). Returns the index of the new process.
+    pub fn spawn_in(
+        &mut self,
+        netns: Option<&str>,
+        label: &str,
+        cwd: &Path,
+        args: &[String],
+    ) -> usize {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin()]);
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.args(args);
+        self.spawn_command(label, cwd, cmd)
+    }
+
+    /// Spawns `cmd` (any program) as `spawn_in` does the binary.
+    pub fn spawn_command(&mut self, label: &str, cwd: &Path, mut cmd: Command) -> usize {
         let stdout = cwd.join(format!("{label}.stdout"));
         let stderr = cwd.join(format!("{label}.stderr"));
-        let child = Command::new(bin())
-            .args(args)
+        let child = cmd
             .current_dir(cwd)
             .env_remove("P2PSHARE_LOG")
             .env_remove("RUST_BACKTRACE")
@@ -184,9 +205,16 @@ pub struct Outcome {
 /// Runs the binary once with `args` in `cwd` (output files named after `label`), bounded by
 /// `timeout`.
 pub fn run_cmd(cwd: &Path, label: &str, args: &[String], timeout: Duration) -> Outcome {
+    let mut cmd = Command::new(bin());
+    cmd.args(args);
+    run_command(cwd, label, cmd, timeout)
+}
+
+/// Runs any program once, as `run_cmd` runs the binary.
+pub fn run_command(cwd: &Path, label: &str, cmd: Command, timeout: Duration) -> Outcome {
     let start = Instant::now();
     let mut g = Group::default();
-    let i = g.spawn(label, cwd, args);
+    let i = g.spawn_command(label, cwd, cmd);
     g.wait_all(start + timeout, label);
     let status = g.poll(i).expect("exited");
     let p = &g.procs[i];
@@ -257,6 +285,8 @@ pub struct SourceFile {
 /// One client of a run.
 pub struct ClientRun {
     pub name: String,
+    /// The IP address it listens on and advertises.
+    pub ip: String,
     pub out_dir: PathBuf,
     /// The file it shares, if any.
     pub owns: Option<SourceFile>,
@@ -281,9 +311,29 @@ impl SwarmRun {
     }
 }
 
-/// Parses `server: listening on 127.0.0.1:PORT, waiting for N clients` out of the server's
-/// stderr so far.
-fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
+/// Where the nodes of a run live.
+pub enum Hosts {
+    /// Every node on 127.0.0.1.
+    Loopback,
+    /// Each node in a network namespace of its own: entry 0 (namespace, IP address) runs the
+    /// server, entry K client K.
+    #[allow(dead_code)] // made by tests/netns.rs only; tests/e2e.rs shares this module
+    Netns(Vec<(String, String)>),
+}
+
+impl Hosts {
+    /// The namespace and IP address of host `k` (0: the server, K: client K).
+    fn host(&self, k: usize) -> (Option<&str>, &str) {
+        match self {
+            Hosts::Loopback => (None, "127.0.0.1"),
+            Hosts::Netns(h) => (Some(h[k].0.as_str()), h[k].1.as_str()),
+        }
+    }
+}
+
+/// Parses `server: listening on IP:PORT, waiting for N clients` out of the server's stderr so
+/// far, and checks that IP is `ip`.
+fn listening_addr(stderr: &str, clients: usize, ip: &str) -> Option<String> {
     let line = stderr
         .lines()
         .find(|l| l.starts_with("server: listening on "))?;
@@ -295,8 +345,8 @@ fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
         "server's listening line: {line:?}"
     );
     assert!(
-        addr.starts_with("127.0.0.1:"),
-        "server listens on {addr}, not loopback"
+        addr.starts_with(&format!("{ip}:")),
+        "server listens on {addr}, not on {ip}"
     );
     Some(addr.to_string())
 }
@@ -306,8 +356,20 @@ fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
 /// `cK-data.bin` generated with seed `seed_base + K`.
 pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmRun {
+    run_swarm_on(dir, sizes, seed_base, &Hosts::Loopback, RUN_TIMEOUT)
+}
+
+/// As `run_swarm`, with the nodes on `hosts` (in namespaces, each client also gets
+/// `--advertise` with its address) and the whole run bounded by `timeout`.
+pub fn run_swarm_on(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    hosts: &Hosts,
+    timeout: Duration,
+) -> SwarmRun {
     let start = Instant::now();
-    let deadline = start + RUN_TIMEOUT;
+    let deadline = start + timeout;
     let src = dir.join("src");
     let log_dir = dir.join("logs");
     let summary = dir.join("summary.json");
@@ -329,19 +391,22 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
         });
         clients.push(ClientRun {
             out_dir: dir.join(&format!("out/{name}")),
+            ip: hosts.host(i + 1).1.to_string(),
             name,
             owns,
         });
     }
 
     let mut g = Group::default();
-    let server = g.spawn(
+    let (server_ns, server_ip) = hosts.host(0);
+    let server = g.spawn_in(
+        server_ns,
         "server",
         &dir.path,
         &[
             "server".into(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{server_ip}:0"),
             "--clients".into(),
             sizes.len().to_string(),
             "--log-dir".into(),
@@ -352,7 +417,7 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
     );
     let addr = loop {
         let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
-        if let Some(a) = listening_addr(&err, sizes.len()) {
+        if let Some(a) = listening_addr(&err, sizes.len(), server_ip) {
             break a;
         }
         if let Some(st) = g.poll(server) {
@@ -364,13 +429,14 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
         std::thread::sleep(POLL);
     };
 
-    for c in &clients {
+    for (k, c) in clients.iter().enumerate() {
+        let (ns, _) = hosts.host(k + 1);
         let mut a = vec![
             "client".to_string(),
             "--server".into(),
             addr.clone(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{}:0", c.ip),
             "--name".into(),
             c.name.clone(),
             "--out-dir".into(),
@@ -378,11 +444,15 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
             "--log-dir".into(),
             path_arg(&log_dir),
         ];
+        if ns.is_some() {
+            a.push("--advertise".into());
+            a.push(c.ip.clone());
+        }
         if let Some(f) = &c.owns {
             a.push("--file".into());
             a.push(path_arg(&f.path));
         }
-        g.spawn(&c.name, &dir.path, &a);
+        g.spawn_in(ns, &c.name, &dir.path, &a);
     }
     g.wait_all(deadline, "swarm run");
     let bad: Vec<String> = g
@@ -494,7 +564,10 @@ pub fn check_summary(run: &SwarmRun) {
         assert!(num(js, "elapsed_ms", &ctx) >= 0.0, "{ctx}: elapsed_ms");
         assert!(num(js, "done_ms", &ctx) >= num(js, "connect_ms", &ctx));
         let addr = string(js, "addr", &ctx);
-        assert!(addr.starts_with("127.0.0.1:"), "{ctx}: addr {addr}");
+        assert!(
+            addr.starts_with(&format!("{}:", c.ip)),
+            "{ctx}: addr {addr}"
+        );
         let want_recv: u64 = run.wanted_by(c).map(|f| f.size).sum();
         assert_eq!(
             uint(js, "bytes_received", &ctx),
@@ -571,8 +644,50 @@ fn read_log(run: &SwarmRun, node: &str) -> String {
     text
 }
 
+fn bytes_field(line: &str, what: &str) -> u64 {
+    field(line, "bytes")
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("{what} has no bytes=N: {line:?}"))
+}
+
+/// What client `node` says it queued for its peers, per file: its `file_uploaded` lines, each
+/// file at most once.
+pub fn uploaded_by_file(run: &SwarmRun, node: &str) -> BTreeMap<String, u64> {
+    let mut up = BTreeMap::new();
+    for line in read_log(run, node).lines() {
+        if line.contains(" event=file_uploaded ") {
+            let file = field(line, "file").expect("file_uploaded has file=");
+            let bytes = bytes_field(line, "file_uploaded");
+            let again = up.insert(file.to_string(), bytes);
+            assert!(
+                again.is_none(),
+                "{node}: two file_uploaded lines for {file}"
+            );
+        }
+    }
+    up
+}
+
+/// Verified bytes each (sender, file) delivered, summed over the `chunk_received` lines of
+/// every client.
+pub fn delivered(run: &SwarmRun) -> BTreeMap<(String, String), u64> {
+    let mut d = BTreeMap::new();
+    for c in &run.clients {
+        for line in read_log(run, &c.name).lines() {
+            if line.contains(" event=chunk_received ") {
+                let from = field(line, "from").expect("chunk_received has from=");
+                let file = field(line, "file").expect("chunk_received has file=");
+                *d.entry((from.to_string(), file.to_string())).or_default() +=
+                    bytes_field(line, "chunk_received");
+            }
+        }
+    }
+    d
+}
+
 /// The logs exist and are stamped; each client logged exactly one `chunk_received` per chunk
-/// it needed and one `file_complete` per file it downloaded.
+/// it needed, one `file_complete` per file it downloaded, and one `file_uploaded` per file of
+/// the run, with at least the bytes of that file its peers received from it.
 pub fn check_logs(run: &SwarmRun) {
     let server = read_log(run, "server");
     assert!(
@@ -614,6 +729,24 @@ pub fn check_logs(run: &SwarmRun) {
         let want_complete: BTreeMap<String, usize> =
             run.wanted_by(c).map(|f| (f.name.clone(), 1)).collect();
         assert_eq!(complete, want_complete, "{}: file_complete lines", c.name);
+    }
+    let delivered = delivered(run);
+    for c in &run.clients {
+        let up = uploaded_by_file(run, &c.name);
+        let files: BTreeSet<&str> = run.files().map(|f| f.name.as_str()).collect();
+        let logged: BTreeSet<&str> = up.keys().map(|f| f.as_str()).collect();
+        assert_eq!(logged, files, "{}: files in file_uploaded lines", c.name);
+        for (file, bytes) in &up {
+            let got = delivered
+                .get(&(c.name.clone(), file.clone()))
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                *bytes >= got,
+                "{}: file_uploaded says {bytes} bytes of {file}, but peers received {got} from it",
+                c.name
+            );
+        }
     }
 }
 
