@@ -14,8 +14,8 @@
 # --baseline: after each run, a raw copy of the same files between the same hosts through the same
 # shaping (scripts/raw_copy.py: every owner sends its file to every other host with sendfile; no
 # protocol, no MD5), and its ratio to T_lb.
-# Also printed per run: how many times each owner uploaded its own file (from the file_uploaded
-# lines of the client logs). Needs root, iproute2 (installed if missing) and, for --baseline,
+# Also printed per run: the clients' CPU seconds, how busy the whole machine was (other users
+# too), and how many times each owner uploaded its own file (file_uploaded in the client logs). Needs root, iproute2 (installed if missing) and, for --baseline,
 # python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +47,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$runs" =~ ^[0-9]+$ && "$runs" -ge 1 ]] || die "--runs must be a positive number"
 [[ "$size_mb" =~ ^[0-9]+$ && "$size_mb" -ge 1 ]] || die "--size-mb must be a positive number"
+[[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 if [[ -z "$bin" ]]; then
   cargo build --release --quiet
   bin="$PWD/target/release/p2pshare"
@@ -104,14 +105,18 @@ for r in $(seq 1 "$runs"); do
     --bin "$bin" --port "$port" -- "${extra[@]}" >"$work/bench_net.swarm$r.txt" 2>&1 ||
     { cat "$work/bench_net.swarm$r.txt"; echo "run $r FAILED (see $out)"; exit 1; }
   total=$(grep -o '"total_ms": [0-9.]*' "$out/logs/summary.json" | awk '{printf "%.3f", $2 / 1000}')
-  own=""
+  own="" cpu=0
   for i in $(seq 1 "$clients"); do
+    read -r u s <"$out/client$i.cpu"
+    cpu=$(awk -v c="$cpu" -v u="$u" -v s="$s" 'BEGIN {print c + u + s}')
     up=$(awk -v f="file$i.bin" '/event=file_uploaded / {
            for (k = 1; k <= NF; k++) { if ($k == "file=" f) hit = 1; if ($k ~ /^bytes=/) b = substr($k, 7) }
            if (hit) { print b; exit } }' "$out/logs/client$i.log")
     own+=" client$i $(ratio "${up:-0}" "${sizes[$((i - 1))]}")"
   done
-  echo "run $r: total ${total} s, T_lb ${tlb} s, ratio $(ratio "$total" "$tlb"); own file uploaded x:${own}"
+  busy=$(grep -o 'machine busy [0-9]*%' "$work/bench_net.swarm$r.txt" | awk '{print $3}')
+  echo "run $r: total ${total} s, T_lb ${tlb} s, ratio $(ratio "$total" "$tlb"); client cpu ${cpu} s," \
+    "machine busy ${busy}; own file uploaded x:${own}"
   totals+=("$total")
   rm -rf "$out"/client*/
   if [[ $baseline -eq 1 ]]; then

@@ -32,8 +32,8 @@ NET=10.77.0
 # tbf: the bucket holds 32 ms of traffic at the rate. When the queue is throttled, tbf sleeps until
 # the next packet's tokens are there; on this shared 2-core machine that wakeup is often several ms
 # late, and with a bucket of 64 KiB (1/2 ms at 1 Gbit/s) the tokens of the delay were lost: a
-# single TCP stream got 0.80 of a 1 Gbit/s link and 0.85 of a 250 Mbit/s link (0.956 is the most
-# TCP/IP headers allow). With 32 ms it gets 0.955 of both. The price is the bucket itself: over
+# single TCP stream got 0.78 of a 1 Gbit/s link and 0.80 of a 250 Mbit/s link (0.956 is the most
+# TCP/IP headers allow). With 32 ms it gets 0.96 of both. The price is the bucket itself: over
 # any interval a host sends at most rate x time + burst, so a run can beat the lower bound by
 # 32 ms at most. The queue holds TBF_LATENCY of traffic beyond the bucket; past that, drops.
 TBF_LATENCY=20ms
@@ -125,7 +125,16 @@ make_sources() { # WORK N SIZE_MB
 }
 
 swarm_pids=()
-stop_swarm() { for p in "${swarm_pids[@]}"; do kill "$p" 2>/dev/null || true; done; swarm_pids=(); }
+stop_swarm() { # the nodes, and the node under each /usr/bin/time
+  local p c
+  for p in "${swarm_pids[@]}"; do
+    for c in $(ps -o pid= --ppid "$p" 2>/dev/null); do kill "$c" 2>/dev/null || true; done
+    kill "$p" 2>/dev/null || true
+  done
+  swarm_pids=()
+}
+
+busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
 
 cmd_swarm() { # PREFIX N WORK OUT PORT FLAGS...
   local p=$1 n=$2 work=$3 out=$4 port=$5 i j
@@ -137,8 +146,13 @@ cmd_swarm() { # PREFIX N WORK OUT PORT FLAGS...
   ip netns exec "${p}h0" "$bin" server --listen "$server_addr" --clients "$n" --log-dir "$out/logs" \
     2>"$out/server.err" &
   swarm_pids+=("$!")
+  local b0 i0 b1 i1
+  read -r b0 i0 < <(busy_jiffies)
   for i in $(seq 1 "$n"); do
-    ip netns exec "${p}h$i" "$bin" client --server "$server_addr" --listen "$(addr_of "$i"):0" \
+    # The client's CPU seconds (user system) go to OUT/clientK.cpu when GNU time is there.
+    local -a timer=()
+    [[ -x /usr/bin/time ]] && timer=(/usr/bin/time -f "%U %S" -o "$out/client$i.cpu")
+    ip netns exec "${p}h$i" "${timer[@]}" "$bin" client --server "$server_addr" --listen "$(addr_of "$i"):0" \
       --advertise "$(addr_of "$i")" --name "client$i" --file "$work/src/file$i.bin" \
       --out-dir "$out/client$i" --log-dir "$out/logs" "$@" 2>"$out/client$i.err" &
     swarm_pids+=("$!")
@@ -146,6 +160,9 @@ cmd_swarm() { # PREFIX N WORK OUT PORT FLAGS...
   local status=0
   for pid in "${swarm_pids[@]}"; do wait "$pid" || status=1; done
   swarm_pids=()
+  read -r b1 i1 < <(busy_jiffies)
+  # The whole machine, other users included: a busy machine slows the run down.
+  echo "machine busy $((100 * (b1 - b0) / (b1 - b0 + i1 - i0 + 1)))% during the run"
   local bad=0
   declare -A sum
   for i in $(seq 1 "$n"); do sum[$i]=$(md5sum <"$work/src/file$i.bin" | cut -d' ' -f1); done
