@@ -120,9 +120,9 @@ for r in $(seq 1 "$runs"); do
   totals+=("$total")
   rm -rf "$out"/client*/
   if [[ $baseline -eq 1 ]]; then
-    raw=$(python3 scripts/raw_copy.py --netns "$netns" --addrs "$addrs" "$work/bench_net/raw" "${srcs[@]}" |
-      awk '{print $3}')
-    echo "run $r: raw copy ${raw} s, ratio to T_lb $(ratio "$raw" "$tlb")"
+    read -r _ _ raw _ rawcpu < <(python3 scripts/raw_copy.py --netns "$netns" --addrs "$addrs" \
+      "$work/bench_net/raw" "${srcs[@]}")
+    echo "run $r: raw copy ${raw} s, ratio to T_lb $(ratio "$raw" "$tlb"); raw copy cpu ${rawcpu} s"
     raws+=("$raw")
   fi
 done
