@@ -157,8 +157,23 @@ cmd_swarm() { # PREFIX N WORK OUT PORT FLAGS...
       --out-dir "$out/client$i" --log-dir "$out/logs" "$@" 2>"$out/client$i.err" &
     swarm_pids+=("$!")
   done
-  local status=0
-  for pid in "${swarm_pids[@]}"; do wait "$pid" || status=1; done
+  # The server waits for every client without a time limit: as soon as one node fails, stop
+  # the others instead of hanging.
+  local status=0 left=("${swarm_pids[@]}") keep gone rc q
+  while [[ ${#left[@]} -gt 0 ]]; do
+    rc=0
+    wait -n -p gone "${left[@]}" || rc=$?
+    if [[ $rc -ne 0 ]]; then
+      echo "netem.sh: a node (pid $gone) exited with status $rc; stopping the others" >&2
+      status=1
+      stop_swarm
+      wait || true
+      break
+    fi
+    keep=()
+    for q in "${left[@]}"; do [[ $q == "$gone" ]] || keep+=("$q"); done
+    left=("${keep[@]}")
+  done
   swarm_pids=()
   read -r b1 i1 < <(busy_jiffies)
   # The whole machine, other users included: a busy machine slows the run down.
