@@ -6,7 +6,6 @@
 //! each byte of its own file less than 1.3 times. It needs root and iproute2; without them it
 //! fails and says so (CI runs as root, and .ci/run installs iproute2 if it is missing).
 
-#[allow(dead_code)] // the harness is shared with tests/e2e.rs, which uses the rest of it
 mod common;
 
 use common::*;
@@ -19,9 +18,7 @@ const RUN_TIMEOUT_NETNS: Duration = Duration::from_secs(30);
 /// Making or removing the hosts (a few dozen `ip` and `tc` commands).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn netem_script() -> Command {
-    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netem.sh"))
-}
+const NETEM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/netem.sh");
 
 /// The hosts made by `scripts/netem.sh up`. Dropping it runs `netem.sh down`, which stops what
 /// still runs in them and deletes them, also when the test fails half-way. It must be declared
@@ -43,10 +40,18 @@ impl Netem {
             hosts: Vec::new(),
             made: false,
         };
-        let mut cmd = netem_script();
-        cmd.args(["up", &n.prefix, "--clients", &clients.to_string()]);
-        cmd.args(["--up", up, "--down", down]);
-        let o = run_command(&dir.path, "netem-up", cmd, SETUP_TIMEOUT);
+        let count = clients.to_string();
+        let a = args(&[
+            "up",
+            &n.prefix,
+            "--clients",
+            &count,
+            "--up",
+            up,
+            "--down",
+            down,
+        ]);
+        let o = run_program(&dir.path, "netem-up", NETEM, &a, SETUP_TIMEOUT);
         assert!(
             o.status.success(),
             "cannot create the emulated hosts (network namespaces): this test needs root and \
@@ -87,9 +92,8 @@ impl Netem {
 
 impl Drop for Netem {
     fn drop(&mut self) {
-        let mut cmd = netem_script();
-        cmd.args(["down", &self.prefix]);
-        let o = run_command(&self.dir, "netem-down", cmd, SETUP_TIMEOUT);
+        let a = args(&["down", &self.prefix]);
+        let o = run_program(&self.dir, "netem-down", NETEM, &a, SETUP_TIMEOUT);
         if self.made && !o.status.success() {
             eprintln!(
                 "netns: scripts/netem.sh down {} failed: {}",

@@ -1,16 +1,20 @@
-//! Harness for the end-to-end tests in `tests/e2e.rs` and `tests/netns.rs`: per-test temporary
+//! Harness for the end-to-end tests in `tests/e2e.rs` and the others: per-test temporary
 //! directories, running the real `p2pshare` binary with a deadline (children are killed and the
 //! test fails when it passes), starting a server plus N clients on 127.0.0.1 or each in a network
-//! namespace of its own, and checking what a finished run left behind: the downloaded files, the
-//! summary JSON and the per-node logs.
+//! namespace of its own (`tests/netns.rs`), and checking what a finished run left behind: the
+//! downloaded files, the summary JSON and the per-node logs.
 //!
 //! Every child's stdout and stderr go to files in the test's directory, so no pipe can fill up;
 //! a failed test keeps its directory (the path is in the panic message) for a post-mortem.
+//!
+//! Each test crate uses only part of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
 
 use md5::{Digest, Md5};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -78,8 +82,13 @@ pub struct Group {
 
 impl Group {
     /// Spawns the binary with `args`, working directory `cwd`, output into `cwd/LABEL.stdout`
-    /// and `cwd/LABEL.stderr`, inside network namespace `netns` if given (`ip netns exec` execs
-    /// the binary, so the child is the node itself). Returns the index of the new process.
+    /// and `cwd/LABEL.stderr`. Returns the index of the new process.
+    pub fn spawn(&mut self, label: &str, cwd: &Path, args: &[String]) -> usize {
+        self.spawn_program(label, cwd, bin(), args)
+    }
+
+    /// Like `spawn`, inside network namespace `netns` if given (`ip netns exec` execs the
+    /// binary, so the child is the node itself).
     pub fn spawn_in(
         &mut self,
         netns: Option<&str>,
@@ -87,23 +96,28 @@ impl Group {
         cwd: &Path,
         args: &[String],
     ) -> usize {
-        let mut cmd = match netns {
+        match netns {
+            None => self.spawn(label, cwd, args),
             Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, bin()]);
-                c
+                let mut a = vec!["netns".to_string(), "exec".into(), ns.into(), bin().into()];
+                a.extend_from_slice(args);
+                self.spawn_program(label, cwd, "ip", &a)
             }
-            None => Command::new(bin()),
-        };
-        cmd.args(args);
-        self.spawn_command(label, cwd, cmd)
+        }
     }
 
-    /// Spawns `cmd` (any program) as `spawn_in` does the binary.
-    pub fn spawn_command(&mut self, label: &str, cwd: &Path, mut cmd: Command) -> usize {
+    /// Like `spawn`, for another program (a wrapper such as `unshare` that runs the binary).
+    pub fn spawn_program(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        program: &str,
+        args: &[String],
+    ) -> usize {
         let stdout = cwd.join(format!("{label}.stdout"));
         let stderr = cwd.join(format!("{label}.stderr"));
-        let child = cmd
+        let child = Command::new(program)
+            .args(args)
             .current_dir(cwd)
             .env_remove("P2PSHARE_LOG")
             .env_remove("RUST_BACKTRACE")
@@ -120,6 +134,20 @@ impl Group {
             status: None,
         });
         self.procs.len() - 1
+    }
+
+    /// Waits for process `i` to exit; fails the test (killing the group) with `what` if it is
+    /// still running at `deadline`.
+    pub fn wait_exit(&mut self, i: usize, deadline: Instant, what: &str) -> ExitStatus {
+        loop {
+            if let Some(st) = self.poll(i) {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                self.fail(what);
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Polls process `i`; `Some(status)` once it has exited.
@@ -205,16 +233,20 @@ pub struct Outcome {
 /// Runs the binary once with `args` in `cwd` (output files named after `label`), bounded by
 /// `timeout`.
 pub fn run_cmd(cwd: &Path, label: &str, args: &[String], timeout: Duration) -> Outcome {
-    let mut cmd = Command::new(bin());
-    cmd.args(args);
-    run_command(cwd, label, cmd, timeout)
+    run_program(cwd, label, bin(), args, timeout)
 }
 
 /// Runs any program once, as `run_cmd` runs the binary.
-pub fn run_command(cwd: &Path, label: &str, cmd: Command, timeout: Duration) -> Outcome {
+pub fn run_program(
+    cwd: &Path,
+    label: &str,
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Outcome {
     let start = Instant::now();
     let mut g = Group::default();
-    let i = g.spawn_command(label, cwd, cmd);
+    let i = g.spawn_program(label, cwd, program, args);
     g.wait_all(start + timeout, label);
     let status = g.poll(i).expect("exited");
     let p = &g.procs[i];
@@ -317,7 +349,6 @@ pub enum Hosts {
     Loopback,
     /// Each node in a network namespace of its own: entry 0 (namespace, IP address) runs the
     /// server, entry K client K.
-    #[allow(dead_code)] // made by tests/netns.rs only; tests/e2e.rs shares this module
     Netns(Vec<(String, String)>),
 }
 
@@ -351,6 +382,91 @@ fn listening_addr(stderr: &str, clients: usize, ip: &str) -> Option<String> {
     Some(addr.to_string())
 }
 
+/// Starts a server for `clients` clients on 127.0.0.1 with port 0, logging to `log_dir`, and
+/// waits for it to report its listening address. Returns the process index and the address.
+pub fn start_server(
+    g: &mut Group,
+    dir: &TestDir,
+    clients: usize,
+    log_dir: &Path,
+    summary: &Path,
+    deadline: Instant,
+) -> (usize, String) {
+    let on = Hosts::Loopback;
+    start_server_on(g, dir, clients, log_dir, summary, deadline, &on)
+}
+
+/// As `start_server`, on host 0 of `hosts`.
+pub fn start_server_on(
+    g: &mut Group,
+    dir: &TestDir,
+    clients: usize,
+    log_dir: &Path,
+    summary: &Path,
+    deadline: Instant,
+    hosts: &Hosts,
+) -> (usize, String) {
+    let (netns, ip) = hosts.host(0);
+    let server = g.spawn_in(
+        netns,
+        "server",
+        &dir.path,
+        &[
+            "server".into(),
+            "--listen".into(),
+            format!("{ip}:0"),
+            "--clients".into(),
+            clients.to_string(),
+            "--log-dir".into(),
+            path_arg(log_dir),
+            "--summary".into(),
+            path_arg(summary),
+        ],
+    );
+    loop {
+        let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
+        if let Some(a) = listening_addr(&err, clients, ip) {
+            return (server, a);
+        }
+        if let Some(st) = g.poll(server) {
+            g.fail(&format!("the server exited ({st}) before listening"));
+        }
+        if Instant::now() >= deadline {
+            g.fail("the server did not report its listening address in time");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The command line of a client named `name` of the server at `addr`, listening on 127.0.0.1,
+/// sharing `file` if given, downloading into `out` and logging into `log_dir`.
+pub fn client_cmd(
+    addr: &str,
+    name: &str,
+    file: Option<&Path>,
+    out: &Path,
+    log_dir: &Path,
+) -> Vec<String> {
+    let mut a = args(&[
+        "client",
+        "--server",
+        addr,
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        name,
+        "--out-dir",
+        &path_arg(out),
+        "--log-dir",
+        &path_arg(log_dir),
+    ]);
+    if let Some(f) = file {
+        a.push("--file".into());
+        a.push(path_arg(f));
+    }
+    a
+}
+
 /// Starts a server and one client per entry of `sizes` (`Some(size)`: it shares a generated
 /// file of that many bytes; `None`: it shares nothing), all on 127.0.0.1 with port 0, and waits
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
@@ -359,8 +475,8 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
     run_swarm_on(dir, sizes, seed_base, &Hosts::Loopback, RUN_TIMEOUT)
 }
 
-/// As `run_swarm`, with the nodes on `hosts` (in namespaces, each client also gets
-/// `--advertise` with its address) and the whole run bounded by `timeout`.
+/// As `run_swarm`, with the nodes on `hosts` (in a namespace, a client listens on its host's
+/// address and advertises it) and the whole run bounded by `timeout`.
 pub fn run_swarm_on(
     dir: &TestDir,
     sizes: &[Option<u64>],
@@ -398,61 +514,27 @@ pub fn run_swarm_on(
     }
 
     let mut g = Group::default();
-    let (server_ns, server_ip) = hosts.host(0);
-    let server = g.spawn_in(
-        server_ns,
-        "server",
-        &dir.path,
-        &[
-            "server".into(),
-            "--listen".into(),
-            format!("{server_ip}:0"),
-            "--clients".into(),
-            sizes.len().to_string(),
-            "--log-dir".into(),
-            path_arg(&log_dir),
-            "--summary".into(),
-            path_arg(&summary),
-        ],
+    let (_, addr) = start_server_on(
+        &mut g,
+        dir,
+        sizes.len(),
+        &log_dir,
+        &summary,
+        deadline,
+        hosts,
     );
-    let addr = loop {
-        let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
-        if let Some(a) = listening_addr(&err, sizes.len(), server_ip) {
-            break a;
-        }
-        if let Some(st) = g.poll(server) {
-            g.fail(&format!("the server exited ({st}) before listening"));
-        }
-        if Instant::now() >= deadline {
-            g.fail("the server did not report its listening address in time");
-        }
-        std::thread::sleep(POLL);
-    };
 
     for (k, c) in clients.iter().enumerate() {
-        let (ns, _) = hosts.host(k + 1);
-        let mut a = vec![
-            "client".to_string(),
-            "--server".into(),
-            addr.clone(),
-            "--listen".into(),
-            format!("{}:0", c.ip),
-            "--name".into(),
-            c.name.clone(),
-            "--out-dir".into(),
-            path_arg(&c.out_dir),
-            "--log-dir".into(),
-            path_arg(&log_dir),
-        ];
-        if ns.is_some() {
+        let file = c.owns.as_ref().map(|f| f.path.as_path());
+        let mut a = client_cmd(&addr, &c.name, file, &c.out_dir, &log_dir);
+        let (netns, _) = hosts.host(k + 1);
+        if netns.is_some() {
+            let listen = a.iter().position(|x| x == "--listen").expect("--listen") + 1;
+            a[listen] = format!("{}:0", c.ip);
             a.push("--advertise".into());
             a.push(c.ip.clone());
         }
-        if let Some(f) = &c.owns {
-            a.push("--file".into());
-            a.push(path_arg(&f.path));
-        }
-        g.spawn_in(ns, &c.name, &dir.path, &a);
+        g.spawn_in(netns, &c.name, &dir.path, &a);
     }
     g.wait_all(deadline, "swarm run");
     let bad: Vec<String> = g
@@ -755,4 +837,28 @@ pub fn check_run(dir: &TestDir, run: &SwarmRun) {
     check_outputs(dir, run);
     check_summary(run);
     check_logs(run);
+}
+
+/// Reads one frame (`u32` length of kind and body, kind, body) and decodes it.
+pub fn read_message(s: &mut std::net::TcpStream) -> p2pshare::codec::Message {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("a frame header");
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    assert!(
+        (1..=p2pshare::codec::MAX_CONTROL_FRAME as usize).contains(&len),
+        "frame of {len} bytes"
+    );
+    let mut body = vec![0u8; len - 1];
+    s.read_exact(&mut body).expect("a frame body");
+    p2pshare::codec::decode_body(head[4], &body).expect("a frame the codec accepts")
+}
+
+/// Polls `path` until a line contains `needle`, or fails the test at `deadline`.
+pub fn wait_for_line(g: &mut Group, path: &std::path::Path, needle: &str, deadline: Instant) {
+    while !fs::read_to_string(path).is_ok_and(|l| l.contains(needle)) {
+        if Instant::now() >= deadline {
+            g.fail(&format!("no line with {needle:?} in {}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
