@@ -3,6 +3,7 @@
 //! the memory maps, the output files and the hash pool, and carries out the core's actions.
 
 use crate::client_core::{Action, ClientCore, PieceVerdict};
+use crate::client_obs::ClientObs;
 use crate::codec::{FileDecl, Message, VERSION};
 use crate::conn::{Conn, ConnEnd};
 use crate::error::Error;
@@ -50,6 +51,8 @@ pub struct ClientConfig {
     pub hash_threads: usize,
     /// How long to keep trying to reach the server at start.
     pub connect_for: Duration,
+    /// Draw this client's progress bar on stderr.
+    pub progress: bool,
 }
 
 struct PeerConn {
@@ -87,7 +90,8 @@ struct Client {
     out_dir: Option<PathBuf>,
     log_dir: PathBuf,
     sink: LogSink,
-    hello_sent_at: u64,
+    /// The clock exchanges with the server and the progress bar.
+    obs: ClientObs,
     exit: Option<(i32, String)>,
     waker: Arc<Waker>,
     /// Results of finalizations (fsync and rename), which run on their own threads.
@@ -229,7 +233,7 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         out_dir: cfg.out_dir,
         log_dir: cfg.log_dir,
         sink,
-        hello_sent_at: now_us(),
+        obs: ClientObs::new(cfg.progress, now_us()),
         exit: None,
         waker,
         finals_tx,
@@ -245,6 +249,7 @@ impl Client {
         self.actions();
         loop {
             if let Some((code, reason)) = self.exit.take() {
+                self.obs.finish();
                 if let Some(s) = self.server.as_mut() {
                     let _ = s.flush();
                 }
@@ -281,6 +286,7 @@ impl Client {
                 last_tick = Instant::now();
                 self.expire_handshakes();
                 self.core.on_tick(now_us());
+                self.obs.on_tick(now_us());
             }
             self.actions();
             self.serve_and_flush();
@@ -316,17 +322,13 @@ impl Client {
         for x in inbound {
             match x {
                 Inbound::Msg(m) => {
-                    if let Message::Welcome {
-                        clock_us, ref name, ..
-                    } = m
+                    if self.obs.on_server_message(&m, now_us()) {
+                        continue;
+                    }
+                    if let Message::Welcome { ref name, .. } = m
                         && crate::ids::check_file_name(name).is_ok()
                     {
                         // (A bad name is refused by the core below, before any use as a path.)
-                        let now = now_us();
-                        let rtt = now.saturating_sub(self.hello_sent_at);
-                        let server_now =
-                            (clock_us as i128 + (rtt / 2) as i128).min(i64::MAX as i128);
-                        logging::set_offset_us((server_now - now as i128) as i64);
                         logging::set_node(name);
                         if let Err(e) = self.sink.open(&self.log_dir, name) {
                             self.exit = Some((
@@ -578,9 +580,15 @@ impl Client {
     }
 
     fn actions(&mut self) {
+        while let Some(m) = self.obs.poll_to_server() {
+            if let Some(s) = self.server.as_mut() {
+                s.queue(&m);
+            }
+        }
         while let Some(a) = self.core.poll_action() {
             match a {
                 Action::ToServer(m) => {
+                    self.obs.on_to_server(&m);
                     if let Some(s) = self.server.as_mut() {
                         s.queue(&m);
                     }
