@@ -588,7 +588,7 @@ impl Client {
         while let Some(a) = self.core.poll_action() {
             match a {
                 Action::ToServer(m) => {
-                    self.obs.on_to_server(&m);
+                    self.obs.on_to_server(&m, now_us());
                     if let Some(s) = self.server.as_mut() {
                         s.queue(&m);
                     }

@@ -107,12 +107,16 @@ impl ClientObs {
     }
 
     /// A message the core sends to the server: progress and done carry the bytes downloaded.
-    pub fn on_to_server(&mut self, m: &Message) {
+    pub fn on_to_server(&mut self, m: &Message, now: u64) {
         match m {
             Message::Progress { bytes_received, .. } => self.held = *bytes_received,
             Message::Done { bytes_received, .. } => {
                 self.held = *bytes_received;
                 self.done = true;
+                // The server's summary then bounds every line this client stamped until now.
+                if let Some(e) = self.clock.estimate(now) {
+                    self.report(e);
+                }
             }
             _ => {}
         }
@@ -220,10 +224,17 @@ mod tests {
             20,
         );
         assert_eq!(o.need, Some(150));
-        o.on_to_server(&Message::Done {
-            bytes_received: 150,
-            bytes_sent: 0,
-        });
+        o.on_to_server(
+            &Message::Done {
+                bytes_received: 150,
+                bytes_sent: 0,
+            },
+            30,
+        );
         assert!(o.done && o.held == 150);
+        assert!(
+            matches!(o.poll_to_server(), Some(Message::ClockReport { .. })),
+            "a last clock report goes with done"
+        );
     }
 }

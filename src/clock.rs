@@ -132,6 +132,19 @@ impl ClockSync {
         }))
     }
 
+    /// The estimate in use, with its bound at local time `now` (it grows with the sample's
+    /// age), and that bound counted in the largest so far.
+    pub fn estimate(&mut self, now: u64) -> Option<Estimate> {
+        let s = self.current?;
+        self.max_error_us = self.max_error_us.max(s.error_at(now));
+        Some(Estimate {
+            offset_us: s.offset(),
+            error_us: s.error_at(now),
+            rtt_us: s.rtt(),
+            max_error_us: self.max_error_us,
+        })
+    }
+
     /// Still in the first burst of exchanges.
     pub fn in_burst(&self) -> bool {
         self.burst_left > 0
@@ -253,6 +266,12 @@ mod tests {
             None,
             "next one only after the refresh period"
         );
+        // Between exchanges the bound grows with the sample's age (100 µs a second); the
+        // largest is still the welcome's (1000 µs round trip).
+        let e = c.estimate(now + 1_000_000).unwrap();
+        assert_eq!((e.rtt_us, e.error_us, e.max_error_us), (100, 150, 500));
+        let e = c.estimate(now + 10_000_000).unwrap();
+        assert_eq!((e.error_us, e.max_error_us), (1_050, 1_050));
         let t = c.poll_ping(now + REFRESH_US).unwrap();
         // Its pong never comes: after the timeout a new ping goes out.
         assert_eq!(c.poll_ping(t + PING_TIMEOUT_US - 1), None);

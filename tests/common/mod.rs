@@ -79,6 +79,17 @@ impl Group {
     /// Spawns the binary with `args`, working directory `cwd`, output into `cwd/LABEL.stdout`
     /// and `cwd/LABEL.stderr`. Returns the index of the new process.
     pub fn spawn(&mut self, label: &str, cwd: &Path, args: &[String]) -> usize {
+        self.spawn_env(label, cwd, args, &[])
+    }
+
+    /// [`Group::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> usize {
         let stdout = cwd.join(format!("{label}.stdout"));
         let stderr = cwd.join(format!("{label}.stderr"));
         let child = Command::new(bin())
@@ -86,6 +97,8 @@ impl Group {
             .current_dir(cwd)
             .env_remove("P2PSHARE_LOG")
             .env_remove("RUST_BACKTRACE")
+            .env_remove("P2PSHARE_TEST_CLOCK_SKEW_MS")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout file"))
             .stderr(File::create(&stderr).expect("create stderr file"))
@@ -306,6 +319,18 @@ fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
 /// `cK-data.bin` generated with seed `seed_base + K`.
 pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmRun {
+    run_swarm_with(dir, sizes, seed_base, &[], &|_| Vec::new())
+}
+
+/// [`run_swarm`] with extra server arguments, and extra environment variables for client K
+/// (from 1) given by `client_env(K)`.
+pub fn run_swarm_with(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    server_extra: &[String],
+    client_env: &dyn Fn(usize) -> Vec<(String, String)>,
+) -> SwarmRun {
     let start = Instant::now();
     let deadline = start + RUN_TIMEOUT;
     let src = dir.join("src");
@@ -335,21 +360,19 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
     }
 
     let mut g = Group::default();
-    let server = g.spawn(
-        "server",
-        &dir.path,
-        &[
-            "server".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--clients".into(),
-            sizes.len().to_string(),
-            "--log-dir".into(),
-            path_arg(&log_dir),
-            "--summary".into(),
-            path_arg(&summary),
-        ],
-    );
+    let mut server_args: Vec<String> = vec![
+        "server".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--clients".into(),
+        sizes.len().to_string(),
+        "--log-dir".into(),
+        path_arg(&log_dir),
+        "--summary".into(),
+        path_arg(&summary),
+    ];
+    server_args.extend_from_slice(server_extra);
+    let server = g.spawn("server", &dir.path, &server_args);
     let addr = loop {
         let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
         if let Some(a) = listening_addr(&err, sizes.len()) {
@@ -364,7 +387,7 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
         std::thread::sleep(POLL);
     };
 
-    for c in &clients {
+    for (k, c) in clients.iter().enumerate() {
         let mut a = vec![
             "client".to_string(),
             "--server".into(),
@@ -382,7 +405,7 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
             a.push("--file".into());
             a.push(path_arg(&f.path));
         }
-        g.spawn(&c.name, &dir.path, &a);
+        g.spawn_env(&c.name, &dir.path, &a, &client_env(k + 1));
     }
     g.wait_all(deadline, "swarm run");
     let bad: Vec<String> = g
