@@ -254,7 +254,10 @@ impl Client {
                     let _ = s.flush();
                 }
                 if code == 0 {
-                    eprintln!("{}: {reason}", self.core.name());
+                    // Quiet on success unless asked: a script's terminal belongs to the server.
+                    if self.obs.shows_progress() {
+                        eprintln!("{}: {reason}", self.core.name());
+                    }
                     info!("exit event=exit code=0 reason={reason:?}");
                 } else {
                     warn!("exit event=exit code={code} reason={reason:?}");

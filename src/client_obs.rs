@@ -143,6 +143,11 @@ impl ClientObs {
         self.out.pop_front()
     }
 
+    /// Whether this client was asked to show its progress (`--progress`).
+    pub fn shows_progress(&self) -> bool {
+        self.progress.is_some()
+    }
+
     /// The run is over for this client: leave the bar as it is.
     pub fn finish(&mut self) {
         if let Some(p) = self.progress.as_mut() {
