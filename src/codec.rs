@@ -12,7 +12,10 @@ use crate::ids::{ChunkId, Digest, FileId, PeerId};
 use std::fmt;
 
 pub const MAGIC: [u8; 4] = *b"P2PS";
-pub const VERSION: u16 = 1;
+/// 2: ping, pong and clock_report were added. A node of version 1 would drop the connection at
+/// the first ping, mid-run; the version check at hello ends it at once, and the server's log
+/// says why ("unsupported protocol version").
+pub const VERSION: u16 = 2;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
 /// Length prefix plus kind byte.
