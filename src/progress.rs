@@ -161,8 +161,10 @@ impl Progress {
     /// `with_total`: add a total line below the clients' bars.
     pub fn new(mode: Mode, with_total: bool) -> Self {
         let multi = (mode == Mode::Bars).then(|| {
-            let m =
-                MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(BARS_HZ as u8));
+            // Every change to a bar asks for a redraw, and indicatif's rate limit would drop
+            // the later ones of an update, leaving stale figures on the screen. So those are
+            // kept rare (1 a second) and each update ends with one forced draw of it all.
+            let m = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(1));
             // Warnings printed while bars are drawn go above them, not through them.
             let m2 = m.clone();
             logging::set_stderr_hook(Some(Box::new(move |line: &str| {
@@ -243,6 +245,7 @@ impl Progress {
             done &= r.done;
             let text = describe(r.held.min(r.need), r.need, rate, r.done);
             if let Some(b) = &l.bar {
+                // The message last: it renders the bar's line with everything current.
                 b.set_length(r.need.max(1));
                 b.set_position(if r.need == 0 { 1 } else { r.held.min(r.need) });
                 b.set_message(text);
@@ -271,6 +274,10 @@ impl Progress {
             } else {
                 let _ = write!(plain, "  total {:.0}%: {text}", percent(held, need));
             }
+        }
+        let last = self.total.as_ref().or(self.lines.last());
+        if let Some(b) = last.and_then(|l| l.bar.as_ref()) {
+            b.force_draw();
         }
         if self.mode == Mode::Plain {
             let secs = now as f64 / 1e6;
