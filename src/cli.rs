@@ -164,6 +164,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 )));
             }
             let listen = parse_addr("--listen", &listen)?;
+            if let Some(d) = &out_dir {
+                check_out_dir(d)?;
+            }
             if connect_timeout > 86_400 {
                 return Err(Error::Usage(
                     "--connect-timeout must be at most 86400 seconds".into(),
@@ -205,6 +208,17 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             Ok(0)
         }
     }
+}
+
+/// An out-dir must exist or be creatable, and be a writable directory: found at start, in one
+/// line, rather than after the client has joined a run that then waits for it.
+fn check_out_dir(d: &std::path::Path) -> Result<(), Error> {
+    let bad = |why: String| Error::Usage(format!("--out-dir {}: {why}", d.display()));
+    std::fs::create_dir_all(d).map_err(|e| bad(format!("cannot create it: {e}")))?;
+    let probe = d.join(format!(".p2pshare-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| bad(format!("cannot write into it: {e}")))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// Runs the command line; returns the process exit code.

@@ -88,6 +88,8 @@ struct Client {
     files: BTreeMap<FileId, FileIo>,
     sources: Vec<Source>,
     out_dir: Option<PathBuf>,
+    /// Whether the out-dir's free space was checked against all downloads (once, at start).
+    space_checked: bool,
     log_dir: PathBuf,
     sink: LogSink,
     /// The clock exchanges with the server and the progress bar.
@@ -231,6 +233,7 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         files: BTreeMap::new(),
         sources,
         out_dir: cfg.out_dir,
+        space_checked: false,
         log_dir: cfg.log_dir,
         sink,
         obs: ClientObs::new(cfg.progress, now_us()),
@@ -243,6 +246,23 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
 }
 
 impl Client {
+    /// Without a server there is nobody to write the run's summary: each client writes what it
+    /// measured itself to `LOG_DIR/NAME.summary.json`, in the server's format.
+    fn write_own_summary(&mut self) {
+        let path = self
+            .log_dir
+            .join(format!("{}.summary.json", self.core.name()));
+        let mut summary = self.core.own_summary(now_us(), logging::offset_us());
+        self.obs.fill_clock(&mut summary, now_us());
+        match summary.write_json(&path) {
+            Ok(()) => info!("summary event=own_summary_written path={}", path.display()),
+            Err(e) => warn!(
+                "summary event=own_summary_failed path={} error={e}",
+                path.display()
+            ),
+        }
+    }
+
     fn run_loop(&mut self) -> Result<i32, Error> {
         let mut events = Events::with_capacity(256);
         let mut last_tick = Instant::now();
@@ -258,9 +278,11 @@ impl Client {
                     if self.obs.shows_progress() {
                         eprintln!("{}: {reason}", self.core.name());
                     }
-                    info!("exit event=exit code=0 reason={reason:?}");
-                } else {
-                    warn!("exit event=exit code={code} reason={reason:?}");
+                }
+                // Into the log file only: on a failure, main prints the one line stderr gets.
+                info!("exit event=exit code={code} reason={reason:?}");
+                if self.core.server_gone() {
+                    self.write_own_summary();
                 }
                 log::logger().flush();
                 return if code == 0 {
@@ -616,6 +638,17 @@ impl Client {
                         .out_dir
                         .clone()
                         .unwrap_or_else(|| PathBuf::from("downloads"));
+                    if !self.space_checked {
+                        self.space_checked = true;
+                        let needed = self.core.download_bytes();
+                        if let Err(e) = crate::storage::check_space(&dir, needed) {
+                            self.exit = Some((2, e.to_string()));
+                            continue;
+                        }
+                    }
+                    if self.exit.is_some() {
+                        continue;
+                    }
                     match Output::create(&dir, &name, size) {
                         Ok(out) => {
                             if let Some(f) = self.file_io(file) {

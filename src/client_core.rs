@@ -8,6 +8,7 @@ use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
 use crate::redial::{AfterFailure, Redial};
 use crate::scheduler::{PieceOutcome, Scheduler};
+use crate::summary::{ClientSummary, FileSummary, Summary};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
 
@@ -133,6 +134,8 @@ pub struct ClientCore {
     own_pending: BTreeMap<FileId, BTreeMap<u32, Vec<Digest>>>,
     /// The server is gone after the manifest was complete: finish among the peers.
     server_gone: bool,
+    /// When this node came to hold every file (server clock, µs).
+    completed_at: Option<u64>,
 }
 
 impl ClientCore {
@@ -157,6 +160,7 @@ impl ClientCore {
             own_hashed: BTreeMap::new(),
             own_pending: BTreeMap::new(),
             server_gone: false,
+            completed_at: None,
         };
         c.actions.push_back(Action::ToServer(Message::Hello {
             version: VERSION,
@@ -193,6 +197,15 @@ impl ClientCore {
     }
 
     /// Whether every file of the run is held, verified and renamed (also after the exit).
+    /// Bytes of all the files this node downloads (known once the start message came).
+    pub fn download_bytes(&self) -> u64 {
+        self.files
+            .values()
+            .filter(|f| !f.owned)
+            .map(|f| f.info.size)
+            .sum()
+    }
+
     pub fn holds_all(&self) -> bool {
         self.phase != Phase::Hello && self.files.values().all(|f| f.owned || f.done)
     }
@@ -442,6 +455,12 @@ impl ClientCore {
                 "digests event=chunk_digests_complete file={} chunks={count}",
                 f.info.name
             );
+            if self.digests_complete() {
+                info!(
+                    "digests event=all_chunk_digests_received files={}",
+                    self.files.len()
+                );
+            }
         }
         self.manifest_check();
         self.fill_all(now);
@@ -452,14 +471,35 @@ impl ClientCore {
             self.exit(1, format!("file digest for unknown file {}", file.0));
             return;
         };
-        if f.owned || f.whole.is_some() {
+        if f.owned {
             let reason = format!("unexpected file digest for {}", f.info.name);
             self.exit(1, reason);
             return;
         }
-        f.whole = Some(md5);
+        if let Err(e) = self.learn_whole_digest(file, md5) {
+            self.exit(1, e);
+        }
+    }
+
+    /// A file's whole-file MD5, from the server or from the file's owner (whichever comes
+    /// first); a second copy must agree with the first.
+    fn learn_whole_digest(&mut self, file: FileId, md5: Digest) -> Result<(), String> {
+        let Some(f) = self.files.get_mut(&file) else {
+            return Err(format!("file digest for unknown file {}", file.0));
+        };
+        match f.whole {
+            Some(w) if w == md5 => return Ok(()),
+            Some(_) => {
+                return Err(format!(
+                    "two different whole-file MD5s for {} (server and owner disagree)",
+                    f.info.name
+                ));
+            }
+            None => f.whole = Some(md5),
+        }
         self.manifest_check();
         self.maybe_finish(file);
+        Ok(())
     }
 
     fn manifest_check(&self) {
@@ -480,13 +520,86 @@ impl ClientCore {
             return;
         }
         warn!("server_lost event=server_lost phase={:?}", self.phase);
-        if matches!(self.phase, Phase::Started | Phase::Complete) && self.manifest_complete() {
+        if matches!(self.phase, Phase::Started | Phase::Complete) && self.digests_complete() {
             self.server_gone = true;
             info!("server_lost event=continue_without_server");
             self.check_peers_done();
         } else {
-            self.exit(1, "lost the server before the manifest was complete".into());
+            self.exit(
+                1,
+                "lost the server before every chunk digest was known".into(),
+            );
         }
+    }
+
+    /// Whether the server was lost after the manifest and this node finished without it.
+    pub fn server_gone(&self) -> bool {
+        self.server_gone
+    }
+
+    /// What this node measured, in the server's summary format, for a run that ended without
+    /// the server (which would otherwise write the summary): this client alone in `clients`,
+    /// every file of the run in `files`. `now` is this node's clock (µs, as every `now` given
+    /// to the core), `offset_us` what turns it into the server's System Clock.
+    pub fn own_summary(&self, now: u64, offset_us: i64) -> Summary {
+        let ms = |t: u64| (t as i64).saturating_add(offset_us) as f64 / 1000.0;
+        let span = |t: u64| t.saturating_sub(self.joined_at) as f64 / 1000.0;
+        let owner_name = |p: PeerId| {
+            if p == self.id {
+                self.name.clone()
+            } else {
+                self.peer_name(p)
+            }
+        };
+        let me = ClientSummary {
+            id: self.id.0,
+            name: self.name.clone(),
+            addr: self.listen.clone(),
+            connect_ms: ms(self.joined_at),
+            done_ms: self.completed_at.map(ms),
+            elapsed_ms: self.completed_at.map(span),
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            files: self
+                .files
+                .values()
+                .filter(|f| f.owned)
+                .map(|f| f.info.name.clone())
+                .collect(),
+            files_completed: self.files.values().filter(|f| !f.owned && f.done).count() as u32,
+            complete: self.completed_at.is_some(),
+            // The error bounds are the shell's to fill in (client_obs knows them).
+            clock_offset_ms: Some(offset_us as f64 / 1000.0),
+            clock_error_ms: None,
+            clock_max_error_ms: None,
+        };
+        let files = self
+            .files
+            .values()
+            .map(|f| FileSummary {
+                name: f.info.name.clone(),
+                owner: owner_name(f.info.owner),
+                size: f.info.size,
+                chunks: f.geo.chunk_count(),
+                md5: f.whole.or(f.computed).map(|d| hex(&d)).unwrap_or_default(),
+            })
+            .collect();
+        Summary {
+            clients: vec![me],
+            files,
+            chunk_size: self.chunk_size,
+            total_ms: self.completed_at.map_or(0.0, span),
+            end_ms: ms(now),
+            lower_bound: None,
+        }
+    }
+
+    /// Whether every chunk digest of every file is known: from then on the server is not needed
+    /// (the whole-file MD5s also come from each file's owner).
+    pub fn digests_complete(&self) -> bool {
+        self.files
+            .values()
+            .all(|f| f.owned || f.digests.len() as u32 == f.geo.chunk_count())
     }
 
     /// Whether every chunk digest and whole-file MD5 of every file is known.
@@ -571,6 +684,12 @@ impl ClientCore {
                 );
                 self.actions
                     .push_back(Action::ToServer(Message::FileDigest { file, md5: d }));
+                for (q, slot) in &self.peers {
+                    if slot.connected {
+                        self.actions
+                            .push_back(Action::ToPeer(*q, Message::FileDigest { file, md5: d }));
+                    }
+                }
             } else {
                 self.maybe_finish(file);
             }
@@ -652,6 +771,7 @@ impl ClientCore {
             return;
         }
         self.phase = Phase::Complete;
+        self.completed_at = Some(now);
         let ms = now.saturating_sub(self.joined_at) as f64 / 1000.0;
         info!(
             "all_complete event=all_complete files={} bytes_received={} bytes_sent={} elapsed_ms={ms:.3}",
@@ -709,6 +829,12 @@ impl ClientCore {
         self.sched.peer_connected(p);
         for (id, f) in &self.files {
             if f.owned {
+                // The owner's whole-file MD5 goes to its peers too: if the server dies after
+                // the chunk digests, the peers can still verify the file.
+                if let Some(md5) = f.computed {
+                    self.actions
+                        .push_back(Action::ToPeer(p, Message::FileDigest { file: *id, md5 }));
+                }
                 continue;
             }
             if let Some(h) = self.sched.have_set(*id)
@@ -801,6 +927,20 @@ impl ClientCore {
                 if let Some(slot) = self.peers.get_mut(&p) {
                     slot.serve.retain(|c| *c != chunk);
                 }
+                return Ok(());
+            }
+            Message::FileDigest { file, md5 } => {
+                let f = self
+                    .files
+                    .get(&file)
+                    .ok_or_else(|| format!("file digest for unknown file {}", file.0))?;
+                if f.info.owner != p || f.owned {
+                    return Err(format!(
+                        "file digest for {} from a peer that does not own it",
+                        f.info.name
+                    ));
+                }
+                self.learn_whole_digest(file, md5)?;
                 return Ok(());
             }
             other => return Err(format!("unexpected {} from a peer", other.name())),

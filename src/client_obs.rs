@@ -11,6 +11,7 @@ use crate::codec::Message;
 use crate::ids::PeerId;
 use crate::logging;
 use crate::progress::{Mode, Progress, Row};
+use crate::summary::Summary;
 use log::info;
 use std::collections::VecDeque;
 
@@ -141,6 +142,15 @@ impl ClientObs {
     /// The next message for the server.
     pub fn poll_to_server(&mut self) -> Option<Message> {
         self.out.pop_front()
+    }
+
+    /// Puts this client's clock error bounds into its own summary (written when the run ended
+    /// without the server).
+    pub fn fill_clock(&mut self, s: &mut Summary, now: u64) {
+        if let (Some(e), Some(c)) = (self.clock.estimate(now), s.clients.first_mut()) {
+            c.clock_error_ms = Some(ms(e.error_us));
+            c.clock_max_error_ms = Some(ms(e.max_error_us));
+        }
     }
 
     /// Whether this client was asked to show its progress (`--progress`).

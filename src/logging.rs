@@ -60,6 +60,11 @@ pub fn set_offset_us(offset: i64) {
     OFFSET_US.store(offset, Ordering::Relaxed);
 }
 
+/// The offset from this node's clock to the server's System Clock, in µs.
+pub fn offset_us() -> i64 {
+    OFFSET_US.load(Ordering::Relaxed)
+}
+
 /// The System Clock in ms (0.0 when the server started).
 pub fn system_ms() -> f64 {
     (now_us() as i64).saturating_add(OFFSET_US.load(Ordering::Relaxed)) as f64 / 1000.0

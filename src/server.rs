@@ -90,19 +90,12 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
             b.t_lb_ms, b.binding
         );
     }
-    let json = summary.to_json();
-    if let Some(parent) = cfg.summary.parent() {
-        let _ = std::fs::create_dir_all(parent);
-    }
-    let tmp = cfg.summary.with_extension("json.tmp");
-    std::fs::write(&tmp, &json)
-        .and_then(|_| std::fs::rename(&tmp, &cfg.summary))
-        .map_err(|e| {
-            Error::Failed(format!(
-                "cannot write the summary to {}: {e}",
-                cfg.summary.display()
-            ))
-        })?;
+    summary.write_json(&cfg.summary).map_err(|e| {
+        Error::Failed(format!(
+            "cannot write the summary to {}: {e}",
+            cfg.summary.display()
+        ))
+    })?;
     for line in summary.to_text().lines() {
         info!("summary {line}");
     }

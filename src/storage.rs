@@ -1,5 +1,5 @@
 //! Files on disk: source files mapped read-only, and output files that are created as
-//! `NAME.part` at their full size, filled chunk by chunk, mapped read-only for serving and
+//! `NAME.part` at their full size (after a check that the disk has room for all of them), filled chunk by chunk, mapped read-only for serving and
 //! whole-file hashing, and renamed to `NAME` only after their whole-file MD5 matched.
 //!
 //! # Safety of the maps
@@ -18,12 +18,32 @@ use std::sync::Arc;
 
 #[derive(Debug)]
 pub enum StorageError {
-    Open { path: PathBuf, err: io::Error },
+    Open {
+        path: PathBuf,
+        err: io::Error,
+    },
     NotAFile(PathBuf),
-    BadName { path: PathBuf, why: String },
-    Map { path: PathBuf, err: io::Error },
-    Create { path: PathBuf, err: io::Error },
-    Rename { from: PathBuf, err: io::Error },
+    BadName {
+        path: PathBuf,
+        why: String,
+    },
+    Map {
+        path: PathBuf,
+        err: io::Error,
+    },
+    Create {
+        path: PathBuf,
+        err: io::Error,
+    },
+    Rename {
+        from: PathBuf,
+        err: io::Error,
+    },
+    NoSpace {
+        dir: PathBuf,
+        needed: u64,
+        available: u64,
+    },
 }
 
 impl fmt::Display for StorageError {
@@ -41,6 +61,15 @@ impl fmt::Display for StorageError {
             StorageError::Rename { from, err } => {
                 write!(f, "cannot rename {}: {err}", from.display())
             }
+            StorageError::NoSpace {
+                dir,
+                needed,
+                available,
+            } => write!(
+                f,
+                "not enough space in {} for the downloads: {needed} bytes needed, {available} available",
+                dir.display()
+            ),
         }
     }
 }
@@ -137,6 +166,35 @@ impl Output {
             map,
         })
     }
+}
+
+/// Checks, before any transfer, that `dir` (created if missing) has room for `needed` bytes of
+/// downloads. The outputs are sized with `set_len`, which allocates nothing, so without this a
+/// full disk would only show as a write error in the middle of the run.
+pub fn check_space(dir: &Path, needed: u64) -> Result<(), StorageError> {
+    use std::os::unix::ffi::OsStrExt;
+    let err = |err| StorageError::Create {
+        path: dir.to_owned(),
+        err,
+    };
+    fs::create_dir_all(dir).map_err(err)?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| err(io::Error::from(io::ErrorKind::InvalidInput)))?;
+    // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    let available = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    if available < needed {
+        return Err(StorageError::NoSpace {
+            dir: dir.to_owned(),
+            needed,
+            available,
+        });
+    }
+    Ok(())
 }
 
 /// Asks the kernel to start writing a range to disk now. Without it, gigabytes of received

@@ -90,6 +90,17 @@ impl Summary {
             .collect()
     }
 
+    /// Writes the JSON to `path` through `PATH.tmp` and a rename, so a reader never sees half
+    /// of it; creates the parent directory if needed.
+    pub fn write_json(&self, path: &std::path::Path) -> std::io::Result<()> {
+        if let Some(parent) = path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, self.to_json())?;
+        std::fs::rename(&tmp, path)
+    }
+
     pub fn to_json(&self) -> String {
         let mut o = String::new();
         o.push_str("{\n  \"chunk_size\": ");

@@ -235,3 +235,84 @@ fn bad_name_from_server_exits() {
         Some(Action::Exit { code: 1, .. })
     ));
 }
+
+#[test]
+fn whole_file_digest_comes_from_the_owner_only_and_must_agree_with_the_server() {
+    let mut c = started();
+    c.on_peer_connected(PeerId(1), 2);
+    c.on_peer_connected(PeerId(3), 2);
+    drain(&mut c);
+    let md5 = [7u8; 16];
+    // f1 (FileId 0) belongs to client 1: client 3 may not vouch for it.
+    assert_eq!(
+        c.on_peer_message(
+            PeerId(3),
+            Message::FileDigest {
+                file: FileId(0),
+                md5
+            },
+            3
+        ),
+        Err("file digest for f1 from a peer that does not own it".into())
+    );
+    // Nor may anyone send the digest of this node's own file, or of a file not in the run.
+    assert!(
+        c.on_peer_message(
+            PeerId(1),
+            Message::FileDigest {
+                file: FileId(1),
+                md5
+            },
+            3
+        )
+        .is_err()
+    );
+    assert!(
+        c.on_peer_message(
+            PeerId(1),
+            Message::FileDigest {
+                file: FileId(9),
+                md5
+            },
+            3
+        )
+        .is_err()
+    );
+    // The owner may; the server's copy later must be the same one.
+    assert_eq!(
+        c.on_peer_message(
+            PeerId(1),
+            Message::FileDigest {
+                file: FileId(0),
+                md5
+            },
+            3
+        ),
+        Ok(())
+    );
+    c.on_server_message(
+        Message::FileDigest {
+            file: FileId(0),
+            md5,
+        },
+        4,
+    );
+    assert!(
+        !drain(&mut c)
+            .iter()
+            .any(|a| matches!(a, Action::Exit { .. }))
+    );
+    c.on_server_message(
+        Message::FileDigest {
+            file: FileId(0),
+            md5: [8u8; 16],
+        },
+        5,
+    );
+    assert!(
+        drain(&mut c)
+            .iter()
+            .any(|a| matches!(a, Action::Exit { code: 1, reason } if reason.contains("disagree"))),
+        "a second, different whole-file MD5 ends the run"
+    );
+}

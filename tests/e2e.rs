@@ -156,6 +156,33 @@ fn cli_server_zero_chunk_size() {
 }
 
 #[test]
+fn cli_server_absurd_chunk_size() {
+    let dir = TestDir::new("cli_server_absurd_chunk_size");
+    let a = server_args(
+        &dir,
+        &["--listen", "127.0.0.1:0", "--chunk-size", "4294967295"],
+    );
+    expect_usage_error(&dir, &a, &["--chunk-size"]);
+}
+
+#[test]
+fn cli_client_out_dir_under_a_file() {
+    let dir = TestDir::new("cli_client_out_dir_under_a_file");
+    let src = dir.join("src.bin");
+    std::fs::write(&src, b"data").unwrap();
+    let mut a = client_args(
+        &dir,
+        &format!("127.0.0.1:{}", closed_port()),
+        &path_arg(&src),
+    );
+    let bad = path_arg(&src.join("out"));
+    let at = a.iter().position(|x| x == "--out-dir").unwrap();
+    a[at + 1] = bad.clone();
+    expect_usage_error(&dir, &a, &["--out-dir", &bad, "cannot create"]);
+    assert!(!src.join("out").exists());
+}
+
+#[test]
 fn cli_server_bad_listen_address() {
     let dir = TestDir::new("cli_server_bad_listen_address");
     let a = server_args(&dir, &["--listen", "not-an-address"]);

@@ -5,11 +5,15 @@
 //!
 //! Every child's stdout and stderr go to files in the test's directory, so no pipe can fill up;
 //! a failed test keeps its directory (the path is in the panic message) for a post-mortem.
+//!
+//! Each test crate uses only part of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
 
 use md5::{Digest, Md5};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -79,7 +83,7 @@ impl Group {
     /// Spawns the binary with `args`, working directory `cwd`, output into `cwd/LABEL.stdout`
     /// and `cwd/LABEL.stderr`. Returns the index of the new process.
     pub fn spawn(&mut self, label: &str, cwd: &Path, args: &[String]) -> usize {
-        self.spawn_env(label, cwd, args, &[])
+        self.spawn_program(label, cwd, bin(), args)
     }
 
     /// [`Group::spawn`] with extra environment variables.
@@ -90,9 +94,31 @@ impl Group {
         args: &[String],
         env: &[(String, String)],
     ) -> usize {
+        self.spawn_with(label, cwd, bin(), args, env)
+    }
+
+    /// Like `spawn`, for another program (a wrapper such as `unshare` that runs the binary).
+    pub fn spawn_program(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        program: &str,
+        args: &[String],
+    ) -> usize {
+        self.spawn_with(label, cwd, program, args, &[])
+    }
+
+    fn spawn_with(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> usize {
         let stdout = cwd.join(format!("{label}.stdout"));
         let stderr = cwd.join(format!("{label}.stderr"));
-        let child = Command::new(bin())
+        let child = Command::new(program)
             .args(args)
             .current_dir(cwd)
             .env_remove("P2PSHARE_LOG")
@@ -112,6 +138,20 @@ impl Group {
             status: None,
         });
         self.procs.len() - 1
+    }
+
+    /// Waits for process `i` to exit; fails the test (killing the group) with `what` if it is
+    /// still running at `deadline`.
+    pub fn wait_exit(&mut self, i: usize, deadline: Instant, what: &str) -> ExitStatus {
+        loop {
+            if let Some(st) = self.poll(i) {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                self.fail(what);
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Polls process `i`; `Some(status)` once it has exited.
@@ -314,6 +354,86 @@ fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
     Some(addr.to_string())
 }
 
+/// Starts a server for `clients` clients on 127.0.0.1 with port 0, logging to `log_dir`, and
+/// waits for it to report its listening address. Returns the process index and the address.
+pub fn start_server(
+    g: &mut Group,
+    dir: &TestDir,
+    clients: usize,
+    log_dir: &Path,
+    summary: &Path,
+    deadline: Instant,
+) -> (usize, String) {
+    start_server_with(g, dir, clients, log_dir, summary, deadline, &[])
+}
+
+/// [`start_server`] with extra server arguments.
+pub fn start_server_with(
+    g: &mut Group,
+    dir: &TestDir,
+    clients: usize,
+    log_dir: &Path,
+    summary: &Path,
+    deadline: Instant,
+    extra: &[String],
+) -> (usize, String) {
+    let mut a: Vec<String> = vec![
+        "server".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--clients".into(),
+        clients.to_string(),
+        "--log-dir".into(),
+        path_arg(log_dir),
+        "--summary".into(),
+        path_arg(summary),
+    ];
+    a.extend_from_slice(extra);
+    let server = g.spawn("server", &dir.path, &a);
+    loop {
+        let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
+        if let Some(a) = listening_addr(&err, clients) {
+            return (server, a);
+        }
+        if let Some(st) = g.poll(server) {
+            g.fail(&format!("the server exited ({st}) before listening"));
+        }
+        if Instant::now() >= deadline {
+            g.fail("the server did not report its listening address in time");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// The command line of a client named `name` of the server at `addr`, listening on 127.0.0.1,
+/// sharing `file` if given, downloading into `out` and logging into `log_dir`.
+pub fn client_cmd(
+    addr: &str,
+    name: &str,
+    file: Option<&Path>,
+    out: &Path,
+    log_dir: &Path,
+) -> Vec<String> {
+    let mut a = args(&[
+        "client",
+        "--server",
+        addr,
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        name,
+        "--out-dir",
+        &path_arg(out),
+        "--log-dir",
+        &path_arg(log_dir),
+    ]);
+    if let Some(f) = file {
+        a.push("--file".into());
+        a.push(path_arg(f));
+    }
+    a
+}
+
 /// Starts a server and one client per entry of `sizes` (`Some(size)`: it shares a generated
 /// file of that many bytes; `None`: it shares nothing), all on 127.0.0.1 with port 0, and waits
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
@@ -360,51 +480,19 @@ pub fn run_swarm_with(
     }
 
     let mut g = Group::default();
-    let mut server_args: Vec<String> = vec![
-        "server".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--clients".into(),
-        sizes.len().to_string(),
-        "--log-dir".into(),
-        path_arg(&log_dir),
-        "--summary".into(),
-        path_arg(&summary),
-    ];
-    server_args.extend_from_slice(server_extra);
-    let server = g.spawn("server", &dir.path, &server_args);
-    let addr = loop {
-        let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
-        if let Some(a) = listening_addr(&err, sizes.len()) {
-            break a;
-        }
-        if let Some(st) = g.poll(server) {
-            g.fail(&format!("the server exited ({st}) before listening"));
-        }
-        if Instant::now() >= deadline {
-            g.fail("the server did not report its listening address in time");
-        }
-        std::thread::sleep(POLL);
-    };
+    let (_, addr) = start_server_with(
+        &mut g,
+        dir,
+        sizes.len(),
+        &log_dir,
+        &summary,
+        deadline,
+        server_extra,
+    );
 
     for (k, c) in clients.iter().enumerate() {
-        let mut a = vec![
-            "client".to_string(),
-            "--server".into(),
-            addr.clone(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--name".into(),
-            c.name.clone(),
-            "--out-dir".into(),
-            path_arg(&c.out_dir),
-            "--log-dir".into(),
-            path_arg(&log_dir),
-        ];
-        if let Some(f) = &c.owns {
-            a.push("--file".into());
-            a.push(path_arg(&f.path));
-        }
+        let file = c.owns.as_ref().map(|f| f.path.as_path());
+        let a = client_cmd(&addr, &c.name, file, &c.out_dir, &log_dir);
         g.spawn_env(&c.name, &dir.path, &a, &client_env(k + 1));
     }
     g.wait_all(deadline, "swarm run");
@@ -645,4 +733,28 @@ pub fn check_run(dir: &TestDir, run: &SwarmRun) {
     check_outputs(dir, run);
     check_summary(run);
     check_logs(run);
+}
+
+/// Reads one frame (`u32` length of kind and body, kind, body) and decodes it.
+pub fn read_message(s: &mut std::net::TcpStream) -> p2pshare::codec::Message {
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("a frame header");
+    let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    assert!(
+        (1..=p2pshare::codec::MAX_CONTROL_FRAME as usize).contains(&len),
+        "frame of {len} bytes"
+    );
+    let mut body = vec![0u8; len - 1];
+    s.read_exact(&mut body).expect("a frame body");
+    p2pshare::codec::decode_body(head[4], &body).expect("a frame the codec accepts")
+}
+
+/// Polls `path` until a line contains `needle`, or fails the test at `deadline`.
+pub fn wait_for_line(g: &mut Group, path: &std::path::Path, needle: &str, deadline: Instant) {
+    while !fs::read_to_string(path).is_ok_and(|l| l.contains(needle)) {
+        if Instant::now() >= deadline {
+            g.fail(&format!("no line with {needle:?} in {}", path.display()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

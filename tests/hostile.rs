@@ -1,0 +1,345 @@
+//! Hostile input against the real server binary on 127.0.0.1 (issue 4, item 7): a stranger who
+//! speaks the protocol badly. Each case opens its own TCP connection, sends one kind of
+//! violation, and must see the server close that connection; the server's log must name the
+//! reason; and the server must stay up and still welcome a well-behaved client afterwards.
+//!
+//! The harness (deadlines, child processes, temporary directories) is in `tests/common/mod.rs`.
+
+mod common;
+
+use common::{Group, TestDir, start_server};
+use common::{read_message, wait_for_line};
+use p2pshare::codec::{FileDecl, MAGIC, Message, VERSION, encode, piece_header};
+use p2pshare::ids::{ChunkId, FileId};
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// The kind byte of a piece frame.
+const PIECE_KIND: u8 = 25;
+
+/// How long the server may take to close a connection that misbehaved.
+const CLOSE_WITHIN: Duration = Duration::from_secs(10);
+
+fn hello(name: &str, files: &[(&str, u64)]) -> Message {
+    Message::Hello {
+        version: VERSION,
+        listen: "127.0.0.1:1".into(),
+        name: name.into(),
+        files: files
+            .iter()
+            .map(|(n, s)| FileDecl {
+                name: n.to_string(),
+                size: *s,
+            })
+            .collect(),
+    }
+}
+
+/// Sends `bytes` on a fresh connection and reads until the server closes it. Returns what the
+/// server sent before closing; fails the test if it does not close within `CLOSE_WITHIN`.
+fn send_expect_close(addr: &str, bytes: &[u8], case: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{case}: connect: {e}"));
+    s.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    // The server may close before it has read everything: a reset on write is a close too.
+    let _ = s.write_all(bytes);
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                panic!("{case}: the server kept the connection open for {CLOSE_WITHIN:?}")
+            }
+            Err(e) => panic!("{case}: read: {e}"),
+        }
+        assert!(
+            start.elapsed() < CLOSE_WITHIN,
+            "{case}: the server kept sending and did not close"
+        );
+    }
+}
+
+/// The kind byte of the first frame in `bytes`, if there is a whole header.
+fn first_kind(bytes: &[u8]) -> Option<u8> {
+    bytes.get(4).copied()
+}
+
+/// A frame of `kind` with `body`, framed as the codec does (u32 length of kind + body).
+fn raw_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut f = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+    f.push(kind);
+    f.extend_from_slice(body);
+    f
+}
+
+#[test]
+fn server_closes_every_protocol_violation_and_stays_up() {
+    let dir = TestDir::new("hostile-server");
+    let log_dir = dir.join("logs");
+    let mut g = Group::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Ten slots, so the cases that get as far as a welcome never fill the run.
+    let (server, addr) = start_server(
+        &mut g,
+        &dir,
+        10,
+        &log_dir,
+        &dir.join("summary.json"),
+        deadline,
+    );
+
+    let good = encode(&hello("", &[("a.bin", 1000)]));
+    let mut bad_magic = good.clone();
+    let at = bad_magic
+        .windows(4)
+        .position(|w| w == MAGIC)
+        .expect("the hello carries the magic");
+    bad_magic[at..at + 4].copy_from_slice(b"EVIL");
+    let bad_version = encode(&Message::Hello {
+        version: VERSION + 7,
+        listen: "127.0.0.1:1".into(),
+        name: String::new(),
+        files: vec![],
+    });
+    let chunk = ChunkId {
+        file: FileId(0),
+        index: 0,
+    };
+    let mut twice = good.clone();
+    twice.extend_from_slice(&good);
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("request before hello", encode(&Message::Request { chunk })),
+        ("bad magic", bad_magic),
+        ("bad version", bad_version),
+        ("unknown message kind", raw_frame(99, b"xyz")),
+        ("length over the cap", {
+            let mut f = (1u32 << 30).to_be_bytes().to_vec();
+            f.push(1);
+            f
+        }),
+        ("zero-length frame", vec![0, 0, 0, 0, 1]),
+        ("piece to the server", raw_frame(25, &[0; 12])),
+        ("second hello", twice),
+        (
+            "truncated hello body",
+            raw_frame(1, &[b'P', b'2', b'P', b'S', 0]),
+        ),
+    ];
+    for (case, bytes) in &cases {
+        send_expect_close(&addr, bytes, case);
+        assert!(
+            g.poll(server).is_none(),
+            "{case}: the server exited instead of dropping the connection"
+        );
+    }
+
+    // File names that would leave the out-dir of every client that downloads them.
+    for bad in [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a/b",
+        "a\0b",
+        "..",
+        ".",
+        "",
+    ] {
+        let case = format!("file name {bad:?}");
+        let got = send_expect_close(&addr, &encode(&hello("", &[(bad, 10)])), &case);
+        assert_eq!(
+            first_kind(&got),
+            Some(3),
+            "{case}: the server must answer with a refusal before it closes"
+        );
+    }
+    // A name for the client itself that is no file name either.
+    let got = send_expect_close(&addr, &encode(&hello("../x", &[])), "client name ../x");
+    assert_eq!(first_kind(&got), Some(3), "client name ../x: not refused");
+
+    // Still up, and a well-behaved client is welcomed.
+    let mut s = TcpStream::connect(&addr).expect("connect after the abuse");
+    s.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    s.write_all(&encode(&hello("", &[("ok.bin", 1000)])))
+        .expect("send a good hello");
+    let mut head = [0u8; 5];
+    s.read_exact(&mut head).expect("an answer to a good hello");
+    assert_eq!(head[4], 2, "a good hello after the abuse gets a welcome");
+    assert!(g.poll(server).is_none(), "the server is still running");
+
+    // Every violation left a reason in the server's log.
+    g.kill_all();
+    let log = fs::read_to_string(log_dir.join("server.log")).expect("server.log");
+    let closed = log
+        .lines()
+        .filter(|l| {
+            l.contains("event=connection_closed")
+                || l.contains("event=connection_error")
+                || l.contains("event=client_refused")
+        })
+        .count();
+    let expected = cases.len() + 8;
+    assert!(
+        closed >= expected,
+        "the server logged {closed} closed or refused connections with a reason, not {expected}:\n{log}"
+    );
+    for l in log.lines().filter(|l| l.contains("event=connection_")) {
+        assert!(
+            l.contains("reason=") || l.contains("error="),
+            "a close without a reason: {l}"
+        );
+    }
+}
+
+#[test]
+fn client_drops_misbehaving_peers_and_keeps_serving() {
+    let dir = TestDir::new("hostile-peer");
+    let log_dir = dir.join("logs");
+    let src = dir.join("c1.bin");
+    common::gen_file(&dir.path, &src, 3 * common::CHUNK + 100, 7);
+    let mut g = Group::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (_, addr) = start_server(
+        &mut g,
+        &dir,
+        2,
+        &log_dir,
+        &dir.join("summary.json"),
+        deadline,
+    );
+    let client = g.spawn(
+        "client1",
+        &dir.path,
+        &common::client_cmd(&addr, "client1", Some(&src), &dir.join("out1"), &log_dir),
+    );
+    wait_for_line(
+        &mut g,
+        &log_dir.join("server.log"),
+        "client=client1",
+        deadline,
+    );
+
+    // The test joins as the second client, so the run starts and client1 takes peers.
+    let mut me = TcpStream::connect(&addr).expect("connect to the server");
+    me.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    me.write_all(&encode(&hello("fake", &[]))).expect("hello");
+    let my_id = match read_message(&mut me) {
+        Message::Welcome { id, .. } => id,
+        m => panic!("expected a welcome, got {m:?}"),
+    };
+    let (peer_addr, file, chunk_size) = loop {
+        if let Message::Start { peers, files } = read_message(&mut me) {
+            let p = peers
+                .iter()
+                .find(|p| p.name == "client1")
+                .expect("client1 is in the start message");
+            let f = files
+                .iter()
+                .find(|f| f.owner == p.id)
+                .expect("client1's file");
+            break (p.addr.clone(), f.id, common::CHUNK as u32);
+        }
+    };
+    let peer_hello = encode(&Message::PeerHello {
+        version: VERSION,
+        id: my_id,
+    });
+    let after_hello = |m: Vec<u8>| {
+        let mut b = peer_hello.clone();
+        b.extend_from_slice(&m);
+        b
+    };
+    let chunk = |file, index| ChunkId { file, index };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "request before the peer hello",
+            encode(&Message::Request {
+                chunk: chunk(file, 0),
+            }),
+        ),
+        (
+            "peer hello with a bad version",
+            encode(&Message::PeerHello {
+                version: VERSION + 7,
+                id: my_id,
+            }),
+        ),
+        (
+            "peer hello from an id not in the run",
+            encode(&Message::PeerHello {
+                version: VERSION,
+                id: p2pshare::ids::PeerId(999),
+            }),
+        ),
+        (
+            "request for a chunk index out of range",
+            after_hello(encode(&Message::Request {
+                chunk: chunk(file, 10_000),
+            })),
+        ),
+        (
+            "request for a file that does not exist",
+            after_hello(encode(&Message::Request {
+                chunk: chunk(FileId(77), 0),
+            })),
+        ),
+        (
+            "piece longer than a chunk",
+            after_hello(
+                piece_header(chunk(file, 0), 2 * chunk_size)
+                    .into_iter()
+                    .chain(std::iter::repeat_n(0u8, 64))
+                    .collect(),
+            ),
+        ),
+        ("second peer hello", after_hello(peer_hello.clone())),
+        ("unknown message kind", after_hello(raw_frame(99, b"x"))),
+    ];
+    for (case, bytes) in &cases {
+        send_expect_close(&peer_addr, bytes, case);
+        assert!(
+            g.poll(client).is_none(),
+            "{case}: client1 exited instead of dropping the peer"
+        );
+    }
+
+    // Still serving: a well-behaved peer connection gets client1's chunk 0, byte for byte.
+    let mut p = TcpStream::connect(&peer_addr).expect("connect to client1");
+    p.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
+    p.write_all(&after_hello(encode(&Message::Request {
+        chunk: chunk(file, 0),
+    })))
+    .expect("a good request");
+    let want = &fs::read(&src).expect("read the source")[..chunk_size as usize];
+    let mut head = [0u8; 5];
+    loop {
+        p.read_exact(&mut head).expect("a frame from client1");
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let mut body = vec![0u8; len - 1];
+        p.read_exact(&mut body).expect("its body");
+        if head[4] == PIECE_KIND {
+            assert_eq!(&body[8..], want, "the piece client1 served");
+            break;
+        }
+    }
+    assert!(g.poll(client).is_none(), "client1 is still running");
+    g.kill_all();
+
+    let log = fs::read_to_string(log_dir.join("client1.log")).expect("client1.log");
+    let dropped = log
+        .lines()
+        .filter(|l| {
+            l.contains("event=handshake_failed reason=")
+                || l.contains("event=peer_disconnected peer=fake reason=")
+        })
+        .count();
+    assert!(
+        dropped >= cases.len(),
+        "client1 logged {dropped} dropped peers with a reason, not {}:\n{log}",
+        cases.len()
+    );
+}
