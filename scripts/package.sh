@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the submission archive G<GROUP>HW3.zip at the top of the repository: one folder
 # G<GROUP>HW3/ holding Readme.txt, the sources (Cargo.toml, Cargo.lock, src/, tests/, scripts/,
-# .ci/) and the logs of the last run (logs/*.log, logs/summary.json, logs/report.svg).
+# .ci/) and the logs of the last run (logs/*.log, logs/*.json, logs/report.svg).
 #
 #   scripts/package.sh GROUP        (GROUP: letters and digits, e.g. 07)
 # Run scripts/run_local.sh first: the logs of a run are part of the submission. If
@@ -34,7 +34,7 @@ if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
 else
   mapfile -t files < <(find Readme.txt Cargo.toml Cargo.lock src tests scripts .ci -type f 2>/dev/null)
 fi
-files+=(logs/*.log logs/summary.json logs/report.svg)
+files+=(logs/*.log logs/*.json logs/report.svg)
 
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
