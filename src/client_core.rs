@@ -568,6 +568,10 @@ impl ClientCore {
                 .collect(),
             files_completed: self.files.values().filter(|f| !f.owned && f.done).count() as u32,
             complete: self.completed_at.is_some(),
+            // The error bounds are the shell's to fill in (client_obs knows them).
+            clock_offset_ms: Some(offset_us as f64 / 1000.0),
+            clock_error_ms: None,
+            clock_max_error_ms: None,
         };
         let files = self
             .files
@@ -586,6 +590,7 @@ impl ClientCore {
             chunk_size: self.chunk_size,
             total_ms: self.completed_at.map_or(0.0, span),
             end_ms: ms(now),
+            lower_bound: None,
         }
     }
 

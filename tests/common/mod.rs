@@ -88,22 +88,34 @@ impl Group {
     }
 
     /// Like `spawn`, inside network namespace `netns` if given (`ip netns exec` execs the
-    /// binary, so the child is the node itself).
+    /// binary, so the child is the node itself), with extra environment variables.
     pub fn spawn_in(
         &mut self,
         netns: Option<&str>,
         label: &str,
         cwd: &Path,
         args: &[String],
+        env: &[(String, String)],
     ) -> usize {
         match netns {
-            None => self.spawn(label, cwd, args),
+            None => self.spawn_with(label, cwd, bin(), args, env),
             Some(ns) => {
                 let mut a = vec!["netns".to_string(), "exec".into(), ns.into(), bin().into()];
                 a.extend_from_slice(args);
-                self.spawn_program(label, cwd, "ip", &a)
+                self.spawn_with(label, cwd, "ip", &a, env)
             }
         }
+    }
+
+    /// [`Group::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> usize {
+        self.spawn_with(label, cwd, bin(), args, env)
     }
 
     /// Like `spawn`, for another program (a wrapper such as `unshare` that runs the binary).
@@ -114,6 +126,17 @@ impl Group {
         program: &str,
         args: &[String],
     ) -> usize {
+        self.spawn_with(label, cwd, program, args, &[])
+    }
+
+    fn spawn_with(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> usize {
         let stdout = cwd.join(format!("{label}.stdout"));
         let stderr = cwd.join(format!("{label}.stderr"));
         let child = Command::new(program)
@@ -121,6 +144,8 @@ impl Group {
             .current_dir(cwd)
             .env_remove("P2PSHARE_LOG")
             .env_remove("RUST_BACKTRACE")
+            .env_remove("P2PSHARE_TEST_CLOCK_SKEW_MS")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout file"))
             .stderr(File::create(&stderr).expect("create stderr file"))
@@ -392,11 +417,20 @@ pub fn start_server(
     summary: &Path,
     deadline: Instant,
 ) -> (usize, String) {
-    let on = Hosts::Loopback;
-    start_server_on(g, dir, clients, log_dir, summary, deadline, &on)
+    start_server_on(
+        g,
+        dir,
+        clients,
+        log_dir,
+        summary,
+        deadline,
+        &Hosts::Loopback,
+        &[],
+    )
 }
 
-/// As `start_server`, on host 0 of `hosts`.
+/// As `start_server`, on host 0 of `hosts`, with extra server arguments.
+#[allow(clippy::too_many_arguments)]
 pub fn start_server_on(
     g: &mut Group,
     dir: &TestDir,
@@ -405,24 +439,22 @@ pub fn start_server_on(
     summary: &Path,
     deadline: Instant,
     hosts: &Hosts,
+    extra: &[String],
 ) -> (usize, String) {
     let (netns, ip) = hosts.host(0);
-    let server = g.spawn_in(
-        netns,
-        "server",
-        &dir.path,
-        &[
-            "server".into(),
-            "--listen".into(),
-            format!("{ip}:0"),
-            "--clients".into(),
-            clients.to_string(),
-            "--log-dir".into(),
-            path_arg(log_dir),
-            "--summary".into(),
-            path_arg(summary),
-        ],
-    );
+    let mut a: Vec<String> = vec![
+        "server".into(),
+        "--listen".into(),
+        format!("{ip}:0"),
+        "--clients".into(),
+        clients.to_string(),
+        "--log-dir".into(),
+        path_arg(log_dir),
+        "--summary".into(),
+        path_arg(summary),
+    ];
+    a.extend_from_slice(extra);
+    let server = g.spawn_in(netns, "server", &dir.path, &a, &[]);
     loop {
         let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
         if let Some(a) = listening_addr(&err, clients, ip) {
@@ -472,7 +504,15 @@ pub fn client_cmd(
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
 /// `cK-data.bin` generated with seed `seed_base + K`.
 pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmRun {
-    run_swarm_on(dir, sizes, seed_base, &Hosts::Loopback, RUN_TIMEOUT)
+    run_swarm_full(
+        dir,
+        sizes,
+        seed_base,
+        &Hosts::Loopback,
+        RUN_TIMEOUT,
+        &[],
+        &|_| Vec::new(),
+    )
 }
 
 /// As `run_swarm`, with the nodes on `hosts` (in a namespace, a client listens on its host's
@@ -483,6 +523,39 @@ pub fn run_swarm_on(
     seed_base: u64,
     hosts: &Hosts,
     timeout: Duration,
+) -> SwarmRun {
+    run_swarm_full(dir, sizes, seed_base, hosts, timeout, &[], &|_| Vec::new())
+}
+
+/// [`run_swarm`] with extra server arguments, and extra environment variables for client K
+/// (from 1) given by `client_env(K)`.
+pub fn run_swarm_with(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    server_extra: &[String],
+    client_env: &dyn Fn(usize) -> Vec<(String, String)>,
+) -> SwarmRun {
+    run_swarm_full(
+        dir,
+        sizes,
+        seed_base,
+        &Hosts::Loopback,
+        RUN_TIMEOUT,
+        server_extra,
+        client_env,
+    )
+}
+
+/// The swarm runs above, with every option.
+fn run_swarm_full(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    hosts: &Hosts,
+    timeout: Duration,
+    server_extra: &[String],
+    client_env: &dyn Fn(usize) -> Vec<(String, String)>,
 ) -> SwarmRun {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -522,6 +595,7 @@ pub fn run_swarm_on(
         &summary,
         deadline,
         hosts,
+        server_extra,
     );
 
     for (k, c) in clients.iter().enumerate() {
@@ -534,7 +608,7 @@ pub fn run_swarm_on(
             a.push("--advertise".into());
             a.push(c.ip.clone());
         }
-        g.spawn_in(netns, &c.name, &dir.path, &a);
+        g.spawn_in(netns, &c.name, &dir.path, &a, &client_env(k + 1));
     }
     g.wait_all(deadline, "swarm run");
     let bad: Vec<String> = g
