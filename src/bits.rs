@@ -69,9 +69,14 @@ impl BitSet {
         true
     }
 
-    /// Indexes of the set bits.
+    /// Indexes of the set bits, in increasing order.
     pub fn iter_ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(move |&i| self.get(i))
+        ones(self.words.iter().copied())
+    }
+
+    /// Indexes set in both `self` and `other`, in increasing order, a word at a time.
+    pub fn iter_both<'a>(&'a self, other: &'a BitSet) -> impl Iterator<Item = u32> + 'a {
+        ones(self.words.iter().zip(&other.words).map(|(a, b)| a & b))
     }
 
     /// Wire form: bit i is bit (i % 8) of byte i / 8.
@@ -104,6 +109,19 @@ impl BitSet {
     }
 }
 
+/// The set bits of a sequence of words (bits past a set's length are always clear).
+fn ones(words: impl Iterator<Item = u64>) -> impl Iterator<Item = u32> {
+    words.enumerate().flat_map(|(k, mut w)| {
+        std::iter::from_fn(move || {
+            (w != 0).then(|| {
+                let b = w.trailing_zeros();
+                w &= w - 1;
+                k as u32 * 64 + b
+            })
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +136,12 @@ mod tests {
         assert_eq!(b.count(), 2);
         assert!(b.clear(0));
         assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![129]);
+        let mut c = BitSet::new(130);
+        c.set(129);
+        c.set(64);
+        b.set(64);
+        b.set(3);
+        assert_eq!(b.iter_both(&c).collect::<Vec<_>>(), vec![64, 129]);
         assert!(BitSet::full(130).is_full());
     }
 

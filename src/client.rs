@@ -483,7 +483,7 @@ impl Client {
                     ));
                 };
                 let out = Arc::clone(&out.file);
-                match self.core.on_piece(p, chunk, data.len()) {
+                match self.core.on_piece(p, chunk, data.len(), now) {
                     PieceVerdict::Verify {
                         digest,
                         offset,

@@ -7,7 +7,9 @@ use crate::codec::{FileDecl, FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo,
 use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
 use crate::redial::{AfterFailure, Redial};
-use crate::scheduler::{PieceOutcome, Scheduler};
+use crate::scheduler::{Ask, PieceOutcome, Scheduler};
+pub use crate::serving::MAX_SERVE_QUEUE;
+use crate::serving::{FreshReply, Serving};
 use crate::summary::{ClientSummary, FileSummary, Summary};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
@@ -18,8 +20,8 @@ pub const HASH_BATCH: u32 = 8;
 pub const STREAM_BATCH: u32 = 32;
 /// Least time between two progress reports to the server (µs).
 pub const PROGRESS_EVERY_US: u64 = 250_000;
-/// Most requests a peer may have queued at this node.
-pub const MAX_SERVE_QUEUE: usize = 1024;
+/// How often this node tells its peers its `Load` (µs).
+pub const LOAD_EVERY_US: u64 = 100_000;
 /// Bad chunks after which a peer is disconnected (and not dialled again).
 pub const MAX_BAD_CHUNKS: u32 = 3;
 pub use crate::redial::{MAX_DIAL_FAILURES, REDIAL_BASE_US};
@@ -107,7 +109,6 @@ pub struct FileSlot {
 struct PeerSlot {
     info: PeerInfo,
     connected: bool,
-    serve: VecDeque<ChunkId>,
     bad_chunks: u32,
     /// Used only for peers this node dials (the lower ids).
     redial: Redial,
@@ -124,6 +125,8 @@ pub struct ClientCore {
     files: BTreeMap<FileId, FileSlot>,
     peers: BTreeMap<PeerId, PeerSlot>,
     sched: Scheduler,
+    serving: Serving,
+    last_load: u64,
     actions: VecDeque<Action>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -151,7 +154,9 @@ impl ClientCore {
             phase: Phase::Hello,
             files: BTreeMap::new(),
             peers: BTreeMap::new(),
-            sched: Scheduler::new(PeerId(0)),
+            sched: Scheduler::new(PeerId(0), 0),
+            serving: Serving::default(),
+            last_load: 0,
             actions: VecDeque::new(),
             bytes_received: 0,
             bytes_sent: 0,
@@ -185,6 +190,11 @@ impl ClientCore {
 
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
+    }
+
+    /// The chunk scheduler (read-only: for tests and the simulated swarm's reports).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.sched
     }
 
     pub fn file(&self, f: FileId) -> Option<&FileSlot> {
@@ -314,7 +324,7 @@ impl ClientCore {
         self.chunk_size = chunk_size;
         self.joined_at = now;
         self.phase = Phase::Joined;
-        self.sched = Scheduler::new(id);
+        self.sched = Scheduler::new(id, chunk_size);
         info!(
             "connected event=connected id={} name={} clients={clients} chunk_size={chunk_size}",
             id.0, self.name
@@ -329,6 +339,7 @@ impl ClientCore {
                 size: d.size,
             };
             self.files.insert(*fid, FileSlot::new(info, geo, true));
+            self.serving.add_own(*fid, count, chunk_size);
             self.own_hashed.insert(*fid, 0);
             let mut first = 0;
             while first < count {
@@ -360,10 +371,9 @@ impl ClientCore {
             files.len(),
             names.join(",")
         );
-        let all: Vec<PeerId> = peers.iter().map(|p| p.id).collect();
         for f in &files {
             let geo = Geometry::new(f.size, self.chunk_size);
-            self.sched.add_file(f.id, f.owner, geo.chunk_count(), &all);
+            self.sched.add_file(f.id, f.owner, geo.chunk_count());
             if f.owner == self.id {
                 continue;
             }
@@ -387,7 +397,6 @@ impl ClientCore {
                 PeerSlot {
                     info: p,
                     connected: false,
-                    serve: VecDeque::new(),
                     bad_chunks: 0,
                     redial: Redial::default(),
                 },
@@ -827,6 +836,7 @@ impl ClientCore {
             slot.info.name, slot.info.addr
         );
         self.sched.peer_connected(p);
+        self.serving.add_peer(p);
         for (id, f) in &self.files {
             if f.owned {
                 // The owner's whole-file MD5 goes to its peers too: if the server dies after
@@ -860,12 +870,13 @@ impl ClientCore {
             return;
         }
         slot.connected = false;
-        slot.serve.clear();
         info!(
             "peer_disconnected event=peer_disconnected peer={} reason={reason:?}",
             slot.info.name
         );
         self.sched.peer_disconnected(p);
+        let sched = &self.sched;
+        self.serving.peer_lost(p, |c| sched.avail(c) > 0);
         self.schedule_redial(p, now);
         self.fill_all(now);
         self.check_peers_done();
@@ -916,16 +927,16 @@ impl ClientCore {
                         "request for chunk {chunk}, which this node does not hold"
                     ));
                 }
-                let slot = self.peers.get_mut(&p).ok_or("unknown peer")?;
-                if slot.serve.len() >= MAX_SERVE_QUEUE {
-                    return Err(format!("more than {MAX_SERVE_QUEUE} requests queued"));
-                }
-                slot.serve.push_back(chunk);
-                return Ok(());
+                return self.serving.on_request(p, chunk);
             }
             Message::Cancel { chunk } => {
-                if let Some(slot) = self.peers.get_mut(&p) {
-                    slot.serve.retain(|c| *c != chunk);
+                self.serving.cancel(p, chunk);
+                return Ok(());
+            }
+            Message::RequestFresh { file, below } => {
+                if self.serving.on_request_fresh(p, file, below)? == FreshReply::NoFresh {
+                    self.actions
+                        .push_back(Action::ToPeer(p, Message::NoFresh { file }));
                 }
                 return Ok(());
             }
@@ -943,6 +954,22 @@ impl ClientCore {
                 self.learn_whole_digest(file, md5)?;
                 return Ok(());
             }
+            Message::NoFresh { file } => {
+                if !self.sched.no_fresh(p, file, now) {
+                    return Err(format!("no_fresh for file {} without a request", file.0));
+                }
+            }
+            Message::Load {
+                own_eta_ms,
+                upload_kib_s,
+            } => {
+                let rate = upload_kib_s as f64 * 1024.0 / 1e6;
+                let withdrawn = self.sched.peer_load(p, own_eta_ms as u64 * 1000, rate);
+                self.cancel_all(withdrawn);
+                // Who is a bottleneck may have changed what every peer should be asked.
+                self.fill_all(now);
+                return Ok(());
+            }
             other => return Err(format!("unexpected {} from a peer", other.name())),
         }
         self.fill(p, now);
@@ -952,9 +979,15 @@ impl ClientCore {
 
     /// The next chunk to send to `p`, if it asked for one.
     pub fn next_piece(&mut self, p: PeerId) -> Option<(ChunkId, u64, u32)> {
-        let c = self.peers.get_mut(&p)?.serve.pop_front()?;
+        let c = self.serving.next(p);
+        for (q, file) in self.serving.take_refused() {
+            self.actions
+                .push_back(Action::ToPeer(q, Message::NoFresh { file }));
+        }
+        let c = c?;
         let f = self.files.get(&c.file)?;
         let len = f.geo.chunk_len(c.index);
+        self.serving.count_sent(len as u64);
         self.bytes_sent += len as u64;
         self.progress_dirty = true;
         Some((c, f.geo.offset(c.index), len))
@@ -962,11 +995,11 @@ impl ClientCore {
 
     /// Whether `p` has requests waiting to be served.
     pub fn has_pieces_for(&self, p: PeerId) -> bool {
-        self.peers.get(&p).is_some_and(|s| !s.serve.is_empty())
+        self.serving.has_pending(p)
     }
 
     /// The header of a piece arrived from `p` with a payload of `len` bytes.
-    pub fn on_piece(&mut self, p: PeerId, c: ChunkId, len: usize) -> PieceVerdict {
+    pub fn on_piece(&mut self, p: PeerId, c: ChunkId, len: usize, now: u64) -> PieceVerdict {
         let Some(f) = self.files.get(&c.file) else {
             return PieceVerdict::Violation(format!("piece for unknown file {}", c.file.0));
         };
@@ -985,7 +1018,7 @@ impl ClientCore {
         };
         let offset = f.geo.offset(c.index);
         debug!("piece event=piece_arrived peer={} chunk={c}", p.0);
-        match self.sched.on_piece(p, c) {
+        match self.sched.on_piece(p, c, now) {
             PieceOutcome::Verify { requested_at } => PieceVerdict::Verify {
                 digest,
                 offset,
@@ -1061,7 +1094,17 @@ impl ClientCore {
                 });
             }
         }
-        for (p, c) in self.sched.expire(now) {
+        self.serving.on_tick(now);
+        let withdrawn = self
+            .sched
+            .set_my_load(self.serving.own_eta_us(), self.serving.rate());
+        self.cancel_all(withdrawn);
+        // The first as soon as the upload rate is measured: peers must learn early which
+        // uplink to spare.
+        if self.last_load == 0 || now.saturating_sub(self.last_load) >= LOAD_EVERY_US {
+            self.send_load(now);
+        }
+        for (p, c) in self.sched.on_tick(now) {
             warn!(
                 "request_timeout event=request_timeout peer={} chunk={c}",
                 self.peer_name(p)
@@ -1095,14 +1138,50 @@ impl ClientCore {
         }));
     }
 
+    fn cancel_all(&mut self, requests: Vec<(PeerId, ChunkId)>) {
+        for (p, chunk) in requests {
+            self.actions
+                .push_back(Action::ToPeer(p, Message::Cancel { chunk }));
+        }
+    }
+
+    /// Tells every connected peer this node's `Load` (once its upload rate is measured).
+    fn send_load(&mut self, now: u64) {
+        let Some(eta) = self.serving.own_eta_us() else {
+            return;
+        };
+        self.last_load = now;
+        let msg = Message::Load {
+            own_eta_ms: (eta / 1000).min(u32::MAX as u64) as u32,
+            upload_kib_s: (self.serving.rate() * 1e6 / 1024.0).min(u32::MAX as f64) as u32,
+        };
+        for (q, s) in &self.peers {
+            if s.connected {
+                self.actions.push_back(Action::ToPeer(*q, msg.clone()));
+            }
+        }
+    }
+
     fn fill(&mut self, p: PeerId, now: u64) {
         if !self.peers.get(&p).is_some_and(|s| s.connected) {
             return;
         }
-        while let Some(c) = self.sched.next_request(p, now) {
-            debug!("request event=request_sent peer={} chunk={c}", p.0);
-            self.actions
-                .push_back(Action::ToPeer(p, Message::Request { chunk: c }));
+        while let Some(ask) = self.sched.next_request(p, now) {
+            let msg = match ask {
+                Ask::Chunk(chunk) => {
+                    debug!("request event=request_sent peer={} chunk={chunk}", p.0);
+                    Message::Request { chunk }
+                }
+                Ask::Fresh(file) => {
+                    let below = self.sched.known_prefix(file);
+                    debug!(
+                        "request event=request_fresh_sent peer={} file={} below={below}",
+                        p.0, file.0
+                    );
+                    Message::RequestFresh { file, below }
+                }
+            };
+            self.actions.push_back(Action::ToPeer(p, msg));
         }
     }
 

@@ -12,9 +12,9 @@ use crate::ids::{ChunkId, Digest, FileId, PeerId};
 use std::fmt;
 
 pub const MAGIC: [u8; 4] = *b"P2PS";
-/// 2: ping, pong and clock_report were added. A node of version 1 would drop the connection at
-/// the first ping, mid-run; the version check at hello ends it at once, and the server's log
-/// says why ("unsupported protocol version").
+/// 2: ping, pong and clock_report (client and server), request_fresh, no_fresh and load (between
+/// peers) were added. A version-1 node would drop the connection at the first of them, mid-run;
+/// the version check at hello ends it at once, and the log says why.
 pub const VERSION: u16 = 2;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
@@ -130,6 +130,25 @@ pub enum Message {
     Cancel {
         chunk: ChunkId,
     },
+    /// To a file's owner: send one chunk of `file` of your choice that you have never sent to
+    /// anyone (answered by a `Piece`, or by `NoFresh`).
+    RequestFresh {
+        file: FileId,
+        /// The chunk must be below this index: the requester knows those chunks' digests.
+        below: u32,
+    },
+    /// From a file's owner: every chunk of `file` has been sent or promised once; this answers
+    /// one `RequestFresh`.
+    NoFresh {
+        file: FileId,
+    },
+    /// The sender's load, for its peers' source choice: the time it needs to send every chunk of
+    /// its own files that has never left it, at its measured upload rate (0: nothing left), and
+    /// that rate.
+    Load {
+        own_eta_ms: u32,
+        upload_kib_s: u32,
+    },
 }
 
 pub(crate) mod kind {
@@ -152,6 +171,9 @@ pub(crate) mod kind {
     pub const REQUEST: u8 = 23;
     pub const CANCEL: u8 = 24;
     pub const PIECE: u8 = 25;
+    pub const REQUEST_FRESH: u8 = 26;
+    pub const NO_FRESH: u8 = 27;
+    pub const LOAD: u8 = 28;
 }
 
 impl Message {
@@ -176,6 +198,9 @@ impl Message {
             Message::Have { .. } => "have",
             Message::Request { .. } => "request",
             Message::Cancel { .. } => "cancel",
+            Message::RequestFresh { .. } => "request_fresh",
+            Message::NoFresh { .. } => "no_fresh",
+            Message::Load { .. } => "load",
         }
     }
 }
@@ -431,6 +456,26 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.chunk(*chunk);
             w
         }
+        Message::RequestFresh { file, below } => {
+            let mut w = Writer::frame(REQUEST_FRESH);
+            w.u32(file.0);
+            w.u32(*below);
+            w
+        }
+        Message::NoFresh { file } => {
+            let mut w = Writer::frame(NO_FRESH);
+            w.u32(file.0);
+            w
+        }
+        Message::Load {
+            own_eta_ms,
+            upload_kib_s,
+        } => {
+            let mut w = Writer::frame(LOAD);
+            w.u32(*own_eta_ms);
+            w.u32(*upload_kib_s);
+            w
+        }
     };
     w.finish()
 }
@@ -660,6 +705,17 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
         HAVE => Message::Have { chunk: r.chunk()? },
         REQUEST => Message::Request { chunk: r.chunk()? },
         CANCEL => Message::Cancel { chunk: r.chunk()? },
+        REQUEST_FRESH => Message::RequestFresh {
+            file: FileId(r.u32()?),
+            below: r.u32()?,
+        },
+        NO_FRESH => Message::NoFresh {
+            file: FileId(r.u32()?),
+        },
+        LOAD => Message::Load {
+            own_eta_ms: r.u32()?,
+            upload_kib_s: r.u32()?,
+        },
         other => return Err(DecodeError::UnknownKind(other)),
     };
     r.end()?;
@@ -751,6 +807,15 @@ pub(crate) mod tests {
             Message::Have { chunk: c },
             Message::Request { chunk: c },
             Message::Cancel { chunk: c },
+            Message::RequestFresh {
+                file: FileId(2),
+                below: 800,
+            },
+            Message::NoFresh { file: FileId(5) },
+            Message::Load {
+                own_eta_ms: 1234,
+                upload_kib_s: 122_070,
+            },
         ]
     }
 

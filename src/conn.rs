@@ -89,10 +89,18 @@ impl Conn {
         }
     }
 
+    /// Queues a control frame ahead of the pieces not yet started: a request or a have must
+    /// not wait for up to `PIECES_QUEUED` chunks going the same way (the requester's window
+    /// would have to cover that too). Control frames keep their order among themselves.
     pub fn queue(&mut self, m: &Message) {
         let buf = codec::encode(m);
         self.out_bytes += buf.len();
-        self.out.push_back(Out::Bytes { buf, pos: 0 });
+        let at = self
+            .out
+            .iter()
+            .position(|o| matches!(o, Out::Piece { pos: 0, .. }))
+            .unwrap_or(self.out.len());
+        self.out.insert(at, Out::Bytes { buf, pos: 0 });
     }
 
     /// Queues chunk `c`: `len` bytes at `start` in `map`.

@@ -4,6 +4,7 @@
 //! in `client` and `server` own the sockets, the memory maps and the clock.
 
 pub mod bits;
+pub mod bottleneck;
 pub mod cli;
 pub mod client;
 pub mod client_core;
@@ -20,12 +21,14 @@ pub mod ids;
 pub mod links;
 pub mod logging;
 pub mod md5x;
+pub mod pacing;
 pub mod progress;
 pub mod redial;
 pub mod report;
 pub mod scheduler;
 pub mod server;
 pub mod server_core;
+pub mod serving;
 pub mod storage;
 pub mod summary;
 pub mod svg;

@@ -1,30 +1,50 @@
-//! The chunk scheduler: which chunk to request from which peer, and when.
+//! The chunk scheduler: what this node asks of which peer, and when. Sans-IO: it sees peers,
+//! their holdings, their load and the clock only through its arguments.
 //!
-//! Sans-IO: it sees peers, their holdings and the clock only through its arguments. Invariants
-//! (each kept by the one method named):
-//! - `req[c]` counts this node's outstanding requests for chunk c plus 1 while c is being
-//!   verified; kept by `next_request`, `on_piece`, `on_verified`, `peer_disconnected`, `expire`.
-//! - `avail[c]` counts connected peers other than the file's owner that hold c; kept by
-//!   `peer_has`, `peer_bitfield`, `peer_disconnected`.
-//! - `outstanding` = total in-flight requests + chunks being verified; kept with `req`.
+//! Policy (why: Readme section 7):
+//! - From a file's owner, ask for *fresh* chunks (`Ask::Fresh`: the owner picks one it has never
+//!   sent), so each chunk leaves the owner once, to whichever peer drains its connection
+//!   fastest; then the peers relay. A chunk is asked of its owner by name only when it left the
+//!   owner but cannot be had elsewhere (a bad copy, a timeout, held only by a bottleneck peer,
+//!   or lost with its holder).
+//! - From a relay, the rarest chunk it holds (fewest usable holders), lowest index first.
+//! - Bottleneck owners ("precious", see `bottleneck`) send nothing but their own file: no peer
+//!   asks them to relay, and they take no fresh chunks of other files.
+//! - Per peer, enough requests in flight to cover its measured delivery rate times its round
+//!   trip, plus a margin; a generous fixed window until it is measured (no slow start).
+//! - Endgame: when every missing chunk is asked for, a request is duplicated at a peer that
+//!   would deliver it sooner than the one it waits on; the loser gets a cancel.
 //!
-//! Policy: keep `window` requests in flight per peer; from a non-owner take the rarest chunk it
-//! holds; from the owner take only chunks no other connected peer holds, this node's share
-//! first (the owner's file is split among its downloaders by index), so the owner's uplink sends
-//! each chunk about once and the downloaders relay among themselves; when every missing chunk is
-//! already requested, request the oldest outstanding ones from a second peer (endgame) and
-//! cancel the loser when the first copy verifies.
+//! Invariants (each kept by the methods named):
+//! - `req[c]` = this node's outstanding requests for chunk c by name, plus 1 while c is being
+//!   verified; `open` = known, not held, `req == 0`; `pending` = chunks with `req > 0`: `take`,
+//!   `release`, `on_verified`.
+//! - `avail[c]` = connected peers other than the file's owner that hold c: `peer_has`,
+//!   `peer_disconnected`.
+//! - `outstanding` = requests in flight (by name or fresh) + chunks being verified.
 
 use crate::bits::BitSet;
+use crate::bottleneck::{Load, bottlenecks};
 use crate::ids::{ChunkId, FileId, PeerId};
-use std::collections::{BTreeMap, VecDeque};
+use crate::pacing::Pacing;
+pub use crate::pacing::{INITIAL_WINDOW, MAX_WINDOW};
+pub use crate::serving::Ask;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-/// Requests in flight per peer.
-pub const DEFAULT_WINDOW: usize = 12;
-/// In-flight requests plus chunks awaiting verification, over all peers (bounds buffer memory).
-pub const DEFAULT_MAX_OUTSTANDING: usize = 48;
+/// In-flight requests plus chunks awaiting verification, over all peers, in bytes: a bound on
+/// the buffers that arriving pieces can take (256 chunks of 256 KiB). It must allow the sum of
+/// the windows: a node whose uplink is slow and shared by many peers sees its requests wait
+/// behind its own outgoing pieces, and needs that many in flight to keep its downlink busy.
+pub const MAX_OUTSTANDING_BYTES: u64 = 64 << 20;
 /// A request unanswered for this long (µs) is given up and asked elsewhere.
 pub const REQUEST_TIMEOUT_US: u64 = 15_000_000;
+/// After `NoFresh`, how often an owner is asked again while some missing chunk has no holder.
+pub const PROBE_EVERY_US: u64 = 200_000;
+/// A chunk nobody announced this long after its owner ran out of fresh chunks is asked of the
+/// owner by name (its only copy was lost, or a fresh piece was dropped).
+pub const LOST_AFTER_US: u64 = 2_000_000;
+/// Candidates examined per file and request (see `pick_chunk`).
+const SCAN_LIMIT: usize = 128;
 
 struct SFile {
     owner: PeerId,
@@ -32,23 +52,59 @@ struct SFile {
     have: BitSet,
     known: BitSet,
     verifying: BitSet,
+    open: BitSet,
     req: Vec<u8>,
+    pending: u32,
     avail: Vec<u16>,
-    /// This node's rank among the file's downloaders, and their number.
-    rank: u32,
-    downloaders: u32,
-    /// A peer that served a bad copy of a chunk is not asked for it again.
+    /// A peer that served a bad copy of a chunk (or timed out on it) is not asked for it again.
     bad_from: BTreeMap<u32, PeerId>,
-    /// No chunk below this index is missing (a lower bound, advanced lazily).
-    first_missing: u32,
+}
+
+impl SFile {
+    fn len(&self) -> u32 {
+        self.have.len()
+    }
+}
+
+/// Fresh chunks from an owner, as this node knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fresh {
+    Open,
+    /// The owner said `NoFresh` (first at `since`); ask again at `probe_at` if some missing
+    /// chunk still has no holder.
+    Drained {
+        since: u64,
+        probe_at: u64,
+    },
+    /// One fresh request is out to see whether a chunk became fresh again.
+    Probing {
+        since: u64,
+    },
+}
+
+struct Req {
+    ask: Ask,
+    at: u64,
 }
 
 struct SPeer {
     has: BTreeMap<FileId, BitSet>,
-    inflight: Vec<(ChunkId, u64)>,
+    /// In the order sent: the peer serves them in this order.
+    inflight: Vec<Req>,
     /// Chunks cancelled at this peer whose piece may still arrive.
     cancelled: VecDeque<ChunkId>,
+    /// Fresh requests given up on (timeout) whose piece may still arrive.
+    late_fresh: BTreeMap<FileId, u32>,
+    fresh: BTreeMap<FileId, Fresh>,
+    pacing: Pacing,
+    /// Its last `Load`: own-file time (µs) and upload rate (bytes/µs).
+    load: Option<(u64, f64)>,
+    /// The scheduler's `epoch` when `pick_chunk` last found nothing here, for its own files and
+    /// for relaying (`NEVER`: not known): the scan is skipped until something changes.
+    idle: [u64; 2],
 }
+
+const NEVER: u64 = u64::MAX;
 
 /// What the scheduler says of an arriving piece.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,33 +119,38 @@ pub enum PieceOutcome {
 
 pub struct Scheduler {
     me: PeerId,
+    chunk: f64,
     files: Vec<SFile>,
     peers: BTreeMap<PeerId, SPeer>,
-    pub window: usize,
     pub max_outstanding: usize,
     outstanding: usize,
+    my_load: Option<(u64, f64)>,
+    /// Bottleneck owners, perhaps this node.
+    precious: BTreeSet<PeerId>,
+    /// Bumped by every change that can give any peer a new candidate chunk (see `idle`).
+    epoch: u64,
 }
 
 impl Scheduler {
-    pub fn new(me: PeerId) -> Self {
+    pub fn new(me: PeerId, chunk_size: u32) -> Self {
         Scheduler {
             me,
+            chunk: chunk_size.max(1) as f64,
             files: Vec::new(),
             peers: BTreeMap::new(),
-            window: DEFAULT_WINDOW,
-            max_outstanding: DEFAULT_MAX_OUTSTANDING,
+            max_outstanding: (MAX_OUTSTANDING_BYTES / chunk_size.max(1) as u64).clamp(8, 1024)
+                as usize,
             outstanding: 0,
+            my_load: None,
+            precious: BTreeSet::new(),
+            epoch: 0,
         }
     }
 
-    /// Declares file `id` (ids must be added in order). `all_peers` lists every client of the run.
-    pub fn add_file(&mut self, id: FileId, owner: PeerId, chunks: u32, all_peers: &[PeerId]) {
+    /// Declares file `id` (ids must be added in order).
+    pub fn add_file(&mut self, id: FileId, owner: PeerId, chunks: u32) {
         debug_assert_eq!(id.0 as usize, self.files.len());
         let mine = owner == self.me;
-        let mut downloaders: Vec<PeerId> =
-            all_peers.iter().copied().filter(|p| *p != owner).collect();
-        downloaders.sort();
-        let rank = downloaders.iter().position(|p| *p == self.me).unwrap_or(0) as u32;
         self.files.push(SFile {
             owner,
             wanted: !mine,
@@ -100,19 +161,22 @@ impl Scheduler {
             },
             known: BitSet::new(chunks),
             verifying: BitSet::new(chunks),
+            open: BitSet::new(chunks),
             req: vec![0; chunks as usize],
+            pending: 0,
             avail: vec![0; chunks as usize],
-            rank,
-            downloaders: downloaders.len().max(1) as u32,
             bad_from: BTreeMap::new(),
-            first_missing: 0,
         });
     }
 
     pub fn set_known(&mut self, file: FileId, first: u32, n: u32) {
+        self.epoch += 1;
         if let Some(f) = self.files.get_mut(file.0 as usize) {
-            for i in first..first.saturating_add(n) {
+            for i in first..first.saturating_add(n).min(f.len()) {
                 f.known.set(i);
+                if !f.have.get(i) && f.req[i as usize] == 0 {
+                    f.open.set(i);
+                }
             }
         }
     }
@@ -127,10 +191,27 @@ impl Scheduler {
         self.files.get(file.0 as usize).map(|f| &f.have)
     }
 
+    /// How many of a file's chunk digests are known (they arrive in order): a fresh request
+    /// asks for a chunk below this, so that its digest is known when it arrives.
+    pub fn known_prefix(&self, file: FileId) -> u32 {
+        self.files
+            .get(file.0 as usize)
+            .map_or(0, |f| f.known.count())
+    }
+
+    /// Connected peers other than the owner known to hold `c`.
+    pub fn avail(&self, c: ChunkId) -> u16 {
+        self.files
+            .get(c.file.0 as usize)
+            .and_then(|f| f.avail.get(c.index as usize).copied())
+            .unwrap_or(0)
+    }
+
     /// Marks a chunk held without verification through the network (resume, tests).
     pub fn mark_have(&mut self, c: ChunkId) {
         if let Some(f) = self.files.get_mut(c.file.0 as usize) {
             f.have.set(c.index);
+            f.open.clear(c.index);
         }
     }
 
@@ -142,11 +223,20 @@ impl Scheduler {
         self.peers.get(&p).map_or(0, |s| s.inflight.len())
     }
 
+    /// Whether this node is a bottleneck owner (it then takes no fresh chunks of other files).
+    pub fn am_precious(&self) -> bool {
+        self.precious.contains(&self.me)
+    }
+
+    pub fn is_precious(&self, p: PeerId) -> bool {
+        self.precious.contains(&p)
+    }
+
     pub fn peer_connected(&mut self, p: PeerId) {
         let mut has = BTreeMap::new();
         for (i, f) in self.files.iter().enumerate() {
             if f.owner == p {
-                has.insert(FileId(i as u32), BitSet::full(f.have.len()));
+                has.insert(FileId(i as u32), BitSet::full(f.len()));
             }
         }
         self.peers.insert(
@@ -155,6 +245,11 @@ impl Scheduler {
                 has,
                 inflight: Vec::new(),
                 cancelled: VecDeque::new(),
+                late_fresh: BTreeMap::new(),
+                fresh: BTreeMap::new(),
+                pacing: Pacing::default(),
+                load: None,
+                idle: [NEVER; 2],
             },
         );
     }
@@ -164,8 +259,12 @@ impl Scheduler {
         let Some(s) = self.peers.remove(&p) else {
             return;
         };
-        for (c, _) in s.inflight {
-            self.release(c);
+        self.epoch += 1;
+        for r in s.inflight {
+            match r.ask {
+                Ask::Chunk(c) => self.release(c),
+                Ask::Fresh(_) => self.outstanding = self.outstanding.saturating_sub(1),
+            }
         }
         for (file, bits) in s.has {
             let f = &mut self.files[file.0 as usize];
@@ -175,13 +274,36 @@ impl Scheduler {
                 }
             }
         }
+        // (Its requests went with it: nothing else needs withdrawing.)
+        self.update_precious();
+    }
+
+    /// One more request (or verification) for `c`.
+    fn take(&mut self, c: ChunkId) {
+        let f = &mut self.files[c.file.0 as usize];
+        let r = &mut f.req[c.index as usize];
+        if *r == 0 {
+            f.pending += 1;
+            f.open.clear(c.index);
+        }
+        *r = r.saturating_add(1);
     }
 
     fn release(&mut self, c: ChunkId) {
+        self.outstanding = self.outstanding.saturating_sub(1);
         let f = &mut self.files[c.file.0 as usize];
         let r = &mut f.req[c.index as usize];
-        *r = r.saturating_sub(1);
-        self.outstanding = self.outstanding.saturating_sub(1);
+        if *r == 0 {
+            return;
+        }
+        *r -= 1;
+        if *r == 0 {
+            f.pending -= 1;
+            if !f.have.get(c.index) && f.known.get(c.index) {
+                f.open.set(c.index);
+                self.epoch += 1;
+            }
+        }
     }
 
     /// Records that peer `p` holds chunk `c`. Returns false if `c` is out of range.
@@ -189,7 +311,7 @@ impl Scheduler {
         let Some(f) = self.files.get_mut(c.file.0 as usize) else {
             return false;
         };
-        if c.index >= f.have.len() {
+        if c.index >= f.len() {
             return false;
         }
         let Some(s) = self.peers.get_mut(&p) else {
@@ -202,6 +324,12 @@ impl Scheduler {
         if bits.set(c.index) && f.owner != p {
             f.avail[c.index as usize] += 1;
         }
+        // New for `p`, and perhaps for the owner (a chunk it may now relay or must resend).
+        s.idle = [NEVER; 2];
+        let owner = f.owner;
+        if let Some(o) = self.peers.get_mut(&owner) {
+            o.idle = [NEVER; 2];
+        }
         true
     }
 
@@ -210,7 +338,7 @@ impl Scheduler {
         let Some(f) = self.files.get(file.0 as usize) else {
             return false;
         };
-        let Some(bits) = BitSet::from_bytes(f.have.len(), bytes) else {
+        let Some(bits) = BitSet::from_bytes(f.len(), bytes) else {
             return false;
         };
         for i in bits.iter_ones() {
@@ -219,60 +347,157 @@ impl Scheduler {
         true
     }
 
-    /// Picks the next chunk to request from `p` and records the request, or `None` if the
-    /// window is full, the global cap is reached, or `p` holds nothing useful.
-    pub fn next_request(&mut self, p: PeerId, now: u64) -> Option<ChunkId> {
-        let s = self.peers.get(&p)?;
-        if s.inflight.len() >= self.window || self.outstanding >= self.max_outstanding {
-            return None;
-        }
-        let c = self.pick_fresh(p).or_else(|| self.pick_endgame(p))?;
-        self.files[c.file.0 as usize].req[c.index as usize] += 1;
-        self.outstanding += 1;
-        self.peers.get_mut(&p)?.inflight.push((c, now));
-        Some(c)
+    /// Requests to keep in flight at a peer: its bandwidth-delay product plus the margin.
+    fn window(&self, s: &SPeer) -> usize {
+        s.pacing.window(self.chunk)
     }
 
-    /// Best chunk nobody has been asked for. Lower score is better; a score of 0 ends the scan.
-    /// Within a score, the lowest index wins: the verified prefix of each file then grows
-    /// steadily, so its whole-file MD5 can be computed as the data arrives instead of at the end.
-    /// Files are scanned starting at one that depends on the peer, so that different peers
-    /// serve different files and every file advances.
-    fn pick_fresh(&mut self, p: PeerId) -> Option<ChunkId> {
+    /// The current window for `p` (for tests and logs).
+    pub fn window_of(&self, p: PeerId) -> usize {
+        self.peers.get(&p).map_or(0, |s| self.window(s))
+    }
+
+    /// What `p`'s window is made of: its delivery rate (bytes/µs), least latency (µs), and the
+    /// requests in flight there.
+    pub fn peer_stats(&self, p: PeerId) -> Option<(f64, u64, usize)> {
+        self.peers
+            .get(&p)
+            .map(|s| (s.pacing.rate, s.pacing.min_lat, s.inflight.len()))
+    }
+
+    /// Picks what to ask of `p` next and records it, or `None` if the window is full, the
+    /// global cap is reached, or `p` has nothing useful.
+    pub fn next_request(&mut self, p: PeerId, now: u64) -> Option<Ask> {
         let s = self.peers.get(&p)?;
+        let full = s.inflight.len() >= self.window(s);
+        if full || self.outstanding >= self.max_outstanding {
+            self.peers.get_mut(&p)?.pacing.full = full;
+            return None;
+        }
+        let ask = self.pick(p, now);
+        self.peers.get_mut(&p)?.pacing.full = false;
+        let ask = ask?;
+        if let Ask::Chunk(c) = ask {
+            self.take(c);
+        }
+        self.outstanding += 1;
+        self.peers.get_mut(&p)?.inflight.push(Req { ask, at: now });
+        Some(ask)
+    }
+
+    /// At an owner: chunks of its file stuck elsewhere, then fresh ones; then relaying; then
+    /// endgame duplicates.
+    fn pick(&mut self, p: PeerId, now: u64) -> Option<Ask> {
+        if let Some(c) = self.pick_cached(p, now, true) {
+            return Some(Ask::Chunk(c));
+        }
+        if let Some(f) = self.pick_fresh(p) {
+            return Some(Ask::Fresh(f));
+        }
+        self.pick_cached(p, now, false)
+            .or_else(|| self.pick_endgame(p))
+            .map(Ask::Chunk)
+    }
+
+    /// `pick_chunk`, skipped while nothing changed since it last found nothing (it runs for
+    /// every free slot of every peer, and a scan is linear in the missing chunks).
+    fn pick_cached(&mut self, p: PeerId, now: u64, own_files: bool) -> Option<ChunkId> {
+        let k = own_files as usize;
+        if self.peers.get(&p)?.idle[k] == self.epoch {
+            return None;
+        }
+        let c = self.pick_chunk(p, now, own_files);
+        if c.is_none()
+            && let Some(s) = self.peers.get_mut(&p)
+        {
+            s.idle[k] = self.epoch;
+        }
+        c
+    }
+
+    /// A file `p` owns that it may still have fresh chunks of. A bottleneck node takes none.
+    fn pick_fresh(&self, p: PeerId) -> Option<FileId> {
+        if self.am_precious() {
+            return None;
+        }
+        let s = self.peers.get(&p)?;
+        self.files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.owner == p && f.wanted && !f.have.is_full() && f.known.count() > 0)
+            .map(|(i, _)| FileId(i as u32))
+            .find(
+                |file| match s.fresh.get(file).copied().unwrap_or(Fresh::Open) {
+                    Fresh::Open => true,
+                    Fresh::Probing { .. } => !s.inflight.iter().any(|r| r.ask == Ask::Fresh(*file)),
+                    Fresh::Drained { .. } => false,
+                },
+            )
+    }
+
+    /// The best chunk to ask of `p` by name. From a relay: the fewest other usable holders
+    /// first (0 ends the scan), then the lowest index, so each file's verified prefix grows
+    /// steadily for its whole-file MD5; rarity is judged among the `SCAN_LIMIT` lowest
+    /// candidates of each file (a scan of every missing chunk for every request costs more
+    /// than it brings). From the owner: only chunks that left it but cannot be
+    /// had elsewhere. Files are scanned from one that depends on the peer, so that different
+    /// peers serve different files.
+    fn pick_chunk(&self, p: PeerId, now: u64, own_files: bool) -> Option<ChunkId> {
+        let s = self.peers.get(&p)?;
+        let p_precious = self.precious.contains(&p);
         let nf = self.files.len();
         let mut best: Option<(u32, ChunkId)> = None;
         for k in 0..nf {
             let fi = (k + p.0 as usize) % nf;
-            let f = &mut self.files[fi];
-            if !f.wanted || f.have.is_full() {
+            let f = &self.files[fi];
+            let file = FileId(fi as u32);
+            let from_owner = f.owner == p;
+            if !f.wanted
+                || f.have.is_full()
+                || from_owner != own_files
+                || (p_precious && !from_owner)
+            {
                 continue;
             }
-            let file = FileId(fi as u32);
             let Some(bits) = s.has.get(&file) else {
                 continue;
             };
-            let n = f.have.len();
-            while f.first_missing < n && f.have.get(f.first_missing) {
-                f.first_missing += 1;
-            }
-            let from_owner = f.owner == p;
-            for i in f.first_missing..n {
-                let iu = i as usize;
-                if f.req[iu] > 0 || f.have.get(i) || !f.known.get(i) || !bits.get(i) {
+            // Holders that must not be asked to relay: bottleneck peers other than the owner.
+            let spared: Vec<&BitSet> = self
+                .precious
+                .iter()
+                .filter(|q| **q != f.owner && **q != self.me)
+                .filter_map(|q| self.peers.get(q).and_then(|qs| qs.has.get(&file)))
+                .collect();
+            let drained_since = match s.fresh.get(&file) {
+                Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) if from_owner => {
+                    Some(*since)
+                }
+                _ => None,
+            };
+            let lost = drained_since.is_some_and(|t| now.saturating_sub(t) >= LOST_AFTER_US);
+            let any_bad = !f.bad_from.is_empty();
+            for i in f.open.iter_both(bits).take(SCAN_LIMIT) {
+                let bad = if any_bad { f.bad_from.get(&i) } else { None };
+                if bad == Some(&p) {
                     continue;
                 }
-                if f.bad_from.get(&i) == Some(&p) {
-                    continue;
-                }
-                let score = if from_owner {
-                    if f.avail[iu] > 0 && !f.bad_from.contains_key(&i) {
-                        continue; // someone else holds it: spare the owner's uplink
-                    }
-                    if i % f.downloaders == f.rank { 0 } else { 1 }
+                let all = f.avail[i as usize] as u32;
+                let usable = if spared.is_empty() {
+                    all
                 } else {
-                    // avail >= 1 here since p holds it; 1 means p is its only relay.
-                    f.avail[iu] as u32 - 1
+                    all - spared.iter().filter(|b| b.get(i)).count() as u32
+                };
+                let score = if from_owner {
+                    if bad.is_some() || (usable == 0 && (all > 0 || lost)) {
+                        0 // left the owner, but cannot be had elsewhere
+                    } else if drained_since.is_some() && all > 0 {
+                        usable // its fresh chunks are out: a relay like any other
+                    } else {
+                        continue; // spare the owner: a relay has it, or will (in flight)
+                    }
+                } else {
+                    usable.saturating_sub(1)
                 };
                 if best.is_none_or(|(b, _)| score < b) {
                     best = Some((score, ChunkId { file, index: i }));
@@ -285,65 +510,107 @@ impl Scheduler {
         best.map(|(_, c)| c)
     }
 
-    /// Endgame: when no missing chunk is unrequested, the oldest single request `p` could also
-    /// serve.
+    /// Endgame: when every missing chunk is asked for, a chunk asked once elsewhere that `p`
+    /// holds and would deliver sooner (by the measured rates and queues) than where it waits.
     fn pick_endgame(&self, p: PeerId) -> Option<ChunkId> {
-        for f in &self.files {
-            if !f.wanted {
-                continue;
-            }
-            for i in f.first_missing..f.have.len() {
-                if !f.have.get(i) && f.req[i as usize] == 0 {
-                    return None; // not endgame yet: some chunk is simply unavailable or unknown
-                }
-            }
+        if self
+            .files
+            .iter()
+            .any(|f| f.wanted && f.have.count() + f.pending < f.len())
+        {
+            return None; // not endgame yet: some chunk is simply unasked, unknown or unavailable
         }
         let s = self.peers.get(&p)?;
-        let mut best: Option<(u64, ChunkId)> = None;
+        let p_precious = self.precious.contains(&p);
+        let here = s.pacing.eta(self.chunk, s.inflight.len() + 1);
+        let mut best: Option<(f64, ChunkId)> = None;
         for (q, qs) in &self.peers {
             if *q == p {
                 continue;
             }
-            for &(c, at) in &qs.inflight {
+            for (k, r) in qs.inflight.iter().enumerate() {
+                let Ask::Chunk(c) = r.ask else {
+                    continue;
+                };
                 let f = &self.files[c.file.0 as usize];
-                if f.req[c.index as usize] != 1 || f.verifying.get(c.index) {
+                if f.req[c.index as usize] != 1
+                    || f.verifying.get(c.index)
+                    || (p_precious && f.owner != p)
+                    || f.bad_from.get(&c.index) == Some(&p)
+                    || !s.has.get(&c.file).is_some_and(|b| b.get(c.index))
+                    || s.inflight.iter().any(|x| x.ask == r.ask)
+                {
                     continue;
                 }
-                if !s.has.get(&c.file).is_some_and(|b| b.get(c.index)) {
-                    continue;
-                }
-                if s.inflight.iter().any(|(x, _)| *x == c) {
-                    continue;
-                }
-                if best.is_none_or(|(t, _)| at < t) {
-                    best = Some((at, c));
+                let gain = qs.pacing.drain_time(self.chunk, k + 1) - here;
+                if gain > 0.0 && best.is_none_or(|(g, _)| gain > g) {
+                    best = Some((gain, c));
                 }
             }
         }
         best.map(|(_, c)| c)
     }
 
-    /// A piece for `c` arrived from `p`.
-    pub fn on_piece(&mut self, p: PeerId, c: ChunkId) -> PieceOutcome {
+    /// A piece for `c` arrived from `p` at `now`.
+    pub fn on_piece(&mut self, p: PeerId, c: ChunkId, now: u64) -> PieceOutcome {
+        let Some(f) = self.files.get(c.file.0 as usize) else {
+            return PieceOutcome::Unrequested;
+        };
+        let from_owner = f.owner == p;
         let Some(s) = self.peers.get_mut(&p) else {
             return PieceOutcome::Unrequested;
         };
-        if let Some(k) = s.inflight.iter().position(|(x, _)| *x == c) {
-            let (_, at) = s.inflight.swap_remove(k);
-            let f = &mut self.files[c.file.0 as usize];
-            if f.have.get(c.index) || f.verifying.get(c.index) {
-                self.release(c);
-                return PieceOutcome::Discard;
-            }
-            // The request's slot in `req` and `outstanding` now stands for the verification.
-            f.verifying.set(c.index);
-            return PieceOutcome::Verify { requested_at: at };
-        }
-        if let Some(k) = s.cancelled.iter().position(|x| *x == c) {
+        // A piece is matched to a request by name, then to a cancelled one (an owner's answer
+        // to a cancelled request must not be taken for the answer to a fresh one), then to a
+        // fresh request, then to a fresh request given up on.
+        let named = s.inflight.iter().position(|r| r.ask == Ask::Chunk(c));
+        if named.is_none()
+            && let Some(k) = s.cancelled.iter().position(|x| *x == c)
+        {
             s.cancelled.remove(k);
             return PieceOutcome::Discard;
         }
-        PieceOutcome::Unrequested
+        let fresh = || {
+            from_owner
+                .then(|| s.inflight.iter().position(|r| r.ask == Ask::Fresh(c.file)))
+                .flatten()
+        };
+        let Some(k) = named.or_else(fresh) else {
+            let late = s.late_fresh.entry(c.file).or_default();
+            if from_owner && *late > 0 {
+                // A fresh piece after its request timed out: still welcome if still missing.
+                *late -= 1;
+                self.outstanding += 1;
+                return self.book(c, Ask::Fresh(c.file), now);
+            }
+            return PieceOutcome::Unrequested;
+        };
+        let r = s.inflight.remove(k);
+        s.pacing.on_arrival(self.chunk, r.at, now, s.inflight.len());
+        if let Ask::Fresh(file) = r.ask
+            && matches!(s.fresh.get(&file), Some(Fresh::Probing { .. }))
+        {
+            s.fresh.insert(file, Fresh::Open); // the owner had a chunk again
+        }
+        self.book(c, r.ask, r.at)
+    }
+
+    /// The piece answers `ask` (whose slot is still counted in `outstanding`).
+    fn book(&mut self, c: ChunkId, ask: Ask, at: u64) -> PieceOutcome {
+        let f = &self.files[c.file.0 as usize];
+        if f.have.get(c.index) || f.verifying.get(c.index) {
+            match ask {
+                Ask::Chunk(c) => self.release(c),
+                Ask::Fresh(_) => self.outstanding = self.outstanding.saturating_sub(1),
+            }
+            return PieceOutcome::Discard;
+        }
+        if let Ask::Fresh(_) = ask {
+            self.take(c);
+        }
+        // The request's slot in `req` and `outstanding` now stands for the verification.
+        self.files[c.file.0 as usize].verifying.set(c.index);
+        PieceOutcome::Verify { requested_at: at }
     }
 
     /// The verification of `c` (received from `from`) finished. On success returns the other
@@ -352,63 +619,187 @@ impl Scheduler {
         let Some(f) = self.files.get_mut(c.file.0 as usize) else {
             return Vec::new();
         };
-        f.verifying.clear(c.index);
+        if !f.verifying.clear(c.index) {
+            return Vec::new();
+        }
+        if ok {
+            f.have.set(c.index);
+        }
         self.release(c);
         if !ok {
             self.files[c.file.0 as usize].bad_from.insert(c.index, from);
+            self.epoch += 1;
             return Vec::new();
         }
-        self.files[c.file.0 as usize].have.set(c.index);
         let mut cancel = Vec::new();
-        let mut released = 0;
         for (q, s) in self.peers.iter_mut() {
-            if let Some(k) = s.inflight.iter().position(|(x, _)| *x == c) {
-                s.inflight.swap_remove(k);
-                s.cancelled.push_back(c);
-                if s.cancelled.len() > 256 {
-                    s.cancelled.pop_front();
-                }
+            if let Some(k) = s.inflight.iter().position(|r| r.ask == Ask::Chunk(c)) {
+                s.inflight.remove(k);
+                push_cancelled(&mut s.cancelled, c);
                 cancel.push(*q);
-                released += 1;
             }
         }
-        for _ in 0..released {
+        for _ in &cancel {
             self.release(c);
         }
         cancel
     }
 
-    /// Gives up requests older than the timeout; returns them so the caller can cancel them.
-    pub fn expire(&mut self, now: u64) -> Vec<(PeerId, ChunkId)> {
+    /// The owner `p` has no fresh chunk of `file` for one of our fresh requests. Returns false
+    /// if no fresh request for it was outstanding (or given up on) there.
+    pub fn no_fresh(&mut self, p: PeerId, file: FileId, now: u64) -> bool {
+        let Some(s) = self.peers.get_mut(&p) else {
+            return false;
+        };
+        match s.inflight.iter().rposition(|r| r.ask == Ask::Fresh(file)) {
+            Some(k) => {
+                s.inflight.remove(k);
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
+            // The answer to a fresh request given up on (timeout).
+            None => match s.late_fresh.get_mut(&file) {
+                Some(n) if *n > 0 => *n -= 1,
+                _ => return false,
+            },
+        }
+        s.idle = [NEVER; 2];
+        let since = match s.fresh.get(&file) {
+            Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) => *since,
+            _ => now,
+        };
+        s.fresh.insert(
+            file,
+            Fresh::Drained {
+                since,
+                probe_at: now + PROBE_EVERY_US,
+            },
+        );
+        true
+    }
+
+    /// Timers: gives up requests older than the timeout (returned, so the caller can cancel
+    /// those asked by name), and lets drained owners be probed again.
+    pub fn on_tick(&mut self, now: u64) -> Vec<(PeerId, ChunkId)> {
+        self.epoch += 1; // time alone makes chunks lost
         let mut out = Vec::new();
+        let mut fresh_expired = 0;
         for (p, s) in self.peers.iter_mut() {
-            let mut mine = Vec::new();
-            s.inflight.retain(|&(c, at)| {
-                let old = now.saturating_sub(at) > REQUEST_TIMEOUT_US;
-                if old {
-                    mine.push(c);
+            let mut k = 0;
+            while k < s.inflight.len() {
+                let r = &s.inflight[k];
+                if now.saturating_sub(r.at) <= REQUEST_TIMEOUT_US {
+                    k += 1;
+                    continue;
                 }
-                !old
-            });
-            for c in mine {
-                // The piece may still come: then it is discarded, not a violation.
-                s.cancelled.push_back(c);
-                if s.cancelled.len() > 256 {
-                    s.cancelled.pop_front();
+                match s.inflight.remove(k).ask {
+                    Ask::Chunk(c) => {
+                        // The piece may still come: then it is discarded, not a violation.
+                        push_cancelled(&mut s.cancelled, c);
+                        out.push((*p, c));
+                    }
+                    Ask::Fresh(f) => {
+                        *s.late_fresh.entry(f).or_default() += 1;
+                        fresh_expired += 1;
+                    }
                 }
-                out.push((*p, c));
             }
         }
+        self.outstanding = self.outstanding.saturating_sub(fresh_expired);
         for &(p, c) in &out {
             self.release(c);
             // Ask someone else next time; and the owner may be asked even while this peer
             // still claims to hold the chunk (a peer that claims chunks and never sends them
             // must not stall the run).
-            if let Some(f) = self.files.get_mut(c.file.0 as usize) {
-                f.bad_from.insert(c.index, p);
+            self.files[c.file.0 as usize].bad_from.insert(c.index, p);
+        }
+        let files = &self.files;
+        for s in self.peers.values_mut() {
+            for (file, st) in s.fresh.iter_mut() {
+                if let Fresh::Drained { since, probe_at } = *st
+                    && now >= probe_at
+                {
+                    let f = &files[file.0 as usize];
+                    let orphan = f.open.iter_ones().any(|i| f.avail[i as usize] == 0);
+                    *st = if orphan {
+                        Fresh::Probing { since }
+                    } else {
+                        Fresh::Drained {
+                            since,
+                            probe_at: now + PROBE_EVERY_US,
+                        }
+                    };
+                }
             }
         }
         out
+    }
+
+    /// This node's own-file time (µs; `None` while unmeasured) and upload rate (bytes/µs).
+    /// Returns the requests to cancel (see `update_precious`).
+    pub fn set_my_load(&mut self, eta_us: Option<u64>, rate: f64) -> Vec<(PeerId, ChunkId)> {
+        self.my_load = eta_us.map(|e| (e, rate));
+        self.update_precious()
+    }
+
+    /// A peer's `Load`. Returns the requests to cancel (see `update_precious`).
+    pub fn peer_load(&mut self, p: PeerId, eta_us: u64, rate: f64) -> Vec<(PeerId, ChunkId)> {
+        match self.peers.get_mut(&p) {
+            Some(s) => {
+                s.load = Some((eta_us, rate));
+                self.update_precious()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Updates the bottleneck owners (see `bottleneck`). Requests by name waiting at a peer that
+    /// just became one are withdrawn (returned, to be cancelled): they were asked before its
+    /// load was known, and would take its uplink from its own file.
+    fn update_precious(&mut self) -> Vec<(PeerId, ChunkId)> {
+        let before = std::mem::take(&mut self.precious);
+        self.precious = bottlenecks(&self.loads(), &before);
+        if self.precious != before {
+            self.epoch += 1;
+        }
+        let mut out = Vec::new();
+        for p in self.precious.difference(&before) {
+            let Some(s) = self.peers.get_mut(p) else {
+                continue;
+            };
+            let files = &self.files;
+            let mut mine = Vec::new();
+            s.inflight.retain(|r| match r.ask {
+                Ask::Chunk(c)
+                    if files[c.file.0 as usize].owner != *p
+                        && !files[c.file.0 as usize].verifying.get(c.index) =>
+                {
+                    mine.push(c);
+                    false
+                }
+                _ => true,
+            });
+            for c in mine {
+                push_cancelled(&mut s.cancelled, c);
+                out.push((*p, c));
+            }
+        }
+        for &(_, c) in &out {
+            self.release(c);
+        }
+        out
+    }
+
+    /// The loads known, this node's included: (peer, own-file time µs, upload bytes/µs).
+    pub fn loads(&self) -> Vec<Load> {
+        self.my_load
+            .map(|(e, r)| (self.me, e, r))
+            .into_iter()
+            .chain(
+                self.peers
+                    .iter()
+                    .filter_map(|(p, s)| s.load.map(|(e, r)| (*p, e, r))),
+            )
+            .collect()
     }
 
     /// Whether every wanted file is held in full.
@@ -427,212 +818,13 @@ impl Scheduler {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn c(file: u32, index: u32) -> ChunkId {
-        ChunkId {
-            file: FileId(file),
-            index,
-        }
-    }
-
-    /// Me = 2; file 0 owned by 1 (8 chunks), file 1 owned by me; peers 1 and 3.
-    fn setup() -> Scheduler {
-        let all = [PeerId(1), PeerId(2), PeerId(3)];
-        let mut s = Scheduler::new(PeerId(2));
-        s.add_file(FileId(0), PeerId(1), 8, &all);
-        s.add_file(FileId(1), PeerId(2), 4, &all);
-        s.set_known(FileId(0), 0, 8);
-        s.set_known(FileId(1), 0, 4);
-        s
-    }
-
-    #[test]
-    fn from_owner_takes_own_share_first() {
-        let mut s = setup();
-        s.peer_connected(PeerId(1));
-        // Downloaders of file 0 are [2, 3]; I am rank 0: even indexes are my share.
-        let picks: Vec<u32> = (0..4)
-            .map(|_| s.next_request(PeerId(1), 0).unwrap().index)
-            .collect();
-        let mut sorted = picks.clone();
-        sorted.sort();
-        assert_eq!(sorted, vec![0, 2, 4, 6], "got {picks:?}");
-        // Then the rest, since no relay holds them.
-        assert_eq!(s.next_request(PeerId(1), 0).map(|c| c.index % 2), Some(1));
-    }
-
-    #[test]
-    fn spares_owner_when_a_relay_holds_the_chunk() {
-        let mut s = setup();
-        s.peer_connected(PeerId(1));
-        s.peer_connected(PeerId(3));
-        for i in 0..8 {
-            s.peer_has(PeerId(3), c(0, i));
-        }
-        assert_eq!(
-            s.next_request(PeerId(1), 0),
-            None,
-            "owner must not be asked for relayed chunks"
-        );
-        assert!(s.next_request(PeerId(3), 0).is_some());
-    }
-
-    #[test]
-    fn rarest_first_among_relays() {
-        let all = [PeerId(1), PeerId(2), PeerId(3), PeerId(4)];
-        let mut s = Scheduler::new(PeerId(2));
-        s.add_file(FileId(0), PeerId(1), 4, &all);
-        s.set_known(FileId(0), 0, 4);
-        s.peer_connected(PeerId(3));
-        s.peer_connected(PeerId(4));
-        for i in 0..4 {
-            s.peer_has(PeerId(3), c(0, i));
-        }
-        s.peer_has(PeerId(4), c(0, 0));
-        s.peer_has(PeerId(4), c(0, 1));
-        s.peer_has(PeerId(4), c(0, 2));
-        // Chunk 3 is held by peer 3 alone: it goes first.
-        assert_eq!(s.next_request(PeerId(3), 0), Some(c(0, 3)));
-    }
-
-    #[test]
-    fn unknown_digest_never_requested() {
-        let all = [PeerId(1), PeerId(2)];
-        let mut s = Scheduler::new(PeerId(2));
-        s.add_file(FileId(0), PeerId(1), 4, &all);
-        s.peer_connected(PeerId(1));
-        assert_eq!(s.next_request(PeerId(1), 0), None);
-        s.set_known(FileId(0), 2, 1);
-        assert_eq!(s.next_request(PeerId(1), 0), Some(c(0, 2)));
-        assert_eq!(s.next_request(PeerId(1), 0), None);
-    }
-
-    #[test]
-    fn window_and_global_cap() {
-        let mut s = setup();
-        s.window = 3;
-        s.peer_connected(PeerId(1));
-        assert_eq!(
-            (0..10).filter_map(|_| s.next_request(PeerId(1), 0)).count(),
-            3
-        );
-        s.window = 10;
-        s.max_outstanding = 5;
-        assert_eq!(
-            (0..10).filter_map(|_| s.next_request(PeerId(1), 0)).count(),
-            2
-        );
-        assert_eq!(s.outstanding(), 5);
-    }
-
-    #[test]
-    fn piece_lifecycle_and_endgame_cancel() {
-        let all = [PeerId(1), PeerId(2), PeerId(3)];
-        let mut s = Scheduler::new(PeerId(2));
-        s.add_file(FileId(0), PeerId(1), 1, &all);
-        s.set_known(FileId(0), 0, 1);
-        s.peer_connected(PeerId(1));
-        s.peer_connected(PeerId(3));
-        assert_eq!(s.next_request(PeerId(1), 5), Some(c(0, 0)));
-        s.peer_has(PeerId(3), c(0, 0));
-        // Every missing chunk is requested: endgame duplicates it at peer 3.
-        assert_eq!(s.next_request(PeerId(3), 6), Some(c(0, 0)));
-        assert_eq!(
-            s.next_request(PeerId(3), 6),
-            None,
-            "at most one duplicate per peer"
-        );
-        assert_eq!(
-            s.on_piece(PeerId(3), c(0, 0)),
-            PieceOutcome::Verify { requested_at: 6 }
-        );
-        assert_eq!(s.on_verified(c(0, 0), PeerId(3), true), vec![PeerId(1)]);
-        assert_eq!(s.outstanding(), 0);
-        // The cancelled copy may still arrive: it is discarded, not a violation.
-        assert_eq!(s.on_piece(PeerId(1), c(0, 0)), PieceOutcome::Discard);
-        assert_eq!(s.on_piece(PeerId(1), c(0, 0)), PieceOutcome::Unrequested);
-        assert!(s.all_held());
-    }
-
-    #[test]
-    fn failed_chunk_goes_elsewhere() {
-        let all = [PeerId(1), PeerId(2), PeerId(3)];
-        let mut s = Scheduler::new(PeerId(2));
-        s.add_file(FileId(0), PeerId(1), 1, &all);
-        s.set_known(FileId(0), 0, 1);
-        s.peer_connected(PeerId(3));
-        s.peer_has(PeerId(3), c(0, 0));
-        assert_eq!(s.next_request(PeerId(3), 0), Some(c(0, 0)));
-        assert!(matches!(
-            s.on_piece(PeerId(3), c(0, 0)),
-            PieceOutcome::Verify { .. }
-        ));
-        assert!(s.on_verified(c(0, 0), PeerId(3), false).is_empty());
-        assert_eq!(
-            s.next_request(PeerId(3), 0),
-            None,
-            "not from the peer that sent it bad"
-        );
-        s.peer_connected(PeerId(1));
-        assert_eq!(s.next_request(PeerId(1), 0), Some(c(0, 0)));
-    }
-
-    #[test]
-    fn disconnect_and_timeout_release_requests() {
-        let mut s = setup();
-        s.peer_connected(PeerId(1));
-        s.next_request(PeerId(1), 0).unwrap();
-        s.next_request(PeerId(1), 0).unwrap();
-        s.peer_disconnected(PeerId(1));
-        assert_eq!(s.outstanding(), 0);
-        s.peer_connected(PeerId(1));
-        let x = s.next_request(PeerId(1), 0).unwrap();
-        assert!(s.expire(REQUEST_TIMEOUT_US).is_empty());
-        assert_eq!(s.expire(REQUEST_TIMEOUT_US + 1), vec![(PeerId(1), x)]);
-        assert_eq!(s.outstanding(), 0);
-        assert_eq!(
-            s.on_piece(PeerId(1), x),
-            PieceOutcome::Discard,
-            "late piece after timeout"
-        );
-    }
-
-    #[test]
-    fn silent_relay_does_not_stall_the_run() {
-        let all = [PeerId(1), PeerId(2), PeerId(3)];
-        let mut s = Scheduler::new(PeerId(2));
-        s.add_file(FileId(0), PeerId(1), 1, &all);
-        s.set_known(FileId(0), 0, 1);
-        s.peer_connected(PeerId(1));
-        s.peer_connected(PeerId(3));
-        s.peer_has(PeerId(3), c(0, 0));
-        assert_eq!(
-            s.next_request(PeerId(1), 0),
-            None,
-            "owner spared while a relay holds it"
-        );
-        assert_eq!(s.next_request(PeerId(3), 0), Some(c(0, 0)));
-        assert_eq!(s.expire(REQUEST_TIMEOUT_US + 1), vec![(PeerId(3), c(0, 0))]);
-        assert_eq!(
-            s.next_request(PeerId(3), 0),
-            None,
-            "not the silent peer again"
-        );
-        assert_eq!(s.next_request(PeerId(1), 0), Some(c(0, 0)), "the owner now");
-    }
-
-    #[test]
-    fn unexpected_piece_is_a_violation() {
-        let mut s = setup();
-        s.peer_connected(PeerId(1));
-        assert_eq!(s.on_piece(PeerId(1), c(0, 3)), PieceOutcome::Unrequested);
-        assert!(!s.peer_has(PeerId(1), c(0, 8)), "index out of range");
-        assert!(
-            !s.peer_bitfield(PeerId(1), FileId(0), &[0xff, 0xff]),
-            "bitfield too long"
-        );
+fn push_cancelled(q: &mut VecDeque<ChunkId>, c: ChunkId) {
+    q.push_back(c);
+    if q.len() > 256 {
+        q.pop_front();
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

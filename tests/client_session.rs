@@ -86,7 +86,7 @@ fn piece_before_its_digest_is_a_violation_not_a_panic() {
         index: 0,
     };
     assert!(matches!(
-        c.on_piece(PeerId(3), chunk, 262_144),
+        c.on_piece(PeerId(3), chunk, 262_144, 5),
         PieceVerdict::Violation(_)
     ));
 }
@@ -108,16 +108,23 @@ fn requested_piece_is_verified_then_announced() {
         file: FileId(2),
         index: 0,
     };
+    // Peer 3 owns the file: it is asked for chunks it never sent, below the digests known.
     assert!(
-        a.contains(&Action::ToPeer(PeerId(3), Message::Request { chunk })),
+        a.contains(&Action::ToPeer(
+            PeerId(3),
+            Message::RequestFresh {
+                file: FileId(2),
+                below: 3
+            }
+        )),
         "{a:?}"
     );
     assert_eq!(
-        c.on_piece(PeerId(3), chunk, 100),
+        c.on_piece(PeerId(3), chunk, 100, 5),
         PieceVerdict::Violation("piece file2#0 has 100 bytes, expected 262144".into())
     );
     assert_eq!(
-        c.on_piece(PeerId(3), chunk, 262_144),
+        c.on_piece(PeerId(3), chunk, 262_144, 5),
         PieceVerdict::Verify {
             digest: [1; 16],
             offset: 0,
@@ -133,7 +140,7 @@ fn requested_piece_is_verified_then_announced() {
         index: 1,
     };
     assert!(matches!(
-        c.on_piece(PeerId(3), bad, 262_144),
+        c.on_piece(PeerId(3), bad, 262_144, 5),
         PieceVerdict::Verify { .. }
     ));
     c.on_verified(PeerId(3), bad, false, 3, 11);

@@ -117,7 +117,7 @@ impl Rng {
 /// A random message of any kind, with random (often hostile) fields.
 fn message(r: &mut Rng) -> Message {
     let n = r.below(4) as usize;
-    match r.below(18) {
+    match r.below(21) {
         0 => Message::Hello {
             version: if r.chance(80) {
                 VERSION
@@ -200,6 +200,17 @@ fn message(r: &mut Rng) -> Message {
             offset_us: r.num() as i64,
             error_us: r.num(),
             max_error_us: r.num(),
+        },
+        17 => Message::RequestFresh {
+            file: FileId(r.num32()),
+            below: r.num32(),
+        },
+        18 => Message::NoFresh {
+            file: FileId(r.num32()),
+        },
+        19 => Message::Load {
+            own_eta_ms: r.num32(),
+            upload_kib_s: r.num32(),
         },
         _ => Message::Cancel { chunk: r.chunk() },
     }
@@ -369,7 +380,7 @@ fn client_session_survives_random_message_sequences() {
                 3 => c.on_peer_connected(p, now),
                 4 => c.on_peer_lost(p, "fuzz", now),
                 5 => {
-                    let _ = c.on_piece(p, r.chunk(), r.below(2 * CHUNK as u64) as usize);
+                    let _ = c.on_piece(p, r.chunk(), r.below(2 * CHUNK as u64) as usize, now);
                 }
                 6 => c.on_verified(p, r.chunk(), r.chance(70), now.saturating_sub(5), now),
                 7 => c.on_tick(now),

@@ -1,0 +1,370 @@
+//! Unit tests of the scheduler's choices (kept beside `scheduler.rs`, in their own file for
+//! length).
+
+use super::*;
+
+const CHUNK: u32 = 1000;
+
+fn c(file: u32, index: u32) -> ChunkId {
+    ChunkId {
+        file: FileId(file),
+        index,
+    }
+}
+
+/// Me = 2; file 0 owned by 1 (8 chunks, digests known), file 1 owned by me.
+fn setup() -> Scheduler {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 8);
+    s.add_file(FileId(1), PeerId(2), 4);
+    s.set_known(FileId(0), 0, 8);
+    s.set_known(FileId(1), 0, 4);
+    s
+}
+
+/// Drains `p`'s window.
+fn fill(s: &mut Scheduler, p: PeerId, now: u64) -> Vec<Ask> {
+    std::iter::from_fn(|| s.next_request(p, now)).collect()
+}
+
+#[test]
+fn owner_is_asked_for_fresh_chunks_and_any_answer_is_booked() {
+    let mut s = setup();
+    s.peer_connected(PeerId(1));
+    let asks = fill(&mut s, PeerId(1), 0);
+    assert_eq!(asks.len(), INITIAL_WINDOW);
+    assert!(asks.iter().all(|a| *a == Ask::Fresh(FileId(0))));
+    assert_eq!(s.known_prefix(FileId(0)), 8);
+    // The owner picks: chunk 5 answers one fresh request.
+    assert_eq!(
+        s.on_piece(PeerId(1), c(0, 5), 100),
+        PieceOutcome::Verify { requested_at: 0 }
+    );
+    assert!(s.on_verified(c(0, 5), PeerId(1), true).is_empty());
+    assert!(s.have(c(0, 5)));
+    assert_eq!(s.outstanding(), INITIAL_WINDOW - 1);
+}
+
+#[test]
+fn no_fresh_stops_fresh_requests_until_a_chunk_has_no_holder() {
+    let mut s = setup();
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    fill(&mut s, PeerId(1), 0);
+    assert!(s.no_fresh(PeerId(1), FileId(0), 10));
+    assert!(!s.no_fresh(PeerId(9), FileId(0), 10), "unknown peer");
+    // Every chunk is at relay 3 (and asked of it): no fresh request to the drained owner.
+    for i in 0..8 {
+        s.peer_has(PeerId(3), c(0, i));
+    }
+    while s.outstanding() > 0 {
+        let n = s.inflight(PeerId(1));
+        assert!(s.no_fresh(PeerId(1), FileId(0), 10));
+        assert_eq!(s.inflight(PeerId(1)), n - 1);
+    }
+    assert_eq!(fill(&mut s, PeerId(3), 20).len(), 8);
+    s.max_outstanding = 8; // (no endgame duplicates at the owner here)
+    assert_eq!(s.next_request(PeerId(1), 20), None);
+    s.on_tick(10 + PROBE_EVERY_US);
+    assert_eq!(
+        s.next_request(PeerId(1), 20),
+        None,
+        "nothing lacks a holder"
+    );
+    s.max_outstanding = 1024;
+    // Relay 3 leaves: its chunks have no holder, so the owner is probed with one request.
+    s.peer_disconnected(PeerId(3));
+    s.on_tick(10 + 2 * PROBE_EVERY_US);
+    assert_eq!(s.next_request(PeerId(1), 30), Some(Ask::Fresh(FileId(0))));
+    assert_eq!(s.next_request(PeerId(1), 30), None, "one probe at a time");
+    // It had one: fresh requests flow again.
+    assert!(matches!(
+        s.on_piece(PeerId(1), c(0, 2), 40),
+        PieceOutcome::Verify { .. }
+    ));
+    assert_eq!(s.next_request(PeerId(1), 50), Some(Ask::Fresh(FileId(0))));
+    assert_eq!(s.next_request(PeerId(1), 50), Some(Ask::Fresh(FileId(0))));
+}
+
+#[test]
+fn a_chunk_lost_after_the_owner_drained_is_asked_of_the_owner_by_name() {
+    let mut s = setup();
+    s.peer_connected(PeerId(1));
+    s.next_request(PeerId(1), 0);
+    assert!(s.no_fresh(PeerId(1), FileId(0), 0));
+    assert_eq!(
+        s.next_request(PeerId(1), 1),
+        None,
+        "it may still be in flight"
+    );
+    s.on_tick(LOST_AFTER_US);
+    assert_eq!(
+        s.next_request(PeerId(1), LOST_AFTER_US),
+        Some(Ask::Chunk(c(0, 0)))
+    );
+}
+
+#[test]
+fn owner_spared_while_a_relay_holds_the_chunk() {
+    let mut s = setup();
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    for i in 0..8 {
+        s.peer_has(PeerId(3), c(0, i));
+    }
+    s.no_fresh(PeerId(1), FileId(0), 0); // (no fresh request out: ignored)
+    assert!(
+        fill(&mut s, PeerId(3), 0)
+            .iter()
+            .all(|a| matches!(a, Ask::Chunk(_)))
+    );
+    assert!(
+        fill(&mut s, PeerId(1), 0)
+            .iter()
+            .all(|a| *a == Ask::Fresh(FileId(0))),
+        "only fresh chunks from the owner"
+    );
+}
+
+#[test]
+fn rarest_first_among_relays() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 4);
+    s.set_known(FileId(0), 0, 4);
+    s.peer_connected(PeerId(3));
+    s.peer_connected(PeerId(4));
+    for i in 0..4 {
+        s.peer_has(PeerId(3), c(0, i));
+    }
+    for i in 0..3 {
+        s.peer_has(PeerId(4), c(0, i));
+    }
+    // Chunk 3 is held by peer 3 alone: it goes first, then the lowest index.
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 3))));
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
+}
+
+#[test]
+fn unknown_digest_never_requested() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 4);
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    s.peer_has(PeerId(3), c(0, 1));
+    assert_eq!(
+        s.next_request(PeerId(1), 0),
+        None,
+        "no fresh without digests"
+    );
+    assert_eq!(s.next_request(PeerId(3), 0), None);
+    s.set_known(FileId(0), 0, 2);
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 1))));
+    assert_eq!(s.known_prefix(FileId(0)), 2);
+}
+
+#[test]
+fn window_follows_rate_times_round_trip_and_the_global_cap_holds() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 100);
+    s.set_known(FileId(0), 0, 100);
+    s.peer_connected(PeerId(1));
+    assert_eq!(fill(&mut s, PeerId(1), 0).len(), INITIAL_WINDOW);
+    // Pieces every 10 µs, 1000 µs after the request: 100 B/µs x 1000 µs = 100 chunks of 1000 B.
+    for k in 0..4u32 {
+        s.on_piece(PeerId(1), c(0, k), 1000 + 10 * k as u64);
+    }
+    assert_eq!(s.window_of(PeerId(1)), MAX_WINDOW);
+    // Slower: one piece per 1000 µs -> about 1 + the margin.
+    for k in 4..40u32 {
+        fill(&mut s, PeerId(1), 1000 * k as u64);
+        s.on_piece(PeerId(1), c(0, k), 1000 + 1000 * k as u64);
+    }
+    assert!(s.window_of(PeerId(1)) <= 8, "{}", s.window_of(PeerId(1)));
+    let mut s = setup();
+    s.max_outstanding = 5;
+    s.peer_connected(PeerId(1));
+    assert_eq!(fill(&mut s, PeerId(1), 0).len(), 5);
+    assert_eq!(s.outstanding(), 5);
+}
+
+#[test]
+fn endgame_duplicates_at_a_faster_peer_and_cancels_the_loser() {
+    let mut s2 = Scheduler::new(PeerId(2), CHUNK);
+    s2.add_file(FileId(0), PeerId(1), 2);
+    s2.set_known(FileId(0), 0, 2);
+    s2.peer_connected(PeerId(3));
+    s2.peer_connected(PeerId(4));
+    for i in 0..2 {
+        s2.peer_has(PeerId(3), c(0, i));
+        s2.peer_has(PeerId(4), c(0, i));
+    }
+    assert_eq!(s2.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
+    assert_eq!(s2.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 1))));
+    s2.peers.get_mut(&PeerId(3)).unwrap().pacing.rate = 0.01;
+    s2.peers.get_mut(&PeerId(4)).unwrap().pacing.rate = 10.0;
+    // The request that waits longest at the slow peer goes first.
+    assert_eq!(s2.next_request(PeerId(4), 1), Some(Ask::Chunk(c(0, 1))));
+    assert_eq!(s2.next_request(PeerId(4), 1), Some(Ask::Chunk(c(0, 0))));
+    assert_eq!(s2.next_request(PeerId(4), 1), None, "at most one per peer");
+    assert_eq!(
+        s2.on_piece(PeerId(4), c(0, 1), 5),
+        PieceOutcome::Verify { requested_at: 1 }
+    );
+    assert_eq!(s2.on_verified(c(0, 1), PeerId(4), true), vec![PeerId(3)]);
+    // The cancelled copy may still arrive: it is discarded, not a violation.
+    assert_eq!(s2.on_piece(PeerId(3), c(0, 1), 6), PieceOutcome::Discard);
+    assert_eq!(
+        s2.on_piece(PeerId(3), c(0, 1), 7),
+        PieceOutcome::Unrequested
+    );
+    assert_eq!(s2.outstanding(), 2);
+}
+
+#[test]
+fn failed_chunk_goes_elsewhere() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 1);
+    s.set_known(FileId(0), 0, 1);
+    s.peer_connected(PeerId(3));
+    s.peer_has(PeerId(3), c(0, 0));
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
+    assert!(matches!(
+        s.on_piece(PeerId(3), c(0, 0), 1),
+        PieceOutcome::Verify { .. }
+    ));
+    assert!(s.on_verified(c(0, 0), PeerId(3), false).is_empty());
+    assert_eq!(
+        s.next_request(PeerId(3), 2),
+        None,
+        "not from the peer that sent it bad"
+    );
+    s.peer_connected(PeerId(1));
+    // The owner: the bad chunk by name first, then fresh ones.
+    assert_eq!(s.next_request(PeerId(1), 3), Some(Ask::Chunk(c(0, 0))));
+    assert_eq!(s.next_request(PeerId(1), 3), Some(Ask::Fresh(FileId(0))));
+}
+
+#[test]
+fn disconnect_and_timeout_release_requests() {
+    let mut s = setup();
+    s.peer_connected(PeerId(3));
+    for i in 0..8 {
+        s.peer_has(PeerId(3), c(0, i));
+    }
+    s.next_request(PeerId(3), 0).unwrap();
+    s.next_request(PeerId(3), 0).unwrap();
+    s.peer_disconnected(PeerId(3));
+    assert_eq!(s.outstanding(), 0);
+    s.peer_connected(PeerId(1));
+    let fresh = s.next_request(PeerId(1), 0).unwrap();
+    assert_eq!(fresh, Ask::Fresh(FileId(0)));
+    assert!(s.on_tick(REQUEST_TIMEOUT_US).is_empty());
+    assert!(
+        s.on_tick(REQUEST_TIMEOUT_US + 1).is_empty(),
+        "nothing to cancel"
+    );
+    assert_eq!(s.outstanding(), 0);
+    // A fresh piece after its timeout is still welcome.
+    assert!(matches!(
+        s.on_piece(PeerId(1), c(0, 4), REQUEST_TIMEOUT_US + 2),
+        PieceOutcome::Verify { .. }
+    ));
+    assert_eq!(s.outstanding(), 1);
+}
+
+#[test]
+fn silent_relay_does_not_stall_the_run() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 2);
+    s.set_known(FileId(0), 0, 2);
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    s.peer_has(PeerId(3), c(0, 0));
+    s.max_outstanding = 2;
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
+    assert_eq!(
+        s.next_request(PeerId(1), 0),
+        Some(Ask::Fresh(FileId(0))),
+        "from the owner, not chunk 0 by name: a relay holds it"
+    );
+    assert_eq!(
+        s.on_tick(REQUEST_TIMEOUT_US + 1),
+        vec![(PeerId(3), c(0, 0))]
+    );
+    assert_eq!(
+        s.next_request(PeerId(3), 0),
+        None,
+        "not the silent peer again"
+    );
+    assert_eq!(
+        s.next_request(PeerId(1), 0),
+        Some(Ask::Chunk(c(0, 0))),
+        "the owner now, by name"
+    );
+}
+
+#[test]
+fn a_drained_owner_relays_what_others_hold_but_not_what_is_in_flight() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 2);
+    s.set_known(FileId(0), 0, 2);
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    s.peer_has(PeerId(3), c(0, 1));
+    assert_eq!(s.next_request(PeerId(1), 0), Some(Ask::Fresh(FileId(0))));
+    assert!(s.no_fresh(PeerId(1), FileId(0), 0));
+    // Chunk 0 has no holder yet (the owner's last fresh chunks are still on their way).
+    assert_eq!(s.next_request(PeerId(1), 1), Some(Ask::Chunk(c(0, 1))));
+    assert_eq!(s.next_request(PeerId(1), 1), None);
+}
+
+#[test]
+fn a_bottleneck_owner_relays_nothing_and_takes_no_fresh_chunks() {
+    // Me = 2 (fast). Files: 0 owned by 1 (slow uplink), 1 owned by 3, 2 owned by me.
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 4);
+    s.add_file(FileId(1), PeerId(3), 4);
+    s.add_file(FileId(2), PeerId(2), 4);
+    for f in 0..3 {
+        s.set_known(FileId(f), 0, 4);
+    }
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    s.peer_has(PeerId(1), c(1, 0)); // peer 1 holds a chunk of file 1 (from before)
+    s.set_my_load(Some(1_000_000), 100.0);
+    s.peer_load(PeerId(3), 1_000_000, 100.0);
+    s.peer_load(PeerId(1), 4_000_000, 25.0);
+    assert!(s.is_precious(PeerId(1)) && !s.am_precious());
+    let from1 = fill(&mut s, PeerId(1), 0);
+    assert!(
+        from1.iter().all(|a| *a == Ask::Fresh(FileId(0))),
+        "{from1:?}"
+    );
+    // Equal loads: nobody is spared.
+    s.peer_load(PeerId(1), 1_000_000, 100.0);
+    assert!(!s.is_precious(PeerId(1)));
+    // Seen from the bottleneck itself: no fresh chunks of other files.
+    let mut b = Scheduler::new(PeerId(1), CHUNK);
+    b.add_file(FileId(0), PeerId(1), 4);
+    b.add_file(FileId(1), PeerId(3), 4);
+    b.set_known(FileId(1), 0, 4);
+    b.peer_connected(PeerId(3));
+    b.peer_load(PeerId(3), 1_000_000, 300.0);
+    b.set_my_load(Some(4_000_000), 25.0);
+    assert!(b.am_precious());
+    assert_eq!(b.next_request(PeerId(3), 0), None);
+    b.set_my_load(Some(0), 25.0);
+    assert_eq!(b.next_request(PeerId(3), 0), Some(Ask::Fresh(FileId(1))));
+}
+
+#[test]
+fn unexpected_piece_is_a_violation() {
+    let mut s = setup();
+    s.peer_connected(PeerId(1));
+    assert_eq!(s.on_piece(PeerId(1), c(0, 3), 0), PieceOutcome::Unrequested);
+    assert!(!s.peer_has(PeerId(1), c(0, 8)), "index out of range");
+    assert!(
+        !s.peer_bitfield(PeerId(1), FileId(0), &[0xff, 0xff]),
+        "bitfield too long"
+    );
+}
