@@ -40,6 +40,10 @@ enum Cmd {
         /// Where to write the JSON summary [default: LOG_DIR/summary.json].
         #[arg(long)]
         summary: Option<PathBuf>,
+        /// Link rates, one line per client: NAME UP DOWN (e.g. client1 1gbit 1gbit); the
+        /// summary then states T_lb and the run's ratio to it.
+        #[arg(long)]
+        links: Option<PathBuf>,
     },
     /// Run a client.
     Client {
@@ -71,6 +75,23 @@ enum Cmd {
         /// Seconds to keep retrying the server at start.
         #[arg(long, default_value_t = 20)]
         connect_timeout: u64,
+        /// Show this client's progress on stderr (a bar on a terminal, a line every few
+        /// seconds otherwise).
+        #[arg(long)]
+        progress: bool,
+    },
+    /// Read the logs of a run as one timeline: per-client figures, the critical path, and
+    /// LOG_DIR/report.svg.
+    Report {
+        /// The directory with server.log and the clients' logs.
+        #[arg(default_value = "logs")]
+        log_dir: PathBuf,
+        /// Link rates (as for the server), to state T_lb and the run's ratio to it.
+        #[arg(long)]
+        links: Option<PathBuf>,
+        /// Where to write the charts [default: LOG_DIR/report.svg].
+        #[arg(long)]
+        svg: Option<PathBuf>,
     },
     /// Write a deterministic pseudo-random file.
     Gen {
@@ -98,6 +119,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             chunk_size,
             log_dir,
             summary,
+            links,
         } => {
             if clients == 0 || clients > 1000 {
                 return Err(Error::Usage(format!(
@@ -111,12 +133,17 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             }
             let listen = parse_addr("--listen", &listen)?;
             let summary = summary.unwrap_or_else(|| log_dir.join("summary.json"));
+            let links = links
+                .map(|p| crate::links::read_links(&p))
+                .transpose()
+                .map_err(Error::Usage)?;
             server::run(ServerConfig {
                 listen,
                 clients,
                 chunk_size,
                 log_dir,
                 summary,
+                links,
             })
         }
         Cmd::Client {
@@ -129,6 +156,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             log_dir,
             hash_threads,
             connect_timeout,
+            progress,
         } => {
             if !server.contains(':') {
                 return Err(Error::Usage(format!(
@@ -159,7 +187,20 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 log_dir,
                 hash_threads,
                 connect_for: Duration::from_secs(connect_timeout),
+                progress,
             })
+        }
+        Cmd::Report {
+            log_dir,
+            links,
+            svg,
+        } => {
+            let links = links
+                .map(|p| crate::links::read_links(&p))
+                .transpose()
+                .map_err(Error::Usage)?;
+            let svg = svg.unwrap_or_else(|| log_dir.join("report.svg"));
+            crate::report::run(&log_dir, links.as_ref(), &svg)
         }
         Cmd::Gen { size, seed, out } => {
             let size = crate::datagen::parse_size(&size).map_err(Error::Usage)?;

@@ -3,6 +3,7 @@
 //! the memory maps, the output files and the hash pool, and carries out the core's actions.
 
 use crate::client_core::{Action, ClientCore, PieceVerdict};
+use crate::client_obs::ClientObs;
 use crate::codec::{FileDecl, Message, VERSION};
 use crate::conn::{Conn, ConnEnd};
 use crate::error::Error;
@@ -50,6 +51,8 @@ pub struct ClientConfig {
     pub hash_threads: usize,
     /// How long to keep trying to reach the server at start.
     pub connect_for: Duration,
+    /// Draw this client's progress bar on stderr.
+    pub progress: bool,
 }
 
 struct PeerConn {
@@ -71,6 +74,9 @@ struct FileIo {
     geo: Geometry,
     output: Option<Output>,
     stream_ctx: Option<Box<Md5State>>,
+    /// Payload bytes of this file's pieces queued for peers (logged at exit as file_uploaded:
+    /// the per-file split of bytes_sent, e.g. how often an owner sent its own file).
+    sent: u64,
 }
 
 struct Client {
@@ -89,7 +95,8 @@ struct Client {
     space_checked: bool,
     log_dir: PathBuf,
     sink: LogSink,
-    hello_sent_at: u64,
+    /// The clock exchanges with the server and the progress bar.
+    obs: ClientObs,
     exit: Option<(i32, String)>,
     waker: Arc<Waker>,
     /// Results of finalizations (fsync and rename), which run on their own threads.
@@ -232,7 +239,7 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         space_checked: false,
         log_dir: cfg.log_dir,
         sink,
-        hello_sent_at: now_us(),
+        obs: ClientObs::new(cfg.progress, now_us()),
         exit: None,
         waker,
         finals_tx,
@@ -244,15 +251,13 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
 impl Client {
     /// Without a server there is nobody to write the run's summary: each client writes what it
     /// measured itself to `LOG_DIR/NAME.summary.json`, in the server's format.
-    fn write_own_summary(&self) {
+    fn write_own_summary(&mut self) {
         let path = self
             .log_dir
             .join(format!("{}.summary.json", self.core.name()));
-        match self
-            .core
-            .own_summary(now_us(), logging::offset_us())
-            .write_json(&path)
-        {
+        let mut summary = self.core.own_summary(now_us(), logging::offset_us());
+        self.obs.fill_clock(&mut summary, now_us());
+        match summary.write_json(&path) {
             Ok(()) => info!("summary event=own_summary_written path={}", path.display()),
             Err(e) => warn!(
                 "summary event=own_summary_failed path={} error={e}",
@@ -267,11 +272,23 @@ impl Client {
         self.actions();
         loop {
             if let Some((code, reason)) = self.exit.take() {
+                self.obs.finish();
                 if let Some(s) = self.server.as_mut() {
                     let _ = s.flush();
                 }
+                for (id, f) in &self.files {
+                    if let Some(slot) = self.core.file(*id) {
+                        info!(
+                            "uploaded event=file_uploaded file={} bytes={}",
+                            slot.info.name, f.sent
+                        );
+                    }
+                }
                 if code == 0 {
-                    eprintln!("{}: {reason}", self.core.name());
+                    // Quiet on success unless asked: a script's terminal belongs to the server.
+                    if self.obs.shows_progress() {
+                        eprintln!("{}: {reason}", self.core.name());
+                    }
                 }
                 // Into the log file only: on a failure, main prints the one line stderr gets.
                 info!("exit event=exit code={code} reason={reason:?}");
@@ -305,6 +322,7 @@ impl Client {
                 last_tick = Instant::now();
                 self.expire_handshakes();
                 self.core.on_tick(now_us());
+                self.obs.on_tick(now_us());
             }
             self.actions();
             self.serve_and_flush();
@@ -340,17 +358,13 @@ impl Client {
         for x in inbound {
             match x {
                 Inbound::Msg(m) => {
-                    if let Message::Welcome {
-                        clock_us, ref name, ..
-                    } = m
+                    if self.obs.on_server_message(&m, now_us()) {
+                        continue;
+                    }
+                    if let Message::Welcome { ref name, .. } = m
                         && crate::ids::check_file_name(name).is_ok()
                     {
                         // (A bad name is refused by the core below, before any use as a path.)
-                        let now = now_us();
-                        let rtt = now.saturating_sub(self.hello_sent_at);
-                        let server_now =
-                            (clock_us as i128 + (rtt / 2) as i128).min(i64::MAX as i128);
-                        logging::set_offset_us((server_now - now as i128) as i64);
                         logging::set_node(name);
                         if let Err(e) = self.sink.open(&self.log_dir, name) {
                             self.exit = Some((
@@ -595,6 +609,7 @@ impl Client {
                     geo,
                     output: None,
                     stream_ctx: None,
+                    sent: 0,
                 },
             );
         }
@@ -602,9 +617,15 @@ impl Client {
     }
 
     fn actions(&mut self) {
+        while let Some(m) = self.obs.poll_to_server() {
+            if let Some(s) = self.server.as_mut() {
+                s.queue(&m);
+            }
+        }
         while let Some(a) = self.core.poll_action() {
             match a {
                 Action::ToServer(m) => {
+                    self.obs.on_to_server(&m, now_us());
                     if let Some(s) = self.server.as_mut() {
                         s.queue(&m);
                     }
@@ -770,11 +791,14 @@ impl Client {
                         let Some((c, offset, len)) = self.core.next_piece(p) else {
                             break;
                         };
-                        let map = self.files.get(&c.file).and_then(|f| f.map.clone());
-                        match map {
-                            Some(m) => pc.conn.queue_piece(c, m, offset as usize, len as usize),
-                            None => break,
-                        }
+                        let Some(f) = self.files.get_mut(&c.file) else {
+                            break;
+                        };
+                        let Some(m) = f.map.clone() else {
+                            break;
+                        };
+                        f.sent += u64::from(len);
+                        pc.conn.queue_piece(c, m, offset as usize, len as usize);
                     }
                 }
                 match pc.conn.flush() {

@@ -577,6 +577,10 @@ impl ClientCore {
                 .collect(),
             files_completed: self.files.values().filter(|f| !f.owned && f.done).count() as u32,
             complete: self.completed_at.is_some(),
+            // The error bounds are the shell's to fill in (client_obs knows them).
+            clock_offset_ms: Some(offset_us as f64 / 1000.0),
+            clock_error_ms: None,
+            clock_max_error_ms: None,
         };
         let files = self
             .files
@@ -595,6 +599,7 @@ impl ClientCore {
             chunk_size: self.chunk_size,
             total_ms: self.completed_at.map_or(0.0, span),
             end_ms: ms(now),
+            lower_bound: None,
         }
     }
 
@@ -935,6 +940,20 @@ impl ClientCore {
                 }
                 return Ok(());
             }
+            Message::FileDigest { file, md5 } => {
+                let f = self
+                    .files
+                    .get(&file)
+                    .ok_or_else(|| format!("file digest for unknown file {}", file.0))?;
+                if f.info.owner != p || f.owned {
+                    return Err(format!(
+                        "file digest for {} from a peer that does not own it",
+                        f.info.name
+                    ));
+                }
+                self.learn_whole_digest(file, md5)?;
+                return Ok(());
+            }
             Message::NoFresh { file } => {
                 if !self.sched.no_fresh(p, file, now) {
                     return Err(format!("no_fresh for file {} without a request", file.0));
@@ -949,20 +968,6 @@ impl ClientCore {
                 self.cancel_all(withdrawn);
                 // Who is a bottleneck may have changed what every peer should be asked.
                 self.fill_all(now);
-                return Ok(());
-            }
-            Message::FileDigest { file, md5 } => {
-                let f = self
-                    .files
-                    .get(&file)
-                    .ok_or_else(|| format!("file digest for unknown file {}", file.0))?;
-                if f.info.owner != p || f.owned {
-                    return Err(format!(
-                        "file digest for {} from a peer that does not own it",
-                        f.info.name
-                    ));
-                }
-                self.learn_whole_digest(file, md5)?;
                 return Ok(());
             }
             other => return Err(format!("unexpected {} from a peer", other.name())),

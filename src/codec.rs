@@ -12,8 +12,9 @@ use crate::ids::{ChunkId, Digest, FileId, PeerId};
 use std::fmt;
 
 pub const MAGIC: [u8; 4] = *b"P2PS";
-/// 2: `RequestFresh`, `NoFresh` and `Load` between peers (a version-1 peer would close the
-/// connection on them, so the hello refuses it instead).
+/// 2: ping, pong and clock_report (client and server), request_fresh, no_fresh and load (between
+/// peers) were added. A version-1 node would drop the connection at the first of them, mid-run;
+/// the version check at hello ends it at once, and the log says why.
 pub const VERSION: u16 = 2;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
@@ -69,6 +70,16 @@ pub enum Message {
         bytes_received: u64,
         bytes_sent: u64,
     },
+    /// A clock exchange: `client_us` is the client's clock when it sent the ping.
+    Ping {
+        client_us: u64,
+    },
+    /// The client's current estimate of its offset to the server's clock (see `clock`).
+    ClockReport {
+        offset_us: i64,
+        error_us: u64,
+        max_error_us: u64,
+    },
     // server -> client
     Welcome {
         id: PeerId,
@@ -86,6 +97,11 @@ pub enum Message {
         files: Vec<FileInfo>,
     },
     Shutdown,
+    /// The answer to a ping: its `client_us` echoed, and the server's clock when it handled it.
+    Pong {
+        client_us: u64,
+        server_us: u64,
+    },
     // both directions between client and server
     ChunkDigests {
         file: FileId,
@@ -146,6 +162,9 @@ pub(crate) mod kind {
     pub const FILE_COMPLETE: u8 = 8;
     pub const DONE: u8 = 9;
     pub const SHUTDOWN: u8 = 10;
+    pub const PING: u8 = 11;
+    pub const PONG: u8 = 12;
+    pub const CLOCK_REPORT: u8 = 13;
     pub const PEER_HELLO: u8 = 20;
     pub const BITFIELD: u8 = 21;
     pub const HAVE: u8 = 22;
@@ -169,6 +188,9 @@ impl Message {
             Message::Refuse { .. } => "refuse",
             Message::Start { .. } => "start",
             Message::Shutdown => "shutdown",
+            Message::Ping { .. } => "ping",
+            Message::Pong { .. } => "pong",
+            Message::ClockReport { .. } => "clock_report",
             Message::ChunkDigests { .. } => "chunk_digests",
             Message::FileDigest { .. } => "file_digest",
             Message::PeerHello { .. } => "peer_hello",
@@ -360,6 +382,31 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w
         }
         Message::Shutdown => Writer::frame(SHUTDOWN),
+        Message::Ping { client_us } => {
+            let mut w = Writer::frame(PING);
+            w.u64(*client_us);
+            w
+        }
+        Message::Pong {
+            client_us,
+            server_us,
+        } => {
+            let mut w = Writer::frame(PONG);
+            w.u64(*client_us);
+            w.u64(*server_us);
+            w
+        }
+        Message::ClockReport {
+            offset_us,
+            error_us,
+            max_error_us,
+        } => {
+            let mut w = Writer::frame(CLOCK_REPORT);
+            w.u64(*offset_us as u64);
+            w.u64(*error_us);
+            w.u64(*max_error_us);
+            w
+        }
         Message::ChunkDigests {
             file,
             first,
@@ -606,6 +653,19 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
             Message::Start { peers, files }
         }
         SHUTDOWN => Message::Shutdown,
+        PING => Message::Ping {
+            client_us: r.u64()?,
+        },
+        PONG => Message::Pong {
+            client_us: r.u64()?,
+            server_us: r.u64()?,
+        },
+        CLOCK_REPORT => Message::ClockReport {
+            // Two's complement: an offset is negative when the client's clock is ahead.
+            offset_us: r.u64()? as i64,
+            error_us: r.u64()?,
+            max_error_us: r.u64()?,
+        },
         CHUNK_DIGESTS => {
             let file = FileId(r.u32()?);
             let first = r.u32()?;
@@ -717,6 +777,16 @@ pub(crate) mod tests {
                 }],
             },
             Message::Shutdown,
+            Message::Ping { client_us: 42 },
+            Message::Pong {
+                client_us: 42,
+                server_us: u64::MAX,
+            },
+            Message::ClockReport {
+                offset_us: -3_600_000_000,
+                error_us: 55,
+                max_error_us: 20_000,
+            },
             Message::ChunkDigests {
                 file: FileId(0),
                 first: 5,

@@ -3,7 +3,12 @@
 //! also on stderr.
 //!
 //! A client learns its name and its offset to the server's clock only from the server's
-//! welcome, so its log lines are held in memory until [`LogSink::open`] names the file.
+//! welcome, so its log lines are held in memory until [`LogSink::open`] names the file. The
+//! offset is then refined during the run (see `clock`).
+//!
+//! Test only: `P2PSHARE_TEST_CLOCK_SKEW_MS=N` (N >= 0) puts this process's own clock N ms
+//! ahead, as if it ran on a machine whose clock is off; the tests use it to check that the
+//! merged times still agree.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -13,12 +18,41 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 static START: OnceLock<Instant> = OnceLock::new();
+static SKEW_US: OnceLock<u64> = OnceLock::new();
 static OFFSET_US: AtomicI64 = AtomicI64::new(0);
 static NODE: Mutex<String> = Mutex::new(String::new());
 
-/// µs on this node's monotonic clock since the process started.
+/// Where warnings go instead of straight to stderr while progress bars are drawn there.
+type StderrHook = Box<dyn Fn(&str) + Send + Sync>;
+static STDERR_HOOK: Mutex<Option<StderrHook>> = Mutex::new(None);
+
+/// The test-only skew of this process's clock (µs), read once.
+fn skew_us() -> u64 {
+    *SKEW_US.get_or_init(|| {
+        std::env::var("P2PSHARE_TEST_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(0, |ms| ms.saturating_mul(1000))
+    })
+}
+
+/// µs on this node's monotonic clock since the process started (plus the test-only skew).
 pub fn now_us() -> u64 {
-    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+    let skew = skew_us();
+    (START.get_or_init(Instant::now).elapsed().as_micros() as u64).saturating_add(skew)
+}
+
+/// Sends the warnings echoed on stderr through `hook` (None: straight to stderr again).
+pub fn set_stderr_hook(hook: Option<StderrHook>) {
+    *STDERR_HOOK.lock().unwrap_or_else(|e| e.into_inner()) = hook;
+}
+
+fn to_stderr(record: &log::Record) {
+    let line = record.args().to_string();
+    match &*STDERR_HOOK.lock().unwrap_or_else(|e| e.into_inner()) {
+        Some(h) => h(&line),
+        None => eprintln!("{line}"),
+    }
 }
 
 /// Sets the offset so that `system_ms` gives the server's System Clock.
@@ -128,7 +162,7 @@ pub fn init(node: &str) -> LogSink {
             out.finish(format_args!("{node}: {message}"))
         })
         .level(log::LevelFilter::Warn)
-        .chain(io::stderr());
+        .chain(fern::Output::call(to_stderr));
     // A second init in one process (tests) keeps the first logger.
     let _ = fern::Dispatch::new().chain(file).chain(stderr).apply();
     sink

@@ -5,7 +5,9 @@
 use crate::conn::{Conn, ConnEnd};
 use crate::error::Error;
 use crate::frame::Inbound;
+use crate::links::{Links, lower_bound};
 use crate::logging::{self, now_us};
+use crate::progress::{Mode, Progress};
 use crate::server_core::{ServerAction, ServerCore};
 use log::{info, warn};
 use mio::net::TcpListener;
@@ -31,6 +33,8 @@ pub struct ServerConfig {
     pub chunk_size: u32,
     pub log_dir: PathBuf,
     pub summary: PathBuf,
+    /// Link rates by client name (--links), for T_lb in the summary.
+    pub links: Option<Links>,
 }
 
 pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
@@ -66,9 +70,26 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
         core: ServerCore::new(cfg.clients, cfg.chunk_size),
         finished: None,
         pending: BTreeMap::new(),
+        progress: Progress::new(Mode::auto(), true),
+        expected: cfg.clients,
     };
     let code = s.run_loop()?;
-    let summary = s.core.summary(now_us());
+    s.progress.redraw_now();
+    s.draw_progress();
+    s.progress.finish();
+    let mut summary = s.core.summary(now_us());
+    if let Some(links) = &cfg.links {
+        match lower_bound(&summary.owned_bytes(), links) {
+            Ok(b) => summary.lower_bound = Some(b),
+            Err(e) => warn!("lower_bound event=lower_bound_unknown reason={e:?}"),
+        }
+    }
+    if let (Some(b), Some(r)) = (&summary.lower_bound, summary.t_lb_ratio()) {
+        info!(
+            "lower_bound event=lower_bound t_lb_ms={:.3} ratio={r:.3} binding={:?}",
+            b.t_lb_ms, b.binding
+        );
+    }
     summary.write_json(&cfg.summary).map_err(|e| {
         Error::Failed(format!(
             "cannot write the summary to {}: {e}",
@@ -94,6 +115,8 @@ struct Server {
     finished: Option<(i32, Instant)>,
     /// When each connection was accepted, until it says hello.
     pending: BTreeMap<usize, Instant>,
+    progress: Progress,
+    expected: u32,
 }
 
 impl Server {
@@ -123,6 +146,7 @@ impl Server {
             }
             self.apply_actions();
             self.expire_handshakes();
+            self.draw_progress();
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for k in keys {
                 let r = self.conns.get_mut(k).map(Conn::flush);
@@ -132,6 +156,27 @@ impl Server {
                     _ => {}
                 }
             }
+        }
+    }
+
+    /// Redraws the progress display when due (a few times a second at most: the poll timeout
+    /// bounds how late a redraw can be).
+    fn draw_progress(&mut self) {
+        let now = now_us();
+        if !self.progress.due(now) {
+            return;
+        }
+        let s = self.core.summary(now);
+        if s.clients.is_empty() {
+            return;
+        }
+        let joined = s.clients.len() as u32;
+        if joined < self.expected {
+            // What each client needs is known only when all have joined.
+            let note = format!("waiting for clients: {joined} of {} joined", self.expected);
+            self.progress.update(now, &[], Some(&note));
+        } else {
+            self.progress.update(now, &crate::progress::rows(&s), None);
         }
     }
 

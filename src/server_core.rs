@@ -38,6 +38,8 @@ struct ClientRec {
     bytes_received: u64,
     files_done: u32,
     completed: BTreeSet<FileId>,
+    /// The client's last clock report: offset, error, largest error so far (µs).
+    clock: Option<(i64, u64, u64)>,
 }
 
 struct FileRec {
@@ -136,6 +138,32 @@ impl ServerCore {
                 },
             ) => self.on_digests(conn, id, file, first, digests),
             (Some(id), Message::FileDigest { file, md5 }) => self.on_whole(conn, id, file, md5),
+            (Some(_), Message::Ping { client_us }) => {
+                let pong = Message::Pong {
+                    client_us,
+                    server_us: now,
+                };
+                self.actions.push_back(ServerAction::Send(conn, pong));
+            }
+            (
+                Some(id),
+                Message::ClockReport {
+                    offset_us,
+                    error_us,
+                    max_error_us,
+                },
+            ) => {
+                if let Some(c) = self.clients.get_mut(&id) {
+                    c.clock = Some((offset_us, error_us, max_error_us));
+                    debug!(
+                        "clock event=clock_report client={} offset_ms={:.3} error_ms={:.3} max_error_ms={:.3}",
+                        c.info.name,
+                        offset_us as f64 / 1000.0,
+                        error_us as f64 / 1000.0,
+                        max_error_us as f64 / 1000.0
+                    );
+                }
+            }
             (
                 Some(id),
                 Message::Progress {
@@ -281,6 +309,7 @@ impl ServerCore {
                 bytes_received: 0,
                 files_done: 0,
                 completed: BTreeSet::new(),
+                clock: None,
             },
         );
         self.conns.insert(conn, Some(id));
@@ -317,6 +346,21 @@ impl ServerCore {
             peers.len(),
             files.len()
         );
+        // The report needs every file's owner and size to know what each client holds.
+        for f in &self.files {
+            let owner = self
+                .clients
+                .get(&f.info.owner)
+                .map(|c| c.info.name.as_str());
+            info!(
+                "file event=file_listed file={} id={} owner={} size={} chunks={}",
+                f.info.name,
+                f.info.id.0,
+                owner.unwrap_or("?"),
+                f.info.size,
+                f.chunks
+            );
+        }
         for (_, conn) in self.live_conns() {
             self.actions.push_back(ServerAction::Send(
                 conn,
@@ -529,6 +573,7 @@ impl ServerCore {
 
     pub fn summary(&self, now: u64) -> Summary {
         let ms = |us: u64| us as f64 / 1000.0;
+        let ms_signed = |us: i64| us as f64 / 1000.0;
         let clients: Vec<ClientSummary> = self
             .clients
             .values()
@@ -548,6 +593,9 @@ impl ServerCore {
                     .collect(),
                 files_completed: c.files_done,
                 complete: c.done_at.is_some(),
+                clock_offset_ms: c.clock.map(|x| ms_signed(x.0)),
+                clock_error_ms: c.clock.map(|x| ms(x.1)),
+                clock_max_error_ms: c.clock.map(|x| ms(x.2)),
             })
             .collect();
         let first = self
@@ -582,204 +630,7 @@ impl ServerCore {
             chunk_size: self.chunk_size,
             total_ms: ms(last.saturating_sub(first)),
             end_ms: ms(now),
+            lower_bound: None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::codec::{FileDecl, VERSION};
-
-    fn hello(name: &str, file: &str) -> Message {
-        Message::Hello {
-            version: VERSION,
-            listen: "127.0.0.1:9".into(),
-            name: name.into(),
-            files: vec![FileDecl {
-                name: file.into(),
-                size: 10,
-            }],
-        }
-    }
-
-    fn drain(s: &mut ServerCore) -> Vec<ServerAction> {
-        std::iter::from_fn(|| s.poll_action()).collect()
-    }
-
-    #[test]
-    fn welcome_start_and_refusal_when_full() {
-        let mut s = ServerCore::new(2, 262_144);
-        for k in 0..3 {
-            s.on_connect(k, "127.0.0.1:1");
-        }
-        s.on_message(0, hello("", "a"), 5);
-        s.on_message(1, hello("", "b"), 6);
-        let a = drain(&mut s);
-        assert!(
-            matches!(&a[0], ServerAction::Send(0, Message::Welcome { id: PeerId(1), name, .. }) if name == "client1")
-        );
-        assert_eq!(
-            a.iter()
-                .filter(|x| matches!(x, ServerAction::Send(_, Message::Start { .. })))
-                .count(),
-            2
-        );
-        s.on_message(2, hello("", "c"), 7);
-        let a = drain(&mut s);
-        assert!(matches!(
-            &a[0],
-            ServerAction::Send(2, Message::Refuse { .. })
-        ));
-        assert!(matches!(&a[1], ServerAction::Close(2, _)));
-    }
-
-    #[test]
-    fn violations_close_the_connection() {
-        let mut s = ServerCore::new(2, 262_144);
-        s.on_connect(0, "x");
-        s.on_message(
-            0,
-            Message::Done {
-                bytes_received: 0,
-                bytes_sent: 0,
-            },
-            1,
-        );
-        assert!(
-            matches!(drain(&mut s).as_slice(), [ServerAction::Close(0, r)] if r.contains("before hello"))
-        );
-        s.on_connect(1, "x");
-        s.on_message(1, hello("", "../../etc/passwd"), 1);
-        assert!(matches!(
-            drain(&mut s).as_slice(),
-            [
-                ServerAction::Send(1, Message::Refuse { .. }),
-                ServerAction::Close(1, _)
-            ]
-        ));
-        s.on_connect(2, "x");
-        s.on_message(2, hello("", "a"), 1);
-        s.on_message(2, hello("", "a2"), 1);
-        assert!(
-            matches!(drain(&mut s).last(), Some(ServerAction::Close(2, r)) if r == "second hello")
-        );
-    }
-
-    #[test]
-    fn oversized_hellos_are_refused() {
-        let mut s = ServerCore::new(2, 262_144);
-        s.on_connect(0, "x");
-        let files = (0..=MAX_FILES_PER_CLIENT)
-            .map(|i| FileDecl {
-                name: format!("f{i}"),
-                size: 1,
-            })
-            .collect();
-        s.on_message(
-            0,
-            Message::Hello {
-                version: VERSION,
-                listen: "127.0.0.1:9".into(),
-                name: String::new(),
-                files,
-            },
-            1,
-        );
-        assert!(matches!(
-            drain(&mut s).as_slice(),
-            [
-                ServerAction::Send(0, Message::Refuse { .. }),
-                ServerAction::Close(0, _)
-            ]
-        ));
-        s.on_connect(1, "x");
-        let huge = vec![FileDecl {
-            name: "big".into(),
-            size: 1 << 50,
-        }];
-        s.on_message(
-            1,
-            Message::Hello {
-                version: VERSION,
-                listen: "127.0.0.1:9".into(),
-                name: String::new(),
-                files: huge,
-            },
-            1,
-        );
-        assert!(
-            matches!(drain(&mut s).as_slice(), [ServerAction::Send(1, Message::Refuse { reason }), _] if reason.contains("too large"))
-        );
-    }
-
-    #[test]
-    fn done_before_every_file_is_refused() {
-        let mut s = ServerCore::new(2, 262_144);
-        s.on_connect(0, "x");
-        s.on_connect(1, "x");
-        s.on_message(0, hello("", "a"), 1);
-        s.on_message(1, hello("", "b"), 1);
-        drain(&mut s);
-        s.on_message(
-            0,
-            Message::Done {
-                bytes_received: 0,
-                bytes_sent: 0,
-            },
-            2,
-        );
-        assert!(
-            matches!(drain(&mut s).as_slice(), [ServerAction::Close(0, r)] if r.contains("done after completing 0 of 1"))
-        );
-        // Completing its own file is not a completion.
-        s.on_message(1, Message::FileComplete { file: FileId(1) }, 2);
-        assert!(matches!(
-            drain(&mut s).as_slice(),
-            [ServerAction::Close(1, _)]
-        ));
-    }
-
-    #[test]
-    fn run_finishes_when_every_client_is_done() {
-        let mut s = ServerCore::new(2, 262_144);
-        s.on_connect(0, "x");
-        s.on_connect(1, "x");
-        s.on_message(0, hello("", "a"), 1_000);
-        s.on_message(1, hello("", "b"), 2_000);
-        drain(&mut s);
-        s.on_message(0, Message::FileComplete { file: FileId(1) }, 5_000);
-        s.on_message(
-            0,
-            Message::Done {
-                bytes_received: 10,
-                bytes_sent: 10,
-            },
-            5_000,
-        );
-        s.on_message(1, Message::FileComplete { file: FileId(0) }, 9_000);
-        s.on_message(
-            1,
-            Message::Done {
-                bytes_received: 10,
-                bytes_sent: 10,
-            },
-            9_000,
-        );
-        let a = drain(&mut s);
-        assert_eq!(
-            a.iter()
-                .filter(|x| matches!(x, ServerAction::Send(_, Message::Shutdown)))
-                .count(),
-            2
-        );
-        assert!(matches!(a.last(), Some(ServerAction::Finished { code: 0 })));
-        let sum = s.summary(10_000);
-        assert_eq!(
-            sum.total_ms, 8.0,
-            "first connection at 1 ms, last completion at 9 ms"
-        );
-        assert_eq!(sum.clients[0].elapsed_ms, Some(4.0));
-        assert_eq!(sum.clients[1].elapsed_ms, Some(7.0));
     }
 }

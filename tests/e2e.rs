@@ -5,6 +5,9 @@
 mod common;
 
 use common::*;
+use p2pshare::timeline::{Entry, parse_line};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -221,4 +224,222 @@ fn cli_gen_bad_size() {
     let a = args(&["gen", "--size", "5XB", &path_arg(&out)]);
     expect_usage_error(&dir, &a, &["5XB"]);
     assert!(!out.exists(), "gen wrote a file despite a bad size");
+}
+
+/// The log lines of `node` on the System Clock: a client's lines before its welcome (on its own
+/// clock) are left out.
+fn clock_events(run: &SwarmRun, node: &str) -> Vec<Entry> {
+    let text = std::fs::read_to_string(run.log_dir.join(format!("{node}.log"))).unwrap();
+    let mut welcomed = node == "server";
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Ok(Some(e)) = parse_line(line) {
+            welcomed |= e.event == "connected";
+            if welcomed {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+fn at(evs: &[Entry], event: &str, pred: &dyn Fn(&Entry) -> bool) -> f64 {
+    evs.iter()
+        .find(|e| e.event == event && pred(e))
+        .unwrap_or_else(|| panic!("no {event} line"))
+        .t_ms
+}
+
+/// T_lb by the formula of ../shared/SCENARIOS.md, in ms: (bytes it owns, up, down) per client.
+fn t_lb_ms(c: &[(f64, f64, f64)]) -> f64 {
+    let total: f64 = c.iter().map(|x| x.0).sum();
+    let down = c.iter().map(|x| (total - x.0) / x.2).fold(0.0, f64::max);
+    let up = c.iter().map(|x| x.0 / x.1).fold(0.0, f64::max);
+    let all = c.iter().map(|x| total - x.0).sum::<f64>() / c.iter().map(|x| x.1).sum::<f64>();
+    down.max(up).max(all) * 1000.0
+}
+
+/// One clock: client2's clock runs an hour ahead (the test-only skew). Every line after a
+/// client's welcome is stamped with the server's clock, so each cause and its effect on two
+/// nodes keep their order within the clients' reported errors (welcome, start, file and run
+/// completion, shutdown, and every chunk relayed from one client to another). The summary
+/// states each error and, with --links, T_lb and the ratio; the report reads the same logs.
+#[test]
+fn skewed_client_clock_merges_within_its_error() {
+    let dir = TestDir::new("skewed_client_clock");
+    let links = dir.join("links.txt");
+    std::fs::write(
+        &links,
+        "client1 1gbit 1gbit\nclient2 1gbit 1gbit\nclient3 250mbit 1gbit\nclient4 1gbit 1gbit\n",
+    )
+    .unwrap();
+    let sizes = [
+        Some(3 * MIB + 4_321),
+        Some(2 * MIB + 17),
+        Some(3 * MIB / 2),
+        Some(2 * MIB),
+    ];
+    let skew_ms = 3_600_000.0;
+    let run = run_swarm_with(
+        &dir,
+        &sizes,
+        400,
+        &args(&["--links", &path_arg(&links)]),
+        &|k| {
+            if k == 2 {
+                vec![("P2PSHARE_TEST_CLOCK_SKEW_MS".into(), "3600000".into())]
+            } else {
+                Vec::new()
+            }
+        },
+    );
+    check_run(&dir, &run);
+
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&run.summary).unwrap()).unwrap();
+    let mut err = BTreeMap::new();
+    for c in s["clients"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap().to_string();
+        let (e, max, off) = (
+            c["clock_error_ms"].as_f64().expect("clock_error_ms"),
+            c["clock_max_error_ms"]
+                .as_f64()
+                .expect("clock_max_error_ms"),
+            c["clock_offset_ms"].as_f64().expect("clock_offset_ms"),
+        );
+        assert!(0.0 <= e && e <= max, "{name}: error {e}, largest {max}");
+        // Far below the skew: a merge that ignored the offset would be off by an hour.
+        assert!(max < 1_000.0, "{name}: error {max} ms");
+        // The client started after the server (its own clock at 0, plus the skew).
+        let base = if name == "client2" { -skew_ms } else { 0.0 };
+        assert!(
+            off > base && off < base + 60_000.0,
+            "{name}: offset {off} ms"
+        );
+        err.insert(name, max);
+    }
+    let (up, down) = (125e6, 125e6);
+    let want = t_lb_ms(&[
+        (sizes[0].unwrap() as f64, up, down),
+        (sizes[1].unwrap() as f64, up, down),
+        (sizes[2].unwrap() as f64, 31.25e6, down),
+        (sizes[3].unwrap() as f64, up, down),
+    ]);
+    let lb = s["t_lb_ms"].as_f64().expect("t_lb_ms");
+    assert!((lb - want).abs() < 0.001, "T_lb {lb} ms, want {want}");
+    assert!(s["t_lb_binding"].is_string());
+    let ratio = s["t_lb_ratio"].as_f64().expect("t_lb_ratio");
+    let total = s["total_ms"].as_f64().unwrap();
+    assert!((ratio - total / lb).abs() < 0.002, "ratio {ratio}");
+
+    // Stamps have 1 µs steps, and an estimate ages 100 ppm after its last report.
+    let slack = 0.01;
+    let server = clock_events(&run, "server");
+    let logs: BTreeMap<String, Vec<Entry>> = run
+        .clients
+        .iter()
+        .map(|c| (c.name.clone(), clock_events(&run, &c.name)))
+        .collect();
+    let before = |a: f64, b: f64, e: f64, what: &str| {
+        assert!(
+            a <= b + e + slack,
+            "{what}: {a} ms is after {b} ms + {e} ms"
+        );
+    };
+    for (c, ev) in &logs {
+        let e = err[c];
+        let is_c = |x: &Entry| x.get("client") == Some(c);
+        let welcome = at(&server, "client_connected", &is_c);
+        let connected = at(ev, "connected", &|_| true);
+        before(welcome, connected, e, &format!("{c} welcome"));
+        assert!(
+            connected - welcome < 1_000.0,
+            "{c}: welcome took {} ms",
+            connected - welcome
+        );
+        let start = at(&server, "client_list_broadcast", &|_| true);
+        before(
+            start,
+            at(ev, "client_list_received", &|_| true),
+            e,
+            &format!("{c} start"),
+        );
+        let end = at(&server, "run_finished", &|_| true);
+        before(
+            end,
+            at(ev, "shutdown_received", &|_| true),
+            e,
+            &format!("{c} shutdown"),
+        );
+        for fc in ev.iter().filter(|x| x.event == "file_complete") {
+            let f = fc.get("file");
+            let got = at(&server, "file_complete_received", &|x| {
+                is_c(x) && x.get("file") == f
+            });
+            before(fc.t_ms, got, e, &format!("{c} {f:?} complete"));
+        }
+        let done = at(&server, "client_complete", &is_c);
+        before(
+            at(ev, "all_complete", &|_| true),
+            done,
+            e,
+            &format!("{c} done"),
+        );
+    }
+    let owner = |file: &str| {
+        run.files()
+            .find(|f| f.name == file)
+            .map(|f| f.owner.clone())
+    };
+    let mut relayed = 0;
+    for (c, ev) in &logs {
+        for ch in ev.iter().filter(|x| x.event == "chunk_received") {
+            let (file, index, from) = (ch.get("file"), ch.get("index"), ch.get("from").unwrap());
+            if owner(file.unwrap()).as_deref() == Some(from) {
+                continue;
+            }
+            let had = at(&logs[from], "chunk_received", &|x| {
+                x.get("file") == file && x.get("index") == index
+            });
+            before(
+                had,
+                ch.t_ms,
+                err[c] + err[from],
+                &format!("{from} -> {c} {file:?}#{index:?}"),
+            );
+            relayed += 1;
+        }
+    }
+    // (How many chunks went through a relay depends on timing; on a slow machine the owners
+    // may serve every chunk.)
+    eprintln!("skewed clock: {relayed} relayed chunks checked");
+
+    let o = run_cmd(
+        &dir.path,
+        "report",
+        &args(&["report", &path_arg(&run.log_dir)]),
+        CMD_TIMEOUT,
+    );
+    assert_eq!(o.status.code(), Some(0), "report: {}", o.stderr);
+    assert!(
+        o.stdout.contains("0 malformed lines skipped"),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("T_lb: ") && o.stdout.contains("(set by "),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("critical path\n  last chunk: "),
+        "{}",
+        o.stdout
+    );
+    let svg = std::fs::read_to_string(run.log_dir.join("report.svg")).unwrap();
+    let all: u64 = sizes.iter().flatten().sum();
+    assert_eq!(
+        svg.matches(&format!("data-final-bytes=\"{all}\"")).count(),
+        4,
+        "every client ends holding every byte"
+    );
 }

@@ -117,7 +117,7 @@ impl Rng {
 /// A random message of any kind, with random (often hostile) fields.
 fn message(r: &mut Rng) -> Message {
     let n = r.below(4) as usize;
-    match r.below(18) {
+    match r.below(21) {
         0 => Message::Hello {
             version: if r.chance(80) {
                 VERSION
@@ -191,18 +191,28 @@ fn message(r: &mut Rng) -> Message {
         },
         12 => Message::Have { chunk: r.chunk() },
         13 => Message::Request { chunk: r.chunk() },
-        14 => Message::Cancel { chunk: r.chunk() },
-        15 => Message::RequestFresh {
+        14 => Message::Ping { client_us: r.num() },
+        15 => Message::Pong {
+            client_us: r.num(),
+            server_us: r.num(),
+        },
+        16 => Message::ClockReport {
+            offset_us: r.num() as i64,
+            error_us: r.num(),
+            max_error_us: r.num(),
+        },
+        17 => Message::RequestFresh {
             file: FileId(r.num32()),
             below: r.num32(),
         },
-        16 => Message::NoFresh {
+        18 => Message::NoFresh {
             file: FileId(r.num32()),
         },
-        _ => Message::Load {
+        19 => Message::Load {
             own_eta_ms: r.num32(),
             upload_kib_s: r.num32(),
         },
+        _ => Message::Cancel { chunk: r.chunk() },
     }
 }
 

@@ -1,7 +1,8 @@
-//! Harness for the end-to-end tests in `tests/e2e.rs`: per-test temporary directories, running
-//! the real `p2pshare` binary with a deadline (children are killed and the test fails when it
-//! passes), starting a server plus N clients on 127.0.0.1, and checking what a finished run left
-//! behind: the downloaded files, the summary JSON and the per-node logs.
+//! Harness for the end-to-end tests in `tests/e2e.rs` and the others: per-test temporary
+//! directories, running the real `p2pshare` binary with a deadline (children are killed and the
+//! test fails when it passes), starting a server plus N clients on 127.0.0.1 or each in a network
+//! namespace of its own (`tests/netns.rs`), and checking what a finished run left behind: the
+//! downloaded files, the summary JSON and the per-node logs.
 //!
 //! Every child's stdout and stderr go to files in the test's directory, so no pipe can fill up;
 //! a failed test keeps its directory (the path is in the panic message) for a post-mortem.
@@ -86,6 +87,37 @@ impl Group {
         self.spawn_program(label, cwd, bin(), args)
     }
 
+    /// Like `spawn`, inside network namespace `netns` if given (`ip netns exec` execs the
+    /// binary, so the child is the node itself), with extra environment variables.
+    pub fn spawn_in(
+        &mut self,
+        netns: Option<&str>,
+        label: &str,
+        cwd: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> usize {
+        match netns {
+            None => self.spawn_with(label, cwd, bin(), args, env),
+            Some(ns) => {
+                let mut a = vec!["netns".to_string(), "exec".into(), ns.into(), bin().into()];
+                a.extend_from_slice(args);
+                self.spawn_with(label, cwd, "ip", &a, env)
+            }
+        }
+    }
+
+    /// [`Group::spawn`] with extra environment variables.
+    pub fn spawn_env(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> usize {
+        self.spawn_with(label, cwd, bin(), args, env)
+    }
+
     /// Like `spawn`, for another program (a wrapper such as `unshare` that runs the binary).
     pub fn spawn_program(
         &mut self,
@@ -94,6 +126,17 @@ impl Group {
         program: &str,
         args: &[String],
     ) -> usize {
+        self.spawn_with(label, cwd, program, args, &[])
+    }
+
+    fn spawn_with(
+        &mut self,
+        label: &str,
+        cwd: &Path,
+        program: &str,
+        args: &[String],
+        env: &[(String, String)],
+    ) -> usize {
         let stdout = cwd.join(format!("{label}.stdout"));
         let stderr = cwd.join(format!("{label}.stderr"));
         let child = Command::new(program)
@@ -101,6 +144,8 @@ impl Group {
             .current_dir(cwd)
             .env_remove("P2PSHARE_LOG")
             .env_remove("RUST_BACKTRACE")
+            .env_remove("P2PSHARE_TEST_CLOCK_SKEW_MS")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout file"))
             .stderr(File::create(&stderr).expect("create stderr file"))
@@ -213,9 +258,20 @@ pub struct Outcome {
 /// Runs the binary once with `args` in `cwd` (output files named after `label`), bounded by
 /// `timeout`.
 pub fn run_cmd(cwd: &Path, label: &str, args: &[String], timeout: Duration) -> Outcome {
+    run_program(cwd, label, bin(), args, timeout)
+}
+
+/// Runs any program once, as `run_cmd` runs the binary.
+pub fn run_program(
+    cwd: &Path,
+    label: &str,
+    program: &str,
+    args: &[String],
+    timeout: Duration,
+) -> Outcome {
     let start = Instant::now();
     let mut g = Group::default();
-    let i = g.spawn(label, cwd, args);
+    let i = g.spawn_program(label, cwd, program, args);
     g.wait_all(start + timeout, label);
     let status = g.poll(i).expect("exited");
     let p = &g.procs[i];
@@ -286,6 +342,8 @@ pub struct SourceFile {
 /// One client of a run.
 pub struct ClientRun {
     pub name: String,
+    /// The IP address it listens on and advertises.
+    pub ip: String,
     pub out_dir: PathBuf,
     /// The file it shares, if any.
     pub owns: Option<SourceFile>,
@@ -310,9 +368,28 @@ impl SwarmRun {
     }
 }
 
-/// Parses `server: listening on 127.0.0.1:PORT, waiting for N clients` out of the server's
-/// stderr so far.
-fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
+/// Where the nodes of a run live.
+pub enum Hosts {
+    /// Every node on 127.0.0.1.
+    Loopback,
+    /// Each node in a network namespace of its own: entry 0 (namespace, IP address) runs the
+    /// server, entry K client K.
+    Netns(Vec<(String, String)>),
+}
+
+impl Hosts {
+    /// The namespace and IP address of host `k` (0: the server, K: client K).
+    fn host(&self, k: usize) -> (Option<&str>, &str) {
+        match self {
+            Hosts::Loopback => (None, "127.0.0.1"),
+            Hosts::Netns(h) => (Some(h[k].0.as_str()), h[k].1.as_str()),
+        }
+    }
+}
+
+/// Parses `server: listening on IP:PORT, waiting for N clients` out of the server's stderr so
+/// far, and checks that IP is `ip`.
+fn listening_addr(stderr: &str, clients: usize, ip: &str) -> Option<String> {
     let line = stderr
         .lines()
         .find(|l| l.starts_with("server: listening on "))?;
@@ -324,8 +401,8 @@ fn listening_addr(stderr: &str, clients: usize) -> Option<String> {
         "server's listening line: {line:?}"
     );
     assert!(
-        addr.starts_with("127.0.0.1:"),
-        "server listens on {addr}, not loopback"
+        addr.starts_with(&format!("{ip}:")),
+        "server listens on {addr}, not on {ip}"
     );
     Some(addr.to_string())
 }
@@ -340,24 +417,47 @@ pub fn start_server(
     summary: &Path,
     deadline: Instant,
 ) -> (usize, String) {
-    let server = g.spawn(
-        "server",
-        &dir.path,
-        &[
-            "server".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--clients".into(),
-            clients.to_string(),
-            "--log-dir".into(),
-            path_arg(log_dir),
-            "--summary".into(),
-            path_arg(summary),
-        ],
-    );
+    start_server_on(
+        g,
+        dir,
+        clients,
+        log_dir,
+        summary,
+        deadline,
+        &Hosts::Loopback,
+        &[],
+    )
+}
+
+/// As `start_server`, on host 0 of `hosts`, with extra server arguments.
+#[allow(clippy::too_many_arguments)]
+pub fn start_server_on(
+    g: &mut Group,
+    dir: &TestDir,
+    clients: usize,
+    log_dir: &Path,
+    summary: &Path,
+    deadline: Instant,
+    hosts: &Hosts,
+    extra: &[String],
+) -> (usize, String) {
+    let (netns, ip) = hosts.host(0);
+    let mut a: Vec<String> = vec![
+        "server".into(),
+        "--listen".into(),
+        format!("{ip}:0"),
+        "--clients".into(),
+        clients.to_string(),
+        "--log-dir".into(),
+        path_arg(log_dir),
+        "--summary".into(),
+        path_arg(summary),
+    ];
+    a.extend_from_slice(extra);
+    let server = g.spawn_in(netns, "server", &dir.path, &a, &[]);
     loop {
         let err = fs::read_to_string(&g.procs[server].stderr).unwrap_or_default();
-        if let Some(a) = listening_addr(&err, clients) {
+        if let Some(a) = listening_addr(&err, clients, ip) {
             return (server, a);
         }
         if let Some(st) = g.poll(server) {
@@ -404,8 +504,61 @@ pub fn client_cmd(
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
 /// `cK-data.bin` generated with seed `seed_base + K`.
 pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmRun {
+    run_swarm_full(
+        dir,
+        sizes,
+        seed_base,
+        &Hosts::Loopback,
+        RUN_TIMEOUT,
+        &[],
+        &|_| Vec::new(),
+    )
+}
+
+/// As `run_swarm`, with the nodes on `hosts` (in a namespace, a client listens on its host's
+/// address and advertises it) and the whole run bounded by `timeout`.
+pub fn run_swarm_on(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    hosts: &Hosts,
+    timeout: Duration,
+) -> SwarmRun {
+    run_swarm_full(dir, sizes, seed_base, hosts, timeout, &[], &|_| Vec::new())
+}
+
+/// [`run_swarm`] with extra server arguments, and extra environment variables for client K
+/// (from 1) given by `client_env(K)`.
+pub fn run_swarm_with(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    server_extra: &[String],
+    client_env: &dyn Fn(usize) -> Vec<(String, String)>,
+) -> SwarmRun {
+    run_swarm_full(
+        dir,
+        sizes,
+        seed_base,
+        &Hosts::Loopback,
+        RUN_TIMEOUT,
+        server_extra,
+        client_env,
+    )
+}
+
+/// The swarm runs above, with every option.
+fn run_swarm_full(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    hosts: &Hosts,
+    timeout: Duration,
+    server_extra: &[String],
+    client_env: &dyn Fn(usize) -> Vec<(String, String)>,
+) -> SwarmRun {
     let start = Instant::now();
-    let deadline = start + RUN_TIMEOUT;
+    let deadline = start + timeout;
     let src = dir.join("src");
     let log_dir = dir.join("logs");
     let summary = dir.join("summary.json");
@@ -427,18 +580,35 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
         });
         clients.push(ClientRun {
             out_dir: dir.join(&format!("out/{name}")),
+            ip: hosts.host(i + 1).1.to_string(),
             name,
             owns,
         });
     }
 
     let mut g = Group::default();
-    let (_, addr) = start_server(&mut g, dir, sizes.len(), &log_dir, &summary, deadline);
+    let (_, addr) = start_server_on(
+        &mut g,
+        dir,
+        sizes.len(),
+        &log_dir,
+        &summary,
+        deadline,
+        hosts,
+        server_extra,
+    );
 
-    for c in &clients {
+    for (k, c) in clients.iter().enumerate() {
         let file = c.owns.as_ref().map(|f| f.path.as_path());
-        let a = client_cmd(&addr, &c.name, file, &c.out_dir, &log_dir);
-        g.spawn(&c.name, &dir.path, &a);
+        let mut a = client_cmd(&addr, &c.name, file, &c.out_dir, &log_dir);
+        let (netns, _) = hosts.host(k + 1);
+        if netns.is_some() {
+            let listen = a.iter().position(|x| x == "--listen").expect("--listen") + 1;
+            a[listen] = format!("{}:0", c.ip);
+            a.push("--advertise".into());
+            a.push(c.ip.clone());
+        }
+        g.spawn_in(netns, &c.name, &dir.path, &a, &client_env(k + 1));
     }
     g.wait_all(deadline, "swarm run");
     let bad: Vec<String> = g
@@ -550,7 +720,10 @@ pub fn check_summary(run: &SwarmRun) {
         assert!(num(js, "elapsed_ms", &ctx) >= 0.0, "{ctx}: elapsed_ms");
         assert!(num(js, "done_ms", &ctx) >= num(js, "connect_ms", &ctx));
         let addr = string(js, "addr", &ctx);
-        assert!(addr.starts_with("127.0.0.1:"), "{ctx}: addr {addr}");
+        assert!(
+            addr.starts_with(&format!("{}:", c.ip)),
+            "{ctx}: addr {addr}"
+        );
         let want_recv: u64 = run.wanted_by(c).map(|f| f.size).sum();
         assert_eq!(
             uint(js, "bytes_received", &ctx),
@@ -627,8 +800,50 @@ fn read_log(run: &SwarmRun, node: &str) -> String {
     text
 }
 
+fn bytes_field(line: &str, what: &str) -> u64 {
+    field(line, "bytes")
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("{what} has no bytes=N: {line:?}"))
+}
+
+/// What client `node` says it queued for its peers, per file: its `file_uploaded` lines, each
+/// file at most once.
+pub fn uploaded_by_file(run: &SwarmRun, node: &str) -> BTreeMap<String, u64> {
+    let mut up = BTreeMap::new();
+    for line in read_log(run, node).lines() {
+        if line.contains(" event=file_uploaded ") {
+            let file = field(line, "file").expect("file_uploaded has file=");
+            let bytes = bytes_field(line, "file_uploaded");
+            let again = up.insert(file.to_string(), bytes);
+            assert!(
+                again.is_none(),
+                "{node}: two file_uploaded lines for {file}"
+            );
+        }
+    }
+    up
+}
+
+/// Verified bytes each (sender, file) delivered, summed over the `chunk_received` lines of
+/// every client.
+pub fn delivered(run: &SwarmRun) -> BTreeMap<(String, String), u64> {
+    let mut d = BTreeMap::new();
+    for c in &run.clients {
+        for line in read_log(run, &c.name).lines() {
+            if line.contains(" event=chunk_received ") {
+                let from = field(line, "from").expect("chunk_received has from=");
+                let file = field(line, "file").expect("chunk_received has file=");
+                *d.entry((from.to_string(), file.to_string())).or_default() +=
+                    bytes_field(line, "chunk_received");
+            }
+        }
+    }
+    d
+}
+
 /// The logs exist and are stamped; each client logged exactly one `chunk_received` per chunk
-/// it needed and one `file_complete` per file it downloaded.
+/// it needed, one `file_complete` per file it downloaded, and one `file_uploaded` per file of
+/// the run, with at least the bytes of that file its peers received from it.
 pub fn check_logs(run: &SwarmRun) {
     let server = read_log(run, "server");
     assert!(
@@ -670,6 +885,24 @@ pub fn check_logs(run: &SwarmRun) {
         let want_complete: BTreeMap<String, usize> =
             run.wanted_by(c).map(|f| (f.name.clone(), 1)).collect();
         assert_eq!(complete, want_complete, "{}: file_complete lines", c.name);
+    }
+    let delivered = delivered(run);
+    for c in &run.clients {
+        let up = uploaded_by_file(run, &c.name);
+        let files: BTreeSet<&str> = run.files().map(|f| f.name.as_str()).collect();
+        let logged: BTreeSet<&str> = up.keys().map(|f| f.as_str()).collect();
+        assert_eq!(logged, files, "{}: files in file_uploaded lines", c.name);
+        for (file, bytes) in &up {
+            let got = delivered
+                .get(&(c.name.clone(), file.clone()))
+                .copied()
+                .unwrap_or(0);
+            assert!(
+                *bytes >= got,
+                "{}: file_uploaded says {bytes} bytes of {file}, but peers received {got} from it",
+                c.name
+            );
+        }
     }
 }
 

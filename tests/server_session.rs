@@ -1,0 +1,236 @@
+//! The server's session state machine driven alone, through its public sans-IO interface:
+//! messages and `now` in, actions out. No sockets, no threads.
+
+use p2pshare::codec::{FileDecl, Message, VERSION};
+use p2pshare::ids::{FileId, PeerId};
+use p2pshare::server_core::*;
+
+fn hello(name: &str, file: &str) -> Message {
+    Message::Hello {
+        version: VERSION,
+        listen: "127.0.0.1:9".into(),
+        name: name.into(),
+        files: vec![FileDecl {
+            name: file.into(),
+            size: 10,
+        }],
+    }
+}
+
+fn drain(s: &mut ServerCore) -> Vec<ServerAction> {
+    std::iter::from_fn(|| s.poll_action()).collect()
+}
+
+#[test]
+fn welcome_start_and_refusal_when_full() {
+    let mut s = ServerCore::new(2, 262_144);
+    for k in 0..3 {
+        s.on_connect(k, "127.0.0.1:1");
+    }
+    s.on_message(0, hello("", "a"), 5);
+    s.on_message(1, hello("", "b"), 6);
+    let a = drain(&mut s);
+    assert!(
+        matches!(&a[0], ServerAction::Send(0, Message::Welcome { id: PeerId(1), name, .. }) if name == "client1")
+    );
+    assert_eq!(
+        a.iter()
+            .filter(|x| matches!(x, ServerAction::Send(_, Message::Start { .. })))
+            .count(),
+        2
+    );
+    s.on_message(2, hello("", "c"), 7);
+    let a = drain(&mut s);
+    assert!(matches!(
+        &a[0],
+        ServerAction::Send(2, Message::Refuse { .. })
+    ));
+    assert!(matches!(&a[1], ServerAction::Close(2, _)));
+}
+
+#[test]
+fn violations_close_the_connection() {
+    let mut s = ServerCore::new(2, 262_144);
+    s.on_connect(0, "x");
+    s.on_message(
+        0,
+        Message::Done {
+            bytes_received: 0,
+            bytes_sent: 0,
+        },
+        1,
+    );
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(0, r)] if r.contains("before hello"))
+    );
+    s.on_connect(1, "x");
+    s.on_message(1, hello("", "../../etc/passwd"), 1);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [
+            ServerAction::Send(1, Message::Refuse { .. }),
+            ServerAction::Close(1, _)
+        ]
+    ));
+    s.on_connect(2, "x");
+    s.on_message(2, hello("", "a"), 1);
+    s.on_message(2, hello("", "a2"), 1);
+    assert!(matches!(drain(&mut s).last(), Some(ServerAction::Close(2, r)) if r == "second hello"));
+}
+
+#[test]
+fn oversized_hellos_are_refused() {
+    let mut s = ServerCore::new(2, 262_144);
+    s.on_connect(0, "x");
+    let files = (0..=MAX_FILES_PER_CLIENT)
+        .map(|i| FileDecl {
+            name: format!("f{i}"),
+            size: 1,
+        })
+        .collect();
+    s.on_message(
+        0,
+        Message::Hello {
+            version: VERSION,
+            listen: "127.0.0.1:9".into(),
+            name: String::new(),
+            files,
+        },
+        1,
+    );
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [
+            ServerAction::Send(0, Message::Refuse { .. }),
+            ServerAction::Close(0, _)
+        ]
+    ));
+    s.on_connect(1, "x");
+    let huge = vec![FileDecl {
+        name: "big".into(),
+        size: 1 << 50,
+    }];
+    s.on_message(
+        1,
+        Message::Hello {
+            version: VERSION,
+            listen: "127.0.0.1:9".into(),
+            name: String::new(),
+            files: huge,
+        },
+        1,
+    );
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Send(1, Message::Refuse { reason }), _] if reason.contains("too large"))
+    );
+}
+
+#[test]
+fn done_before_every_file_is_refused() {
+    let mut s = ServerCore::new(2, 262_144);
+    s.on_connect(0, "x");
+    s.on_connect(1, "x");
+    s.on_message(0, hello("", "a"), 1);
+    s.on_message(1, hello("", "b"), 1);
+    drain(&mut s);
+    s.on_message(
+        0,
+        Message::Done {
+            bytes_received: 0,
+            bytes_sent: 0,
+        },
+        2,
+    );
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(0, r)] if r.contains("done after completing 0 of 1"))
+    );
+    // Completing its own file is not a completion.
+    s.on_message(1, Message::FileComplete { file: FileId(1) }, 2);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [ServerAction::Close(1, _)]
+    ));
+}
+
+#[test]
+fn run_finishes_when_every_client_is_done() {
+    let mut s = ServerCore::new(2, 262_144);
+    s.on_connect(0, "x");
+    s.on_connect(1, "x");
+    s.on_message(0, hello("", "a"), 1_000);
+    s.on_message(1, hello("", "b"), 2_000);
+    drain(&mut s);
+    s.on_message(0, Message::FileComplete { file: FileId(1) }, 5_000);
+    s.on_message(
+        0,
+        Message::Done {
+            bytes_received: 10,
+            bytes_sent: 10,
+        },
+        5_000,
+    );
+    s.on_message(1, Message::FileComplete { file: FileId(0) }, 9_000);
+    s.on_message(
+        1,
+        Message::Done {
+            bytes_received: 10,
+            bytes_sent: 10,
+        },
+        9_000,
+    );
+    let a = drain(&mut s);
+    assert_eq!(
+        a.iter()
+            .filter(|x| matches!(x, ServerAction::Send(_, Message::Shutdown)))
+            .count(),
+        2
+    );
+    assert!(matches!(a.last(), Some(ServerAction::Finished { code: 0 })));
+    let sum = s.summary(10_000);
+    assert_eq!(
+        sum.total_ms, 8.0,
+        "first connection at 1 ms, last completion at 9 ms"
+    );
+    assert_eq!(sum.clients[0].elapsed_ms, Some(4.0));
+    assert_eq!(sum.clients[1].elapsed_ms, Some(7.0));
+}
+
+#[test]
+fn ping_is_answered_with_the_server_clock_and_clock_reports_reach_the_summary() {
+    let mut s = ServerCore::new(2, 262_144);
+    s.on_connect(0, "x");
+    s.on_message(0, Message::Ping { client_us: 7 }, 1);
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(0, r)] if r.contains("ping before hello"))
+    );
+    s.on_connect(1, "x");
+    s.on_message(1, hello("", "a"), 1_000);
+    drain(&mut s);
+    s.on_message(1, Message::Ping { client_us: 99 }, 12_345);
+    assert_eq!(
+        drain(&mut s),
+        [ServerAction::Send(
+            1,
+            Message::Pong {
+                client_us: 99,
+                server_us: 12_345
+            }
+        )]
+    );
+    let before = s.summary(20_000);
+    assert_eq!(before.clients[0].clock_error_ms, None);
+    s.on_message(
+        1,
+        Message::ClockReport {
+            offset_us: -3_600_000_250,
+            error_us: 40,
+            max_error_us: 1_500,
+        },
+        13_000,
+    );
+    assert!(drain(&mut s).is_empty());
+    let c = &s.summary(20_000).clients[0];
+    assert_eq!(c.clock_offset_ms, Some(-3_600_000.25));
+    assert_eq!(c.clock_error_ms, Some(0.04));
+    assert_eq!(c.clock_max_error_ms, Some(1.5));
+}
