@@ -32,10 +32,11 @@ pub use crate::serving::Ask;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// In-flight requests plus chunks awaiting verification, over all peers, in bytes: a bound on
-/// the buffers that arriving pieces can take (256 chunks of 256 KiB). It must allow the sum of
+/// the buffers that arriving pieces can take (192 chunks of 256 KiB), which keeps a client under
+/// the 64 MiB of anonymous memory it may use. It must allow the sum of
 /// the windows: a node whose uplink is slow and shared by many peers sees its requests wait
 /// behind its own outgoing pieces, and needs that many in flight to keep its downlink busy.
-pub const MAX_OUTSTANDING_BYTES: u64 = 64 << 20;
+pub const MAX_OUTSTANDING_BYTES: u64 = 48 << 20;
 /// A request unanswered for this long (µs) is given up and asked elsewhere.
 pub const REQUEST_TIMEOUT_US: u64 = 15_000_000;
 /// After `NoFresh`, how often an owner is asked again while some missing chunk has no holder.
