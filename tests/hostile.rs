@@ -195,9 +195,22 @@ fn server_closes_every_protocol_violation_and_stays_up() {
     }
 }
 
-#[test]
-fn client_drops_misbehaving_peers_and_keeps_serving() {
-    let dir = TestDir::new("hostile-peer");
+/// A run of two: a real client1 that shares a small file, and the test as the second member
+/// (so the run starts and client1 accepts peers). The test's server connection stays open.
+struct OneClient {
+    g: Group,
+    log_dir: std::path::PathBuf,
+    src: std::path::PathBuf,
+    /// client1's process index in `g`.
+    client: usize,
+    my_id: p2pshare::ids::PeerId,
+    /// client1's peer address and its file.
+    peer_addr: String,
+    file: FileId,
+    server: TcpStream,
+}
+
+fn one_client_and_us(dir: &TestDir) -> OneClient {
     let log_dir = dir.join("logs");
     let src = dir.join("c1.bin");
     common::gen_file(&dir.path, &src, 3 * common::CHUNK + 100, 7);
@@ -205,7 +218,7 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (_, addr) = start_server(
         &mut g,
-        &dir,
+        dir,
         2,
         &log_dir,
         &dir.join("summary.json"),
@@ -222,8 +235,6 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
         "client=client1",
         deadline,
     );
-
-    // The test joins as the second client, so the run starts and client1 takes peers.
     let mut me = TcpStream::connect(&addr).expect("connect to the server");
     me.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
     me.write_all(&encode(&hello("fake", &[]))).expect("hello");
@@ -231,7 +242,7 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
         Message::Welcome { id, .. } => id,
         m => panic!("expected a welcome, got {m:?}"),
     };
-    let (peer_addr, file, chunk_size) = loop {
+    let (peer_addr, file) = loop {
         if let Message::Start { peers, files } = read_message(&mut me) {
             let p = peers
                 .iter()
@@ -241,9 +252,35 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
                 .iter()
                 .find(|f| f.owner == p.id)
                 .expect("client1's file");
-            break (p.addr.clone(), f.id, common::CHUNK as u32);
+            break (p.addr.clone(), f.id);
         }
     };
+    OneClient {
+        g,
+        log_dir,
+        src,
+        client,
+        my_id,
+        peer_addr,
+        file,
+        server: me,
+    }
+}
+
+#[test]
+fn client_drops_misbehaving_peers_and_keeps_serving() {
+    let dir = TestDir::new("hostile-peer");
+    let OneClient {
+        mut g,
+        log_dir,
+        src,
+        client,
+        my_id,
+        peer_addr,
+        file,
+        server: _me,
+    } = one_client_and_us(&dir);
+    let chunk_size = common::CHUNK as u32;
     let peer_hello = encode(&Message::PeerHello {
         version: VERSION,
         id: my_id,
@@ -341,5 +378,80 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
         dropped >= cases.len(),
         "client1 logged {dropped} dropped peers with a reason, not {}:\n{log}",
         cases.len()
+    );
+}
+
+/// Connections that never finish a handshake: one that sends nothing, and one that sends a valid
+/// hello one byte a second. Both the server and a client drop each of them when the handshake
+/// timeout (10 s) passes, log why, and go on. Bounded: the test fails after 25 s.
+#[test]
+fn stalled_handshakes_are_dropped_by_server_and_client() {
+    let dir = TestDir::new("hostile-stalled");
+    let one = one_client_and_us(&dir);
+    let server_addr = one.server.peer_addr().expect("server address").to_string();
+    let slow_hello = encode(&hello("slow", &[]));
+    let slow_peer_hello = encode(&Message::PeerHello {
+        version: VERSION,
+        id: one.my_id,
+    });
+    let start = Instant::now();
+    let cases = [
+        (server_addr.clone(), Vec::new()),
+        (server_addr, slow_hello),
+        (one.peer_addr.clone(), Vec::new()),
+        (one.peer_addr.clone(), slow_peer_hello),
+    ];
+    let waiters: Vec<_> = cases
+        .into_iter()
+        .map(|(addr, drip)| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(&addr).expect("connect");
+                s.set_read_timeout(Some(Duration::from_millis(1000)))
+                    .expect("timeout");
+                let mut buf = [0u8; 256];
+                let mut sent = 0;
+                loop {
+                    if start.elapsed() > Duration::from_secs(25) {
+                        return None;
+                    }
+                    if sent < drip.len() && s.write_all(&drip[sent..sent + 1]).is_ok() {
+                        sent += 1;
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) => return Some(start.elapsed()),
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                            return Some(start.elapsed());
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    let closed: Vec<Option<Duration>> = waiters
+        .into_iter()
+        .map(|w| w.join().expect("waiter"))
+        .collect();
+    for (i, c) in closed.iter().enumerate() {
+        let after = c.unwrap_or_else(|| panic!("stalled connection {i} was never closed"));
+        assert!(
+            after >= Duration::from_secs(9),
+            "stalled connection {i} closed after {after:?}, before the handshake timeout"
+        );
+    }
+    let mut g = one.g;
+    assert!(g.poll(one.client).is_none(), "client1 is still running");
+    g.kill_all();
+    let server_log = fs::read_to_string(one.log_dir.join("server.log")).expect("server.log");
+    assert_eq!(
+        server_log.matches("event=handshake_timeout").count(),
+        2,
+        "{server_log}"
+    );
+    let client_log = fs::read_to_string(one.log_dir.join("client1.log")).expect("client1.log");
+    assert_eq!(
+        client_log.matches("no handshake within").count(),
+        2,
+        "{client_log}"
     );
 }
