@@ -108,10 +108,10 @@ fn slow_uplink_owner_sends_its_file_about_once() {
     let dir = TestDir::new("netns_slow_up");
     let net = Netem::up(&dir, 4, "250,1000,1000,1000", "1000");
     let sizes = [
-        Some(8 * MIB + 12_345),
-        Some(8 * MIB - 54_321),
-        Some(8 * MIB + 100_003),
-        Some(8 * MIB + 7),
+        Some(24 * MIB + 12_345),
+        Some(24 * MIB - 54_321),
+        Some(24 * MIB + 100_003),
+        Some(24 * MIB + 7),
     ];
     for s in sizes.iter().flatten() {
         assert_ne!(s % CHUNK, 0);
