@@ -193,7 +193,9 @@ struct Liar {
     threads: Vec<std::thread::JoinHandle<u32>>,
 }
 
-fn lying_peer(addr: &str, deadline: Instant) -> Liar {
+/// As a liar, or, with `silent`, as a member that takes every request and never answers (the
+/// count is then of requests taken).
+fn lying_peer(addr: &str, deadline: Instant, silent: bool) -> Liar {
     use p2pshare::codec::{Message, VERSION, encode, piece_header};
     use std::io::{Read, Write};
     use std::net::TcpStream;
@@ -262,6 +264,10 @@ fn lying_peer(addr: &str, deadline: Instant) -> Liar {
                     else {
                         continue;
                     };
+                    if silent {
+                        sent += 1;
+                        continue;
+                    }
                     let f = theirs.iter().find(|f| f.id == chunk.file).expect("a file");
                     let start = chunk.index as u64 * CHUNK;
                     let n = (f.size - start).min(CHUNK) as u32;
@@ -322,7 +328,7 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
             deadline,
         );
     }
-    let liar = lying_peer(&addr, deadline);
+    let liar = lying_peer(&addr, deadline, false);
     for n in names {
         wait_for_line(
             &mut g,
@@ -407,4 +413,81 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
         );
     }
     g.kill_all();
+}
+
+/// A member that claims every chunk, takes requests and never answers: what was asked of it is
+/// fetched elsewhere (by the endgame or after the request timeout), nobody hangs, and every
+/// output is byte-identical.
+#[test]
+fn a_silent_peer_costs_time_not_the_run() {
+    let dir = TestDir::new("silent-peer");
+    let log_dir = dir.join("logs");
+    let srcs = [dir.join("c1.bin"), dir.join("c2.bin")];
+    for (i, p) in srcs.iter().enumerate() {
+        gen_file(
+            &dir.path,
+            p,
+            24 * CHUNK + 55 * (i as u64 + 1),
+            80 + i as u64,
+        );
+    }
+    let mut g = Group::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (_, addr) = start_server(
+        &mut g,
+        &dir,
+        3,
+        &log_dir,
+        &dir.join("summary.json"),
+        deadline,
+    );
+    let names = ["client1", "client2"];
+    let outs = [dir.join("out1"), dir.join("out2")];
+    for i in 0..2 {
+        let a = client_cmd(&addr, names[i], Some(&srcs[i]), &outs[i], &log_dir);
+        g.spawn(names[i], &dir.path, &a);
+        wait_for_line(
+            &mut g,
+            &log_dir.join("server.log"),
+            &format!("client={}", names[i]),
+            deadline,
+        );
+    }
+    let silent = lying_peer(&addr, deadline, true);
+    for n in names {
+        wait_for_line(
+            &mut g,
+            &log_dir.join(format!("{n}.log")),
+            "event=all_complete",
+            deadline,
+        );
+    }
+    for c in silent.conns.lock().expect("conns").iter() {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    let taken: u32 = silent
+        .threads
+        .into_iter()
+        .map(|h| h.join().expect("silent thread"))
+        .sum();
+    g.kill_all();
+    eprintln!("silent peer: {taken} requests taken and never answered");
+    assert!(
+        taken >= 1,
+        "nobody asked the silent peer: nothing was tested"
+    );
+    for (i, n) in names.iter().enumerate() {
+        let other = &srcs[1 - i];
+        let got = fs::read(outs[i].join(other.file_name().expect("name"))).expect("output");
+        assert!(
+            got == fs::read(other).expect("source"),
+            "{n}'s copy differs"
+        );
+        let log = fs::read_to_string(log_dir.join(format!("{n}.log"))).expect("log");
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("event=chunk_received") && l.contains("from=liar")),
+            "{n} received a chunk from a peer that never sent one"
+        );
+    }
 }
