@@ -289,27 +289,29 @@ fn lying_peer(addr: &str, deadline: Instant, silent: bool) -> Liar {
     }
 }
 
-/// A peer that serves wrong bytes: every bad chunk is caught by its MD5 and fetched from
-/// someone else, the liar is dropped after a few bad chunks and never used again, and every
-/// output is byte-identical.
-#[test]
-fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
-    let dir = TestDir::new("lying-peer");
+/// Two real clients sharing a file each, and a third member played by the test (a liar, or a
+/// silent peer), after both real clients logged all_complete.
+struct Run3 {
+    g: Group,
+    log_dir: std::path::PathBuf,
+    srcs: [std::path::PathBuf; 2],
+    outs: [std::path::PathBuf; 2],
+    names: [&'static str; 2],
+    member: Liar,
+    deadline: Instant,
+}
+
+fn two_clients_and_a_member(dir: &TestDir, size: u64, silent: bool) -> Run3 {
     let log_dir = dir.join("logs");
     let srcs = [dir.join("c1.bin"), dir.join("c2.bin")];
     for (i, p) in srcs.iter().enumerate() {
-        gen_file(
-            &dir.path,
-            p,
-            40 * CHUNK + 77 * (i as u64 + 1),
-            60 + i as u64,
-        );
+        gen_file(&dir.path, p, size + 77 * (i as u64 + 1), 60 + i as u64);
     }
     let mut g = Group::default();
     let deadline = Instant::now() + Duration::from_secs(90);
     let (_, addr) = start_server(
         &mut g,
-        &dir,
+        dir,
         3,
         &log_dir,
         &dir.join("summary.json"),
@@ -320,7 +322,7 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
     for i in 0..2 {
         let a = client_cmd(&addr, names[i], Some(&srcs[i]), &outs[i], &log_dir);
         g.spawn(names[i], &dir.path, &a);
-        // Joining order makes the ids: the liar is client3, the highest, and dials both.
+        // Joining order makes the ids: the member is client3, the highest, and dials both.
         wait_for_line(
             &mut g,
             &log_dir.join("server.log"),
@@ -328,7 +330,7 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
             deadline,
         );
     }
-    let liar = lying_peer(&addr, deadline, false);
+    let member = lying_peer(&addr, deadline, silent);
     for n in names {
         wait_for_line(
             &mut g,
@@ -337,6 +339,32 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
             deadline,
         );
     }
+    Run3 {
+        g,
+        log_dir,
+        srcs,
+        outs,
+        names,
+        member,
+        deadline,
+    }
+}
+
+/// A peer that serves wrong bytes: every bad chunk is caught by its MD5 and fetched from
+/// someone else, the liar is dropped after a few bad chunks and never used again, and every
+/// output is byte-identical.
+#[test]
+fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
+    let dir = TestDir::new("lying-peer");
+    let Run3 {
+        mut g,
+        log_dir,
+        srcs,
+        outs,
+        names,
+        member: liar,
+        deadline,
+    } = two_clients_and_a_member(&dir, 40 * CHUNK, false);
     // The run is over: end the liar's connections the real clients kept (one a client never
     // asked anything of stays open), so its threads return what they served.
     for c in liar.conns.lock().expect("conns").iter() {
@@ -421,47 +449,15 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
 #[test]
 fn a_silent_peer_costs_time_not_the_run() {
     let dir = TestDir::new("silent-peer");
-    let log_dir = dir.join("logs");
-    let srcs = [dir.join("c1.bin"), dir.join("c2.bin")];
-    for (i, p) in srcs.iter().enumerate() {
-        gen_file(
-            &dir.path,
-            p,
-            24 * CHUNK + 55 * (i as u64 + 1),
-            80 + i as u64,
-        );
-    }
-    let mut g = Group::default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let (_, addr) = start_server(
-        &mut g,
-        &dir,
-        3,
-        &log_dir,
-        &dir.join("summary.json"),
-        deadline,
-    );
-    let names = ["client1", "client2"];
-    let outs = [dir.join("out1"), dir.join("out2")];
-    for i in 0..2 {
-        let a = client_cmd(&addr, names[i], Some(&srcs[i]), &outs[i], &log_dir);
-        g.spawn(names[i], &dir.path, &a);
-        wait_for_line(
-            &mut g,
-            &log_dir.join("server.log"),
-            &format!("client={}", names[i]),
-            deadline,
-        );
-    }
-    let silent = lying_peer(&addr, deadline, true);
-    for n in names {
-        wait_for_line(
-            &mut g,
-            &log_dir.join(format!("{n}.log")),
-            "event=all_complete",
-            deadline,
-        );
-    }
+    let Run3 {
+        mut g,
+        log_dir,
+        srcs,
+        outs,
+        names,
+        member: silent,
+        ..
+    } = two_clients_and_a_member(&dir, 24 * CHUNK, true);
     for c in silent.conns.lock().expect("conns").iter() {
         let _ = c.shutdown(std::net::Shutdown::Both);
     }
