@@ -22,6 +22,10 @@ const LISTENER: Token = Token(0);
 const FIRST_CONN: usize = 1;
 /// Connections at once (clients plus handshakes in progress).
 const MAX_CONNS: usize = 1024;
+/// Connections that have not said hello yet: a stranger who opens many and stays silent holds
+/// at most this many places (each for the handshake timeout), never all of them, so clients of
+/// the run can still get in.
+const MAX_PENDING_HANDSHAKES: usize = 64;
 /// Time a new connection has to say hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the run, how long to wait for the shutdown messages to leave.
@@ -219,6 +223,16 @@ impl Server {
                 Ok((mut stream, from)) => {
                     if self.conns.len() >= MAX_CONNS {
                         warn!("refused event=connection_cap from={from}");
+                        continue;
+                    }
+                    let core = &self.core;
+                    let handshaking = self
+                        .pending
+                        .keys()
+                        .filter(|k| !core.is_identified(**k))
+                        .count();
+                    if handshaking >= MAX_PENDING_HANDSHAKES {
+                        warn!("refused event=handshake_cap from={from}");
                         continue;
                     }
                     let _ = stream.set_nodelay(true);

@@ -455,3 +455,70 @@ fn stalled_handshakes_are_dropped_by_server_and_client() {
         "{client_log}"
     );
 }
+
+/// A stranger opens many connections and says nothing: past 64 waiting handshakes the server
+/// and a client turn new connections away at once (logged as handshake_cap), and once the
+/// stranger's connections are gone a well-behaved newcomer is served again.
+#[test]
+fn pending_handshakes_are_capped() {
+    const CAP: usize = 64;
+    let dir = TestDir::new("hostile-cap");
+    let one = one_client_and_us(&dir);
+    let server_addr = one.server.peer_addr().expect("server address").to_string();
+    for (addr, log) in [
+        (&server_addr, "server.log"),
+        (&one.peer_addr, "client1.log"),
+    ] {
+        let idle: Vec<TcpStream> = (0..CAP)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        // The node accepts in its own time: wait until it has seen all of them, by sending one
+        // more and expecting it, and only it, to be turned away at once.
+        let start = Instant::now();
+        let refused = loop {
+            let mut extra = TcpStream::connect(addr).expect("connect");
+            extra
+                .set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+            let mut b = [0u8; 1];
+            match extra.read(&mut b) {
+                Ok(0) => break true,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
+                _ if start.elapsed() > Duration::from_secs(5) => break false,
+                _ => {}
+            }
+        };
+        assert!(
+            refused,
+            "{log}: a connection past {CAP} waiting handshakes was kept"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(9),
+            "{log}: turned away only by the handshake timeout"
+        );
+        drop(idle);
+        let text = fs::read_to_string(one.log_dir.join(log)).expect("log");
+        assert!(text.contains("event=handshake_cap"), "{log}:\n{text}");
+    }
+    // The server serves a newcomer once the idle connections are gone (it sees them close).
+    let start = Instant::now();
+    loop {
+        let mut s = TcpStream::connect(&server_addr).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let _ = s.write_all(&encode(&hello("", &[("late.bin", 10)])));
+        let mut head = [0u8; 5];
+        if s.read_exact(&mut head).is_ok() {
+            // A refusal (the run is full, 2 of 2) is an answer too: the handshake was served.
+            assert!(matches!(head[4], 2 | 3), "kind {}", head[4]);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the server kept turning newcomers away"
+        );
+    }
+    let mut g = one.g;
+    assert!(g.poll(one.client).is_none(), "client1 is still running");
+    g.kill_all();
+}
