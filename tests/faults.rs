@@ -195,6 +195,44 @@ struct Liar {
 
 /// As a liar, or, with `silent`, as a member that takes every request and never answers (the
 /// count is then of requests taken).
+impl Liar {
+    /// Ends the connections the real clients kept open (one a client never asked anything of
+    /// stays open), so the threads return: what each served (or took, if silent).
+    fn finish(&mut self) -> Vec<u32> {
+        for c in self.conns.lock().expect("conns").iter() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        std::mem::take(&mut self.threads)
+            .into_iter()
+            .map(|h| h.join().expect("member thread"))
+            .collect()
+    }
+}
+
+/// Client `i`'s copy of the other client's file is byte-identical and no chunk in its log came
+/// from the test's member ("liar"); returns its log.
+fn checked_copy(
+    srcs: &[std::path::PathBuf; 2],
+    outs: &[std::path::PathBuf; 2],
+    log_dir: &std::path::Path,
+    i: usize,
+    n: &str,
+) -> String {
+    let other = &srcs[1 - i];
+    let got = fs::read(outs[i].join(other.file_name().expect("name"))).expect("output");
+    assert!(
+        got == fs::read(other).expect("source"),
+        "{n}'s copy differs"
+    );
+    let log = fs::read_to_string(log_dir.join(format!("{n}.log"))).expect("log");
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("event=chunk_received") && l.contains("from=liar")),
+        "{n} accepted a chunk from the test's member"
+    );
+    log
+}
+
 fn lying_peer(addr: &str, deadline: Instant, silent: bool) -> Liar {
     use p2pshare::codec::{Message, VERSION, encode, piece_header};
     use std::io::{Read, Write};
@@ -362,19 +400,10 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
         srcs,
         outs,
         names,
-        member: liar,
+        member: mut liar,
         deadline,
     } = two_clients_and_a_member(&dir, 40 * CHUNK, false);
-    // The run is over: end the liar's connections the real clients kept (one a client never
-    // asked anything of stays open), so its threads return what they served.
-    for c in liar.conns.lock().expect("conns").iter() {
-        let _ = c.shutdown(std::net::Shutdown::Both);
-    }
-    let served: Vec<u32> = liar
-        .threads
-        .into_iter()
-        .map(|h| h.join().expect("liar thread"))
-        .collect();
+    let served = liar.finish();
     assert!(
         served.iter().sum::<u32>() >= 3,
         "the liar was asked for too few chunks to test anything: {served:?}"
@@ -382,18 +411,7 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
 
     let mut dropped = Vec::new();
     for (i, n) in names.iter().enumerate() {
-        let other = &srcs[1 - i];
-        let got = fs::read(outs[i].join(other.file_name().expect("name"))).expect("output");
-        assert!(
-            got == fs::read(other).expect("source"),
-            "{n}'s copy differs"
-        );
-        let log = fs::read_to_string(log_dir.join(format!("{n}.log"))).expect("log");
-        assert!(
-            !log.lines()
-                .any(|l| l.contains("event=chunk_received") && l.contains("from=liar")),
-            "{n} accepted a chunk from the liar"
-        );
+        let log = checked_copy(&srcs, &outs, &log_dir, i, n);
         // Pieces already received when the third bad one is found are still checked (and
         // fail) after the liar is dropped, so more than three failures may be logged.
         let failed = log
@@ -455,17 +473,10 @@ fn a_silent_peer_costs_time_not_the_run() {
         srcs,
         outs,
         names,
-        member: silent,
+        member: mut silent,
         ..
     } = two_clients_and_a_member(&dir, 24 * CHUNK, true);
-    for c in silent.conns.lock().expect("conns").iter() {
-        let _ = c.shutdown(std::net::Shutdown::Both);
-    }
-    let taken: u32 = silent
-        .threads
-        .into_iter()
-        .map(|h| h.join().expect("silent thread"))
-        .sum();
+    let taken: u32 = silent.finish().iter().sum();
     g.kill_all();
     eprintln!("silent peer: {taken} requests taken and never answered");
     assert!(
@@ -473,17 +484,6 @@ fn a_silent_peer_costs_time_not_the_run() {
         "nobody asked the silent peer: nothing was tested"
     );
     for (i, n) in names.iter().enumerate() {
-        let other = &srcs[1 - i];
-        let got = fs::read(outs[i].join(other.file_name().expect("name"))).expect("output");
-        assert!(
-            got == fs::read(other).expect("source"),
-            "{n}'s copy differs"
-        );
-        let log = fs::read_to_string(log_dir.join(format!("{n}.log"))).expect("log");
-        assert!(
-            !log.lines()
-                .any(|l| l.contains("event=chunk_received") && l.contains("from=liar")),
-            "{n} received a chunk from a peer that never sent one"
-        );
+        checked_copy(&srcs, &outs, &log_dir, i, n);
     }
 }
