@@ -44,6 +44,10 @@ enum Cmd {
         /// summary then states T_lb and the run's ratio to it.
         #[arg(long)]
         links: Option<PathBuf>,
+        /// Seconds to wait for a lost client to come back (restarted with the same
+        /// arguments) before the run ends without it, as failed.
+        #[arg(long, default_value_t = 30.0)]
+        rejoin_wait: f64,
     },
     /// Run a client.
     Client {
@@ -120,7 +124,13 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             log_dir,
             summary,
             links,
+            rejoin_wait,
         } => {
+            if !(0.0..=86_400.0).contains(&rejoin_wait) {
+                return Err(Error::Usage(format!(
+                    "--rejoin-wait must be between 0 and 86400 seconds, not {rejoin_wait}"
+                )));
+            }
             if clients == 0 || clients > 1000 {
                 return Err(Error::Usage(format!(
                     "--clients must be between 1 and 1000, not {clients}"
@@ -144,6 +154,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 log_dir,
                 summary,
                 links,
+                rejoin_wait: Duration::from_secs_f64(rejoin_wait),
             })
         }
         Cmd::Client {

@@ -447,6 +447,17 @@ impl Client {
 
     fn peer_inbound(&mut self, key: usize, x: Inbound) -> Result<(), String> {
         let now = now_us();
+        if let Inbound::Msg(Message::PeerHello { id, .. }) = &x
+            && self
+                .peers
+                .get(key)
+                .is_some_and(|pc| !pc.established && pc.peer.is_none())
+            && let Some(old) = self.by_peer.get(id).copied().filter(|&k| k != key)
+        {
+            // A peer that dials in while its old connection still looks alive was restarted:
+            // the old connection is dead, whether or not this node noticed yet.
+            self.drop_peer(old, "the peer connected again");
+        }
         let pc = self.peers.get_mut(key).ok_or("gone")?;
         match (pc.established, pc.peer, x) {
             (false, expected, Inbound::Msg(Message::PeerHello { id, .. })) => {
@@ -561,7 +572,7 @@ impl Client {
                     file,
                     first,
                     digests,
-                } => self.core.on_own_digests(file, first, digests),
+                } => self.core.on_hashed(file, first, digests, now),
                 Done::Verified {
                     peer,
                     chunk,
@@ -652,7 +663,13 @@ impl Client {
                         .unwrap_or_else(|| PathBuf::from("downloads"));
                     if !self.space_checked {
                         self.space_checked = true;
-                        let needed = self.core.download_bytes();
+                        // What an earlier life of this node left on disk is already allocated.
+                        let held: u64 = self
+                            .core
+                            .downloads()
+                            .map(|f| crate::storage::allocated(&dir, &f.name, f.size))
+                            .sum();
+                        let needed = self.core.download_bytes().saturating_sub(held);
                         if let Err(e) = crate::storage::check_space(&dir, needed) {
                             self.exit = Some((2, e.to_string()));
                             continue;
@@ -661,17 +678,18 @@ impl Client {
                     if self.exit.is_some() {
                         continue;
                     }
-                    match Output::create(&dir, &name, size) {
-                        Ok(out) => {
+                    match Output::open(&dir, &name, size) {
+                        Ok((out, resumed)) => {
                             if let Some(f) = self.file_io(file) {
                                 f.map = out.map.clone();
                                 f.output = Some(out);
                             }
+                            self.core.on_output_ready(file, resumed, now_us());
                         }
                         Err(e) => self.exit = Some((2, e.to_string())),
                     }
                 }
-                Action::HashOwn { file, first, count } => {
+                Action::Hash { file, first, count } => {
                     let Some(f) = self.file_io(file) else {
                         continue;
                     };

@@ -15,6 +15,7 @@ use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
 
 mod peers;
+mod resume;
 
 /// Chunks per own-file hashing job (one round of eight MD5 lanes): digests reach peers early.
 pub const HASH_BATCH: u32 = 8;
@@ -41,12 +42,15 @@ pub enum Action {
         peer: PeerId,
         reason: String,
     },
-    /// Create and pre-size the `.part` output file of a file this node downloads.
+    /// Create and pre-size the `.part` output file of a file this node downloads, or open the
+    /// one an earlier run of this node left; then call [`ClientCore::on_output_ready`].
     CreateOutput {
         file: FileId,
     },
-    /// Compute the digests of chunks `first..first+count` of an own file.
-    HashOwn {
+    /// Compute the digests of chunks `first..first+count` of a mapped file: an own file, or a
+    /// `.part` left by an earlier run (to find the chunks it already holds); then call
+    /// [`ClientCore::on_hashed`].
+    Hash {
         file: FileId,
         first: u32,
         count: u32,
@@ -106,11 +110,15 @@ pub struct FileSlot {
     finalizing: bool,
     /// Renamed to its final name: complete.
     done: bool,
+    /// Whether its output file is ready for chunks (see `resume`).
+    out: resume::OutState,
 }
 
 struct PeerSlot {
     info: PeerInfo,
     connected: bool,
+    /// Connected at least once in this life of this node.
+    seen: bool,
     bad_chunks: u32,
     /// Used only for peers this node dials (the lower ids).
     redial: Redial,
@@ -141,6 +149,8 @@ pub struct ClientCore {
     server_gone: bool,
     /// When this node came to hold every file (server clock, µs).
     completed_at: Option<u64>,
+    /// The last `Stuck` count told to the server.
+    stuck_told: u32,
 }
 
 impl ClientCore {
@@ -168,6 +178,7 @@ impl ClientCore {
             own_pending: BTreeMap::new(),
             server_gone: false,
             completed_at: None,
+            stuck_told: 0,
         };
         c.actions.push_back(Action::ToServer(Message::Hello {
             version: VERSION,
@@ -208,7 +219,6 @@ impl ClientCore {
         matches!(self.phase, Phase::Started | Phase::Complete)
     }
 
-    /// Whether every file of the run is held, verified and renamed (also after the exit).
     /// Bytes of all the files this node downloads (known once the start message came).
     pub fn download_bytes(&self) -> u64 {
         self.files
@@ -218,6 +228,12 @@ impl ClientCore {
             .sum()
     }
 
+    /// The files this node downloads (the run's files it does not own).
+    pub fn downloads(&self) -> impl Iterator<Item = &FileInfo> {
+        self.files.values().filter(|f| !f.owned).map(|f| &f.info)
+    }
+
+    /// Whether every file of the run is held, verified and renamed (also after the exit).
     pub fn holds_all(&self) -> bool {
         self.phase != Phase::Hello && self.files.values().all(|f| f.owned || f.done)
     }
@@ -273,14 +289,18 @@ impl ClientCore {
             (Phase::Started | Phase::Complete, Message::FileDigest { file, md5 }) => {
                 self.on_whole_digest(file, md5)
             }
+            (Phase::Started | Phase::Complete, Message::Rejoined { peer }) => {
+                self.on_rejoined(peer, now)
+            }
             (_, Message::Shutdown) => {
                 info!("shutdown event=shutdown_received");
                 if self.phase == Phase::Complete {
                     self.exit(0, "every client holds every file".into());
                 } else {
+                    let lacking = self.log_incomplete();
                     self.exit(
                         1,
-                        "the server ended the run before this client held every file".into(),
+                        format!("the run ended before this client held every file: {lacking}"),
                     );
                 }
             }
@@ -346,7 +366,7 @@ impl ClientCore {
             let mut first = 0;
             while first < count {
                 let n = HASH_BATCH.min(count - first);
-                self.actions.push_back(Action::HashOwn {
+                self.actions.push_back(Action::Hash {
                     file: *fid,
                     first,
                     count: n,
@@ -399,6 +419,7 @@ impl ClientCore {
                 PeerSlot {
                     info: p,
                     connected: false,
+                    seen: false,
                     bad_chunks: 0,
                     redial: Redial::default(),
                 },
@@ -460,7 +481,11 @@ impl ClientCore {
             f.info.name
         );
         f.digests.extend(digests);
-        self.sched.set_known(file, first, n);
+        // Chunks become requestable once the output can take them (a resumed one: once checked).
+        let out = f.out;
+        if out == resume::OutState::Ready {
+            self.sched.set_known(file, first, n);
+        }
         if f.digests.len() as u32 == count {
             debug!(
                 "digests event=chunk_digests_complete file={} chunks={count}",
@@ -474,6 +499,9 @@ impl ClientCore {
             }
         }
         self.manifest_check();
+        if matches!(out, resume::OutState::Scanning { .. }) {
+            self.scan(file);
+        }
         self.fill_all(now);
     }
 
@@ -648,9 +676,18 @@ impl ClientCore {
 
     // ------------------------------------------------------------ hashing results
 
+    /// Digests of chunks `first..` of a file are ready (an [`Action::Hash`] is done).
+    pub fn on_hashed(&mut self, file: FileId, first: u32, digests: Vec<Digest>, now: u64) {
+        match self.files.get(&file) {
+            Some(f) if f.owned => self.on_own_digests(file, first, digests),
+            Some(_) => self.on_checked(file, first, digests, now),
+            None => {}
+        }
+    }
+
     /// Digests of own-file chunks `first..` are ready. Jobs finish out of order on the pool;
     /// digests go to the server in order, as soon as the prefix before them is complete.
-    pub fn on_own_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>) {
+    fn on_own_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>) {
         let Some(f) = self.files.get_mut(&file) else {
             return;
         };
@@ -812,6 +849,11 @@ impl FileSlot {
             stream_busy: false,
             finalizing: false,
             done: false,
+            out: if owned {
+                resume::OutState::Ready
+            } else {
+                resume::OutState::Waiting
+            },
         }
     }
 }

@@ -15,7 +15,7 @@ pub const MAGIC: [u8; 4] = *b"P2PS";
 /// 2: ping, pong and clock_report (client and server), request_fresh, no_fresh and load (between
 /// peers) were added. A version-1 node would drop the connection at the first of them, mid-run;
 /// the version check at hello ends it at once, and the log says why.
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
 /// Length prefix plus kind byte.
@@ -80,6 +80,11 @@ pub enum Message {
         error_us: u64,
         max_error_us: u64,
     },
+    /// This client lacks `chunks` chunks that no peer it can reach holds, and has nothing in
+    /// flight: it cannot progress until a lost member comes back (0: it can progress again).
+    Stuck {
+        chunks: u32,
+    },
     // server -> client
     Welcome {
         id: PeerId,
@@ -97,6 +102,10 @@ pub enum Message {
         files: Vec<FileInfo>,
     },
     Shutdown,
+    /// A member that was lost came back (same id, name and files), listening at `peer.addr`.
+    Rejoined {
+        peer: PeerInfo,
+    },
     /// The answer to a ping: its `client_us` echoed, and the server's clock when it handled it.
     Pong {
         client_us: u64,
@@ -165,6 +174,8 @@ pub(crate) mod kind {
     pub const PING: u8 = 11;
     pub const PONG: u8 = 12;
     pub const CLOCK_REPORT: u8 = 13;
+    pub const STUCK: u8 = 14;
+    pub const REJOINED: u8 = 15;
     pub const PEER_HELLO: u8 = 20;
     pub const BITFIELD: u8 = 21;
     pub const HAVE: u8 = 22;
@@ -191,6 +202,8 @@ impl Message {
             Message::Ping { .. } => "ping",
             Message::Pong { .. } => "pong",
             Message::ClockReport { .. } => "clock_report",
+            Message::Stuck { .. } => "stuck",
+            Message::Rejoined { .. } => "rejoined",
             Message::ChunkDigests { .. } => "chunk_digests",
             Message::FileDigest { .. } => "file_digest",
             Message::PeerHello { .. } => "peer_hello",
@@ -462,6 +475,18 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.u32(*below);
             w
         }
+        Message::Stuck { chunks } => {
+            let mut w = Writer::frame(STUCK);
+            w.u32(*chunks);
+            w
+        }
+        Message::Rejoined { peer } => {
+            let mut w = Writer::frame(REJOINED);
+            w.u32(peer.id.0);
+            w.str(&peer.name);
+            w.str(&peer.addr);
+            w
+        }
         Message::NoFresh { file } => {
             let mut w = Writer::frame(NO_FRESH);
             w.u32(file.0);
@@ -708,6 +733,14 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
         REQUEST_FRESH => Message::RequestFresh {
             file: FileId(r.u32()?),
             below: r.u32()?,
+        },
+        STUCK => Message::Stuck { chunks: r.u32()? },
+        REJOINED => Message::Rejoined {
+            peer: PeerInfo {
+                id: PeerId(r.u32()?),
+                name: r.str()?,
+                addr: r.str()?,
+            },
         },
         NO_FRESH => Message::NoFresh {
             file: FileId(r.u32()?),

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub summary: PathBuf,
     /// Link rates by client name (--links), for T_lb in the summary.
     pub links: Option<Links>,
+    /// How long to wait for a lost client to come back (--rejoin-wait).
+    pub rejoin_wait: Duration,
 }
 
 pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
@@ -71,7 +73,11 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
         listener,
         conns: Slab::new(),
         closing: BTreeSet::new(),
-        core: ServerCore::new(cfg.clients, cfg.chunk_size),
+        core: {
+            let mut core = ServerCore::new(cfg.clients, cfg.chunk_size);
+            core.set_rejoin_wait(u64::try_from(cfg.rejoin_wait.as_micros()).unwrap_or(u64::MAX));
+            core
+        },
         finished: None,
         pending: BTreeMap::new(),
         progress: Progress::new(Mode::auto(), true),
@@ -148,6 +154,7 @@ impl Server {
                 // action is always for the connection it was made for.
                 self.apply_actions();
             }
+            self.core.on_tick(now_us());
             self.apply_actions();
             self.expire_handshakes();
             self.draw_progress();

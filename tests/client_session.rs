@@ -42,6 +42,9 @@ fn started() -> ClientCore {
         })
         .collect();
     c.on_server_message(Message::Start { peers, files }, 1);
+    for f in [0, 2] {
+        c.on_output_ready(FileId(f), false, 1);
+    }
     c
 }
 

@@ -117,7 +117,7 @@ impl Rng {
 /// A random message of any kind, with random (often hostile) fields.
 fn message(r: &mut Rng) -> Message {
     let n = r.below(4) as usize;
-    match r.below(21) {
+    match r.below(23) {
         0 => Message::Hello {
             version: if r.chance(80) {
                 VERSION
@@ -211,6 +211,18 @@ fn message(r: &mut Rng) -> Message {
         19 => Message::Load {
             own_eta_ms: r.num32(),
             upload_kib_s: r.num32(),
+        },
+        20 => Message::Stuck { chunks: r.num32() },
+        21 => Message::Rejoined {
+            peer: PeerInfo {
+                id: PeerId(r.num32()),
+                name: r.name(),
+                addr: if r.chance(50) {
+                    "127.0.0.1:1".into()
+                } else {
+                    r.name()
+                },
+            },
         },
         _ => Message::Cancel { chunk: r.chunk() },
     }

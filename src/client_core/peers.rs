@@ -38,6 +38,7 @@ impl ClientCore {
             return;
         };
         slot.connected = true;
+        slot.seen = true;
         slot.redial.connected();
         info!(
             "peer_connected event=peer_connected peer={} addr={}",
@@ -321,6 +322,7 @@ impl ClientCore {
                 .push_back(Action::ToPeer(p, Message::Cancel { chunk: c }));
         }
         self.check_peers_done();
+        self.report_stuck(now);
         if self.progress_dirty && now.saturating_sub(self.last_progress) >= PROGRESS_EVERY_US {
             self.send_progress(now);
         }

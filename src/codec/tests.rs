@@ -93,6 +93,14 @@ pub(crate) fn samples() -> Vec<Message> {
             own_eta_ms: 1234,
             upload_kib_s: 122_070,
         },
+        Message::Stuck { chunks: 17 },
+        Message::Rejoined {
+            peer: PeerInfo {
+                id: PeerId(3),
+                name: "client3".into(),
+                addr: "10.0.0.3:4000".into(),
+            },
+        },
     ]
 }
 

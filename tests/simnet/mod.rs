@@ -251,12 +251,12 @@ impl Sim {
                         self.cut(i, j, &reason);
                     }
                 }
-                Action::CreateOutput { .. } => {}
-                Action::HashOwn { file, first, count } => {
+                Action::CreateOutput { file } => self.clients[i].on_output_ready(file, false, now),
+                Action::Hash { file, first, count } => {
                     let d = (first..first + count)
                         .map(|index| label(ChunkId { file, index }))
                         .collect();
-                    self.clients[i].on_own_digests(file, first, d);
+                    self.clients[i].on_hashed(file, first, d, now);
                 }
                 Action::Stream { file, to, .. } => {
                     let count = self.clients[i]
