@@ -157,6 +157,8 @@ impl Server {
             self.core.on_tick(now_us());
             self.apply_actions();
             self.expire_handshakes();
+            // A server killed mid-run loses at most one poll interval of its log.
+            log::logger().flush();
             self.draw_progress();
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for k in keys {

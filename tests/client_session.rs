@@ -5,8 +5,18 @@ use p2pshare::client_core::*;
 use p2pshare::codec::{FileDecl, FileInfo, Message, PeerInfo};
 use p2pshare::ids::{ChunkId, FileId, PeerId};
 
-/// A client (id 2) that owns f2 in a run with client 1 (owns f1) and client 3 (owns f3).
+/// A client (id 2) that owns f2 in a run with client 1 (owns f1) and client 3 (owns f3), its
+/// outputs created empty.
 fn started() -> ClientCore {
+    let mut c = joined();
+    for f in [0, 2] {
+        c.on_output_ready(FileId(f), false, 1);
+    }
+    c
+}
+
+/// As `started`, before the shell reports its outputs ready.
+fn joined() -> ClientCore {
     let mut c = ClientCore::new(
         String::new(),
         "127.0.0.1:2".into(),
@@ -42,9 +52,6 @@ fn started() -> ClientCore {
         })
         .collect();
     c.on_server_message(Message::Start { peers, files }, 1);
-    for f in [0, 2] {
-        c.on_output_ready(FileId(f), false, 1);
-    }
     c
 }
 
@@ -325,4 +332,83 @@ fn whole_file_digest_comes_from_the_owner_only_and_must_agree_with_the_server() 
             .any(|a| matches!(a, Action::Exit { code: 1, reason } if reason.contains("disagree"))),
         "a second, different whole-file MD5 ends the run"
     );
+}
+
+#[test]
+fn a_resumed_output_is_checked_and_only_what_it_lacks_is_requested() {
+    let mut c = joined();
+    c.on_output_ready(FileId(0), false, 1);
+    // f3 (3 chunks) was left by an earlier life of this node.
+    c.on_output_ready(FileId(2), true, 1);
+    c.on_peer_connected(PeerId(3), 2);
+    let digests = vec![[1; 16], [2; 16], [3; 16]];
+    c.on_server_message(
+        Message::ChunkDigests {
+            file: FileId(2),
+            first: 0,
+            digests: digests.clone(),
+        },
+        3,
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.contains(&Action::Hash {
+            file: FileId(2),
+            first: 0,
+            count: 3
+        }),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::ToPeer(_, Message::RequestFresh { .. }))),
+        "nothing of f3 is requested before the check: {a:?}"
+    );
+    // On disk: chunks 0 and 2 intact, chunk 1 not.
+    c.on_hashed(FileId(2), 0, vec![[1; 16], [9; 16], [3; 16]], 4);
+    let chunk = |index| ChunkId {
+        file: FileId(2),
+        index,
+    };
+    assert!(c.holds(chunk(0)) && !c.holds(chunk(1)) && c.holds(chunk(2)));
+    assert_eq!(c.bytes_received, 0, "held from disk, not received");
+    let a = drain(&mut c);
+    for i in [0, 2] {
+        assert!(a.contains(&Action::ToPeer(
+            PeerId(3),
+            Message::Have { chunk: chunk(i) }
+        )));
+    }
+    assert!(
+        a.contains(&Action::ToPeer(
+            PeerId(3),
+            Message::RequestFresh {
+                file: FileId(2),
+                below: 3
+            }
+        )),
+        "the chunk that failed its check is fetched: {a:?}"
+    );
+}
+
+#[test]
+fn a_peer_that_rejoins_elsewhere_is_dialled_there_now() {
+    let mut c = started();
+    c.on_peer_connected(PeerId(1), 2);
+    drain(&mut c);
+    let moved = PeerInfo {
+        id: PeerId(1),
+        name: "client1".into(),
+        addr: "127.0.0.1:7777".into(),
+    };
+    c.on_server_message(Message::Rejoined { peer: moved }, 3);
+    let a = drain(&mut c);
+    assert!(a.contains(&Action::Disconnect {
+        peer: PeerId(1),
+        reason: "the peer restarted".into()
+    }));
+    assert!(a.contains(&Action::Connect {
+        peer: PeerId(1),
+        addr: "127.0.0.1:7777".into()
+    }));
 }

@@ -234,3 +234,117 @@ fn ping_is_answered_with_the_server_clock_and_clock_reports_reach_the_summary() 
     assert_eq!(c.clock_error_ms, Some(0.04));
     assert_eq!(c.clock_max_error_ms, Some(1.5));
 }
+
+/// Two clients, started; client 1's file has two chunk digests known.
+fn two_started() -> ServerCore {
+    let mut s = ServerCore::new(2, 262_144);
+    s.set_rejoin_wait(5_000_000);
+    s.on_connect(0, "x");
+    s.on_connect(1, "x");
+    s.on_message(0, hello("", "a"), 1);
+    s.on_message(1, hello("", "b"), 2);
+    s.on_message(
+        0,
+        Message::ChunkDigests {
+            file: FileId(0),
+            first: 0,
+            digests: vec![[1; 16]],
+        },
+        3,
+    );
+    drain(&mut s);
+    s
+}
+
+#[test]
+fn a_lost_client_rejoins_its_slot_and_the_others_learn_its_new_address() {
+    let mut s = two_started();
+    s.on_disconnect(0, 10);
+    // A stranger with other files is no lost client: the run stays full.
+    s.on_connect(5, "x");
+    s.on_message(5, hello("", "zzz"), 11);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [
+            ServerAction::Send(5, Message::Refuse { .. }),
+            ServerAction::Close(5, _)
+        ]
+    ));
+    // The same files again: the same id, the client list, the digests it does not own.
+    s.on_connect(6, "x");
+    let mut again = hello("", "a");
+    if let Message::Hello { listen, .. } = &mut again {
+        *listen = "127.0.0.1:4444".into();
+    }
+    s.on_message(6, again, 12);
+    let a = drain(&mut s);
+    assert!(
+        matches!(&a[0], ServerAction::Send(6, Message::Welcome { id: PeerId(1), name, files, .. }) if name == "client1" && files == &[FileId(0)]),
+        "{a:?}"
+    );
+    assert!(
+        matches!(&a[1], ServerAction::Send(6, Message::Start { peers, .. }) if peers[0].addr == "127.0.0.1:4444")
+    );
+    assert!(a.contains(&ServerAction::Send(
+        1,
+        Message::Rejoined {
+            peer: p2pshare::codec::PeerInfo {
+                id: PeerId(1),
+                name: "client1".into(),
+                addr: "127.0.0.1:4444".into()
+            }
+        }
+    )));
+    // Its digests again: the same are taken in silence, others close the connection.
+    s.on_message(
+        6,
+        Message::ChunkDigests {
+            file: FileId(0),
+            first: 0,
+            digests: vec![[1; 16]],
+        },
+        13,
+    );
+    assert!(drain(&mut s).is_empty());
+    s.on_message(
+        6,
+        Message::ChunkDigests {
+            file: FileId(0),
+            first: 0,
+            digests: vec![[2; 16]],
+        },
+        14,
+    );
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(6, r)] if r.contains("changed"))
+    );
+}
+
+#[test]
+fn a_run_nobody_can_progress_ends_after_the_rejoin_wait() {
+    let mut s = two_started();
+    s.on_disconnect(0, 1_000_000);
+    s.on_tick(2_000_000);
+    assert!(drain(&mut s).is_empty(), "client 2 can still progress");
+    s.on_message(1, Message::Stuck { chunks: 3 }, 2_000_000);
+    s.on_tick(6_999_999);
+    assert!(
+        drain(&mut s).is_empty(),
+        "the lost client may still come back"
+    );
+    // Unstuck (say a chunk came from elsewhere) and stuck again: the wait starts over.
+    s.on_message(1, Message::Stuck { chunks: 0 }, 3_000_000);
+    s.on_message(1, Message::Stuck { chunks: 2 }, 4_000_000);
+    s.on_tick(8_999_999);
+    assert!(drain(&mut s).is_empty());
+    s.on_tick(9_000_000);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            ServerAction::Send(1, Message::Shutdown),
+            ServerAction::Finished { code: 1 }
+        ]
+    );
+    let sum = s.summary(9_000_000);
+    assert!(sum.clients.iter().all(|c| !c.complete));
+}

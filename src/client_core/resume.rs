@@ -169,7 +169,7 @@ impl ClientCore {
         if n != self.stuck_told {
             self.stuck_told = n;
             if n > 0 {
-                warn!("stuck event=stuck missing_chunks={n}");
+                info!("stuck event=stuck missing_chunks={n}");
             } else {
                 info!("stuck event=unstuck");
             }
@@ -228,7 +228,7 @@ impl ClientCore {
                 .filter(|&index| !self.sched.have(ChunkId { file, index }))
                 .collect();
             let ranges = ranges(&lacking);
-            warn!(
+            info!(
                 "file_failed event=file_incomplete file={} missing={} of={count} chunks={ranges}",
                 f.info.name,
                 lacking.len()
