@@ -279,7 +279,8 @@ impl ClientCore {
             (Phase::Hello, Message::Challenge { nonce }) => self.on_challenge(nonce),
             (Phase::Hello, Message::Member { proof, keys }) => self.on_member(proof, keys),
             (_, Message::Refuse { reason }) => {
-                warn!("refused event=refused reason={reason:?}");
+                // Info, not warn: main prints the one line stderr gets (the exit reason).
+                info!("refused event=refused reason={reason:?}");
                 self.exit(2, format!("the server refused this client: {reason}"));
             }
             (Phase::Joined, Message::Start { peers, files }) => self.on_start(peers, files, now),

@@ -272,12 +272,7 @@ fn one_client_and_us(dir: &TestDir) -> OneClient {
     );
     let me = common::join_run(&addr, "fake", None);
     let (peer, peer_addr) = me.peer("client1");
-    let file = me
-        .files
-        .iter()
-        .find(|f| f.owner == peer)
-        .expect("client1's file")
-        .id;
+    let file = me.file_of(peer);
     OneClient {
         g,
         log_dir,

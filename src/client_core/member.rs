@@ -15,7 +15,7 @@ impl ClientCore {
 
     pub(super) fn on_member(&mut self, proof: Mac, keys: Vec<Key>) {
         if let Err((code, reason)) = self.member.on_member(proof, keys) {
-            warn!("membership event=server_not_proven reason={reason:?}");
+            info!("membership event=server_not_proven reason={reason:?}");
             self.exit(code, reason);
         }
     }

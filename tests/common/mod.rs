@@ -145,6 +145,7 @@ impl Group {
             .env_remove("P2PSHARE_LOG")
             .env_remove("RUST_BACKTRACE")
             .env_remove("P2PSHARE_TEST_CLOCK_SKEW_MS")
+            .env_remove("P2PSHARE_TOKEN")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout file"))
@@ -955,6 +956,12 @@ impl FakeMember {
         self.member.peer_key(p).expect("a pair key for that peer")
     }
 
+    /// The id of the (first) file that peer `p` shares.
+    pub fn file_of(&self, p: p2pshare::ids::PeerId) -> p2pshare::ids::FileId {
+        let f = self.files.iter().find(|f| f.owner == p);
+        f.expect("a file of that peer").id
+    }
+
     /// The peer id and address of the client named `name`.
     pub fn peer(&self, name: &str) -> (p2pshare::ids::PeerId, String) {
         let p = self
@@ -968,6 +975,27 @@ impl FakeMember {
 
 /// Joins the run at `addr` as `name` (sharing no file) and reads until the start message.
 pub fn join_run(addr: &str, name: &str, token: Option<&str>) -> FakeMember {
+    let mut m = join(addr, name, token);
+    m.wait_start();
+    m
+}
+
+impl FakeMember {
+    /// Reads the server's messages until the start message (the run's clients and files).
+    pub fn wait_start(&mut self) {
+        loop {
+            if let p2pshare::codec::Message::Start { peers, files } = read_message(&mut self.server)
+            {
+                self.peers = peers;
+                self.files = files;
+                return;
+            }
+        }
+    }
+}
+
+/// Joins the run at `addr` as `name` (sharing no file) and reads until the welcome.
+pub fn join(addr: &str, name: &str, token: Option<&str>) -> FakeMember {
     use p2pshare::auth::{ClientMembership, Token};
     use p2pshare::codec::{Message, VERSION, encode};
     use std::io::Write;
@@ -987,7 +1015,6 @@ pub fn join_run(addr: &str, name: &str, token: Option<&str>) -> FakeMember {
         .set_read_timeout(Some(Duration::from_secs(20)))
         .expect("timeout");
     server.write_all(&encode(&hello)).expect("hello");
-    let mut id = None;
     loop {
         match read_message(&mut server) {
             Message::Challenge { nonce } => {
@@ -995,14 +1022,13 @@ pub fn join_run(addr: &str, name: &str, token: Option<&str>) -> FakeMember {
                 server.write_all(&encode(&auth)).expect("auth");
             }
             Message::Member { proof, keys } => member.on_member(proof, keys).expect("member"),
-            Message::Welcome { id: i, .. } => id = Some(i),
-            Message::Start { peers, files } => {
+            Message::Welcome { id, .. } => {
                 return FakeMember {
-                    id: id.expect("a welcome before the start"),
+                    id,
                     member,
                     server,
-                    peers,
-                    files,
+                    peers: Vec::new(),
+                    files: Vec::new(),
                 };
             }
             Message::Refuse { reason } => panic!("{name} was refused: {reason}"),
