@@ -46,6 +46,10 @@ for r in $(seq 1 "$runs"); do
   out="$work/bench/run$r"
   rm -rf "$out"; mkdir -p "$out/logs"
   read -r _ u0 n0 s0 idle0 io0 _ < /proc/stat
+  # A fresh token for this run's nodes, in the environment (argv would show it in ps): only the
+  # clients started here can join the server, and only they can pull chunks from each other.
+  export P2PSHARE_TOKEN
+  P2PSHARE_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
   "$bin" server --listen "127.0.0.1:$port" --clients "$clients" --log-dir "$out/logs" 2>"$out/server.err" &
   spid=$!
   cpids=()

@@ -2,9 +2,10 @@
 //! listener, the server connection, the peer connections (in a `Slab`, slab key + 3 = token),
 //! the memory maps, the output files and the hash pool, and carries out the core's actions.
 
+use crate::auth::{ClientMembership, HsStep, PeerHandshake};
 use crate::client_core::{Action, ClientCore, PieceVerdict};
 use crate::client_obs::ClientObs;
-use crate::codec::{FileDecl, Message, VERSION};
+use crate::codec::{FileDecl, Message};
 use crate::conn::{Conn, ConnEnd};
 use crate::error::Error;
 use crate::frame::{BufPool, Inbound};
@@ -53,6 +54,8 @@ pub struct ClientConfig {
     pub connect_for: Duration,
     /// Draw this client's progress bar on stderr.
     pub progress: bool,
+    /// The run's token (--token or P2PSHARE_TOKEN), if it has one.
+    pub token: Option<crate::auth::Token>,
 }
 
 struct PeerConn {
@@ -60,8 +63,9 @@ struct PeerConn {
     peer: Option<PeerId>,
     /// Outgoing and waiting for the connect to finish.
     connecting: bool,
-    /// Its hello was checked and the core was told.
+    /// The peer proved its membership (see `auth`) and the core was told.
     established: bool,
+    hs: PeerHandshake,
     /// Readable before this node started: to be read once it has.
     deferred: bool,
     /// When the connection was accepted or dialled (for the handshake timeout).
@@ -187,10 +191,13 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
             size: s.size,
         })
         .collect();
-    let core = ClientCore::new(
+    let seed = crate::crypto::os_seed()
+        .map_err(|e| Error::Usage(format!("cannot read /dev/urandom: {e}")))?;
+    let core = ClientCore::with_membership(
         cfg.name.clone().unwrap_or_default(),
         advertise.clone(),
         decls,
+        ClientMembership::new(cfg.token.clone(), seed),
     );
 
     let poll = Poll::new().map_err(|e| Error::Usage(format!("cannot create poll: {e}")))?;
@@ -449,35 +456,36 @@ impl Client {
 
     fn peer_inbound(&mut self, key: usize, x: Inbound) -> Result<(), String> {
         let now = now_us();
-        if let Inbound::Msg(Message::PeerHello { id, .. }) = &x
-            && self
-                .peers
-                .get(key)
-                .is_some_and(|pc| !pc.established && pc.peer.is_none())
-            && let Some(old) = self.by_peer.get(id).copied().filter(|&k| k != key)
-        {
-            // A peer that dials in while its old connection still looks alive was restarted:
-            // the old connection is dead, whether or not this node noticed yet.
-            self.drop_peer(old, "the peer connected again");
-        }
         let pc = self.peers.get_mut(key).ok_or("gone")?;
         match (pc.established, pc.peer, x) {
-            (false, expected, Inbound::Msg(Message::PeerHello { id, .. })) => {
-                if let Some(want) = expected {
-                    if want != id {
-                        return Err(format!(
-                            "dialled peer {} but it says it is {}",
-                            want.0, id.0
-                        ));
+            (false, dialled, Inbound::Msg(m)) => {
+                let core = &self.core;
+                // An incoming link: the core says whether that id may dial in at all.
+                let key_for = |id| {
+                    if dialled.is_none() {
+                        core.may_dial_in(id)?;
                     }
-                } else {
-                    self.core.accept_peer(id)?;
-                    pc.conn.queue(&Message::PeerHello {
-                        version: VERSION,
-                        id: self.core.id(),
-                    });
-                    pc.peer = Some(id);
+                    core.peer_key(id)
+                };
+                let (reply, open) = match pc.hs.on_message(core.id(), m, key_for)? {
+                    HsStep::Wait(r) => (r, None),
+                    HsStep::Established(id, r) => (r, Some(id)),
+                };
+                for m in &reply {
+                    pc.conn.queue(m);
                 }
+                let Some(id) = open else { return Ok(()) };
+                if dialled.is_none() {
+                    if let Some(old) = self.by_peer.get(&id).copied().filter(|&k| k != key) {
+                        // A member that proved who it is dials in while its old link still
+                        // looks alive: it was restarted, and the old link is dead.
+                        self.drop_peer(old, "the peer connected again");
+                    }
+                    // Checked again: another link for that id may have opened meanwhile.
+                    self.core.accept_peer(id)?;
+                }
+                let pc = self.peers.get_mut(key).ok_or("gone")?;
+                pc.peer = Some(id);
                 pc.established = true;
                 // Accepted before the welcome, the connection could not know the chunk size.
                 pc.conn.decoder.set_max_piece(self.core.chunk_size());
@@ -485,7 +493,7 @@ impl Client {
                 self.core.on_peer_connected(id, now);
                 Ok(())
             }
-            (false, _, _) => Err("message before hello".into()),
+            (false, _, _) => Err("piece before the peer handshake was complete".into()),
             (true, Some(p), Inbound::Msg(m)) => self.core.on_peer_message(p, m, now),
             (true, Some(p), Inbound::Piece { chunk, data }) => {
                 // Checked before the core books the piece, so an error here leaks no slot.
@@ -781,14 +789,18 @@ impl Client {
             .register(&mut stream, Token(key + FIRST_PEER), interest)
             .ok()?;
         let mut conn = Conn::new(stream, self.core.chunk_size());
-        if peer.is_some() {
-            conn.queue(&Message::PeerHello {
-                version: VERSION,
-                id: self.core.id(),
-            });
-        }
+        let nonce = self.core.peer_nonce();
+        let hs = match peer {
+            Some(p) => {
+                let (hs, hello) = PeerHandshake::dial(self.core.id(), p, nonce);
+                conn.queue(&hello);
+                hs
+            }
+            None => PeerHandshake::accept(nonce),
+        };
         entry.insert(PeerConn {
             conn,
+            hs,
             peer,
             connecting: peer.is_some(),
             established: false,

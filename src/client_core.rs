@@ -3,6 +3,7 @@
 //! [`Action`]s for the reactor shell to carry out. It owns the run's file table, the chunk
 //! digests, the scheduler, and the decision of when a file is complete.
 
+use crate::auth::ClientMembership;
 use crate::codec::{FileDecl, FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo, VERSION};
 use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
@@ -14,6 +15,7 @@ use crate::summary::{ClientSummary, FileSummary, Summary};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
 
+mod member;
 mod peers;
 mod resume;
 
@@ -151,11 +153,24 @@ pub struct ClientCore {
     completed_at: Option<u64>,
     /// The last `Stuck` count told to the server.
     stuck_told: u32,
+    /// The token, the join's proofs, and the pair keys for peer links (see `auth`).
+    member: ClientMembership,
 }
 
 impl ClientCore {
     /// `listen` is the address peers should dial; `name` may be empty (the server picks one).
+    /// Without a token, with a fixed seed: for tests and the simulator.
     pub fn new(name: String, listen: String, decls: Vec<FileDecl>) -> Self {
+        Self::with_membership(name, listen, decls, ClientMembership::new(None, [0; 32]))
+    }
+
+    /// As `new`, with the token (if any) and the random seed of this client (see `auth`).
+    pub fn with_membership(
+        name: String,
+        listen: String,
+        decls: Vec<FileDecl>,
+        member: ClientMembership,
+    ) -> Self {
         let mut c = ClientCore {
             name,
             listen,
@@ -179,13 +194,17 @@ impl ClientCore {
             server_gone: false,
             completed_at: None,
             stuck_told: 0,
+            member,
         };
-        c.actions.push_back(Action::ToServer(Message::Hello {
+        let hello = Message::Hello {
             version: VERSION,
+            token: c.member.has_token(),
             listen: c.listen.clone(),
             name: c.name.clone(),
             files: c.decls.clone(),
-        }));
+        };
+        c.member.set_hello(&hello);
+        c.actions.push_back(Action::ToServer(hello));
         c
     }
 
@@ -273,8 +292,11 @@ impl ClientCore {
                     ..
                 },
             ) => self.on_welcome(id, name, chunk_size, files, clients, now),
+            (Phase::Hello, Message::Challenge { nonce }) => self.on_challenge(nonce),
+            (Phase::Hello, Message::Member { proof, keys }) => self.on_member(proof, keys),
             (_, Message::Refuse { reason }) => {
-                warn!("refused event=refused reason={reason:?}");
+                // Info, not warn: main prints the one line stderr gets (the exit reason).
+                info!("refused event=refused reason={reason:?}");
                 self.exit(2, format!("the server refused this client: {reason}"));
             }
             (Phase::Joined, Message::Start { peers, files }) => self.on_start(peers, files, now),
@@ -321,6 +343,9 @@ impl ClientCore {
         clients: u32,
         now: u64,
     ) {
+        if let Err((code, e)) = self.member.check_welcome(id, clients) {
+            return self.exit(code, e);
+        }
         if let Err(e) = check_file_name(&name) {
             // The name becomes a log file's and an output directory's name.
             self.exit(

@@ -8,6 +8,7 @@
 //! size. A `Piece` is never built as one buffer on the sending side: [`piece_header`] gives the
 //! 13 header bytes and the payload goes out as a slice of the memory-mapped file.
 
+use crate::crypto::{Key, Mac, Nonce};
 use crate::ids::{ChunkId, Digest, FileId, PeerId};
 use std::fmt;
 
@@ -15,7 +16,10 @@ pub const MAGIC: [u8; 4] = *b"P2PS";
 /// 2: ping, pong and clock_report (client and server), request_fresh, no_fresh and load (between
 /// peers) were added. A version-1 node would drop the connection at the first of them, mid-run;
 /// the version check at hello ends it at once, and the log says why.
-pub const VERSION: u16 = 3;
+/// 3: stuck and rejoined (crash and restart).
+/// 4: membership (see `auth`): hello's token flag, challenge, auth, member, peer_hello's nonce
+/// and peer_auth. An older node cannot prove membership, so it is stopped at the hello.
+pub const VERSION: u16 = 4;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
 /// Length prefix plus kind byte.
@@ -54,6 +58,9 @@ pub enum Message {
     // client -> server
     Hello {
         version: u16,
+        /// The client was given a token: the server must challenge it (and refuses it if it
+        /// has none), or admit a client without one (and refuse one that has one).
+        token: bool,
         listen: String,
         name: String,
         files: Vec<FileDecl>,
@@ -85,6 +92,11 @@ pub enum Message {
     Stuck {
         chunks: u32,
     },
+    /// The answer to a challenge: the client's nonce and its proof that it knows the token.
+    Auth {
+        nonce: Nonce,
+        mac: Mac,
+    },
     // server -> client
     Welcome {
         id: PeerId,
@@ -96,6 +108,16 @@ pub enum Message {
     },
     Refuse {
         reason: String,
+    },
+    /// To a client that has a token: prove you know it, over this fresh nonce.
+    Challenge {
+        nonce: Nonce,
+    },
+    /// Right before the welcome: the server's proof that it knows the token (zeros in a run
+    /// without one) and this member's pair keys, one per client id 1..=N (its own is zeros).
+    Member {
+        proof: Mac,
+        keys: Vec<Key>,
     },
     Start {
         peers: Vec<PeerInfo>,
@@ -125,6 +147,11 @@ pub enum Message {
     PeerHello {
         version: u16,
         id: PeerId,
+        nonce: Nonce,
+    },
+    /// Proof that the sender holds the pair key of this link, over both hellos' nonces.
+    PeerAuth {
+        mac: Mac,
     },
     Bitfield {
         file: FileId,
@@ -185,6 +212,11 @@ pub(crate) mod kind {
     pub const REQUEST_FRESH: u8 = 26;
     pub const NO_FRESH: u8 = 27;
     pub const LOAD: u8 = 28;
+    // Membership, in a range of its own.
+    pub const CHALLENGE: u8 = 40;
+    pub const AUTH: u8 = 41;
+    pub const MEMBER: u8 = 42;
+    pub const PEER_AUTH: u8 = 43;
 }
 
 impl Message {
@@ -214,6 +246,10 @@ impl Message {
             Message::RequestFresh { .. } => "request_fresh",
             Message::NoFresh { .. } => "no_fresh",
             Message::Load { .. } => "load",
+            Message::Challenge { .. } => "challenge",
+            Message::Auth { .. } => "auth",
+            Message::Member { .. } => "member",
+            Message::PeerAuth { .. } => "peer_auth",
         }
     }
 }
@@ -232,6 +268,8 @@ pub enum DecodeError {
     UnknownKind(u8),
     BadMagic,
     BadVersion(u16),
+    /// A flag byte other than 0 or 1.
+    BadFlag(u8),
     /// A string field is not UTF-8.
     BadUtf8,
     /// A count that cannot fit in the frame it claims to be in.
@@ -253,6 +291,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadVersion(v) => {
                 write!(f, "unsupported protocol version {v} (we speak {VERSION})")
             }
+            DecodeError::BadFlag(b) => write!(f, "flag byte {b} is neither 0 nor 1"),
             DecodeError::BadUtf8 => f.write_str("string is not UTF-8"),
             DecodeError::BadCount => f.write_str("element count larger than the frame"),
             DecodeError::Empty => f.write_str("empty frame"),
@@ -307,6 +346,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     let w = match msg {
         Message::Hello {
             version,
+            token,
             listen,
             name,
             files,
@@ -314,6 +354,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             let mut w = Writer::frame(HELLO);
             w.bytes(&MAGIC);
             w.u16(*version);
+            w.bytes(&[u8::from(*token)]);
             w.str(listen);
             w.str(name);
             w.u32(files.len() as u32);
@@ -440,11 +481,37 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.bytes(md5);
             w
         }
-        Message::PeerHello { version, id } => {
+        Message::PeerHello { version, id, nonce } => {
             let mut w = Writer::frame(PEER_HELLO);
             w.bytes(&MAGIC);
             w.u16(*version);
             w.u32(id.0);
+            w.bytes(nonce);
+            w
+        }
+        Message::PeerAuth { mac } => {
+            let mut w = Writer::frame(PEER_AUTH);
+            w.bytes(mac);
+            w
+        }
+        Message::Challenge { nonce } => {
+            let mut w = Writer::frame(CHALLENGE);
+            w.bytes(nonce);
+            w
+        }
+        Message::Auth { nonce, mac } => {
+            let mut w = Writer::frame(AUTH);
+            w.bytes(nonce);
+            w.bytes(mac);
+            w
+        }
+        Message::Member { proof, keys } => {
+            let mut w = Writer::frame(MEMBER);
+            w.bytes(proof);
+            w.u32(keys.len() as u32);
+            for k in keys {
+                w.bytes(k);
+            }
             w
         }
         Message::Bitfield { file, bits } => {
@@ -546,9 +613,20 @@ impl<'a> Reader<'a> {
         ))
     }
     fn digest(&mut self) -> Result<Digest, DecodeError> {
-        let mut d = [0u8; 16];
-        d.copy_from_slice(self.take(16)?);
+        self.array()
+    }
+    /// A fixed-size field (digest, nonce, MAC, key).
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut d = [0u8; N];
+        d.copy_from_slice(self.take(N)?);
         Ok(d)
+    }
+    fn flag(&mut self) -> Result<bool, DecodeError> {
+        match self.take(1)?[0] {
+            0 => Ok(false),
+            1 => Ok(true),
+            b => Err(DecodeError::BadFlag(b)),
+        }
     }
     fn str(&mut self) -> Result<String, DecodeError> {
         let n = self.u16()? as usize;
@@ -596,6 +674,7 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
     let msg = match k {
         HELLO => {
             let version = r.magic_version()?;
+            let token = r.flag()?;
             let listen = r.str()?;
             let name = r.str()?;
             let n = r.count(10)?;
@@ -608,6 +687,7 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
             }
             Message::Hello {
                 version,
+                token,
                 listen,
                 name,
                 files,
@@ -717,7 +797,23 @@ pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
             Message::PeerHello {
                 version,
                 id: PeerId(r.u32()?),
+                nonce: r.array()?,
             }
+        }
+        PEER_AUTH => Message::PeerAuth { mac: r.array()? },
+        CHALLENGE => Message::Challenge { nonce: r.array()? },
+        AUTH => Message::Auth {
+            nonce: r.array()?,
+            mac: r.array()?,
+        },
+        MEMBER => {
+            let proof = r.array()?;
+            let n = r.count(32)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                keys.push(r.array()?);
+            }
+            Message::Member { proof, keys }
         }
         BITFIELD => {
             let file = FileId(r.u32()?);

@@ -41,6 +41,8 @@ pub struct ServerConfig {
     pub links: Option<Links>,
     /// How long to wait for a lost client to come back (--rejoin-wait).
     pub rejoin_wait: Duration,
+    /// The run's token (--token or P2PSHARE_TOKEN), if it has one.
+    pub token: Option<crate::auth::Token>,
 }
 
 pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
@@ -60,10 +62,23 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| Error::Usage(e.to_string()))?;
+    let seed = crate::crypto::os_seed()
+        .map_err(|e| Error::Usage(format!("cannot read /dev/urandom: {e}")))?;
     info!(
-        "start event=server_start listen={local} clients={} chunk_size={}",
-        cfg.clients, cfg.chunk_size
+        "start event=server_start listen={local} clients={} chunk_size={} token={}",
+        cfg.clients,
+        cfg.chunk_size,
+        cfg.token.is_some()
     );
+    if cfg.token.is_none() && !local.ip().is_loopback() {
+        // Meant for a cloud VM that strangers can reach: say so where the operator looks.
+        warn!(
+            "open_run event=no_token listen={local} reason=\"no token: anyone who can reach this port can join the run (give --token or set P2PSHARE_TOKEN)\""
+        );
+    }
+    let mut core = ServerCore::new(cfg.clients, cfg.chunk_size);
+    core.set_membership(crate::auth::ServerMembership::new(cfg.token, seed));
+    core.set_rejoin_wait(u64::try_from(cfg.rejoin_wait.as_micros()).unwrap_or(u64::MAX));
     eprintln!(
         "server: listening on {local}, waiting for {} clients",
         cfg.clients
@@ -73,11 +88,7 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
         listener,
         conns: Slab::new(),
         closing: BTreeSet::new(),
-        core: {
-            let mut core = ServerCore::new(cfg.clients, cfg.chunk_size);
-            core.set_rejoin_wait(u64::try_from(cfg.rejoin_wait.as_micros()).unwrap_or(u64::MAX));
-            core
-        },
+        core,
         finished: None,
         pending: BTreeMap::new(),
         progress: Progress::new(Mode::auto(), true),

@@ -2,6 +2,7 @@
 //! relays the manifest (file table, chunk digests, whole-file digests), records progress and
 //! completion, and decides when the run is over. `now` is the System Clock in µs (0 at start).
 
+use crate::auth::ServerMembership;
 use crate::codec::{FileInfo, MAX_CONTROL_FRAME, MAX_DIGESTS_PER_FRAME, Message, PeerInfo};
 use crate::geometry::Geometry;
 use crate::ids::{Digest, FileId, PeerId, check_file_name, hex};
@@ -9,6 +10,8 @@ use crate::summary::{ClientSummary, FileSummary, Summary};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+
+mod join;
 
 /// Most files one client may share.
 pub const MAX_FILES_PER_CLIENT: usize = 1000;
@@ -74,6 +77,8 @@ pub struct ServerCore {
     /// Since when no client can progress (each is done, lost or stuck), if so.
     settled_since: Option<u64>,
     actions: VecDeque<ServerAction>,
+    /// Who may join, and the run key the members' pair keys come from (see `auth`).
+    member: ServerMembership,
 }
 
 impl ServerCore {
@@ -91,6 +96,8 @@ impl ServerCore {
             rejoin_wait: DEFAULT_REJOIN_WAIT_US,
             settled_since: None,
             actions: VecDeque::new(),
+            // A fixed seed, for tests and the simulator; the server sets a random one.
+            member: ServerMembership::new(None, [0; 32]),
         }
     }
 
@@ -102,6 +109,11 @@ impl ServerCore {
     /// Time passes: a run that nobody can progress ends once the rejoin wait is over.
     pub fn on_tick(&mut self, now: u64) {
         self.check_finish(now);
+    }
+
+    /// The token (if any) and the random seed of this run's membership (see `auth`).
+    pub fn set_membership(&mut self, m: ServerMembership) {
+        self.member = m;
     }
 
     pub fn poll_action(&mut self) -> Option<ServerAction> {
@@ -120,6 +132,7 @@ impl ServerCore {
     pub fn on_connect(&mut self, conn: ConnId, from: &str) {
         debug!("accepted event=connection_accepted conn={conn} from={from}");
         self.conns.insert(conn, None);
+        self.member.forget(conn);
     }
 
     fn close(&mut self, conn: ConnId, reason: String) {
@@ -143,16 +156,9 @@ impl ServerCore {
             return;
         };
         match (who, msg) {
-            (
-                None,
-                Message::Hello {
-                    listen,
-                    name,
-                    files,
-                    ..
-                },
-            ) => self.on_hello(conn, listen, name, files, now),
-            (None, m) => self.close(conn, format!("{} before hello", m.name())),
+            (None, hello @ Message::Hello { .. }) => self.join(conn, hello, now),
+            (None, Message::Auth { nonce, mac }) => self.on_auth(conn, nonce, mac, now),
+            (None, m) => self.close(conn, format!("{} before {}", m.name(), self.awaited(conn))),
             (Some(_), Message::Hello { .. }) => self.close(conn, "second hello".into()),
             (
                 Some(id),

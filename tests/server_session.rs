@@ -1,6 +1,7 @@
 //! The server's session state machine driven alone, through its public sans-IO interface:
 //! messages and `now` in, actions out. No sockets, no threads.
 
+use p2pshare::auth::{ClientMembership, ServerMembership, Token};
 use p2pshare::codec::{FileDecl, Message, VERSION};
 use p2pshare::ids::{FileId, PeerId};
 use p2pshare::server_core::*;
@@ -8,6 +9,7 @@ use p2pshare::server_core::*;
 fn hello(name: &str, file: &str) -> Message {
     Message::Hello {
         version: VERSION,
+        token: false,
         listen: "127.0.0.1:9".into(),
         name: name.into(),
         files: vec![FileDecl {
@@ -30,8 +32,12 @@ fn welcome_start_and_refusal_when_full() {
     s.on_message(0, hello("", "a"), 5);
     s.on_message(1, hello("", "b"), 6);
     let a = drain(&mut s);
+    // The member message (a pair key per client of the run) goes just before the welcome.
     assert!(
-        matches!(&a[0], ServerAction::Send(0, Message::Welcome { id: PeerId(1), name, .. }) if name == "client1")
+        matches!(&a[0], ServerAction::Send(0, Message::Member { proof, keys }) if keys.len() == 2 && *proof == [0; 32])
+    );
+    assert!(
+        matches!(&a[1], ServerAction::Send(0, Message::Welcome { id: PeerId(1), name, .. }) if name == "client1")
     );
     assert_eq!(
         a.iter()
@@ -92,6 +98,7 @@ fn oversized_hellos_are_refused() {
         0,
         Message::Hello {
             version: VERSION,
+            token: false,
             listen: "127.0.0.1:9".into(),
             name: String::new(),
             files,
@@ -114,6 +121,7 @@ fn oversized_hellos_are_refused() {
         1,
         Message::Hello {
             version: VERSION,
+            token: false,
             listen: "127.0.0.1:9".into(),
             name: String::new(),
             files: huge,
@@ -278,13 +286,20 @@ fn a_lost_client_rejoins_its_slot_and_the_others_learn_its_new_address() {
     }
     s.on_message(6, again, 12);
     let a = drain(&mut s);
+    let to_it: Vec<&Message> = a
+        .iter()
+        .filter_map(|x| match x {
+            ServerAction::Send(6, m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    // Its member keys, then the welcome, then the client list.
+    assert!(matches!(to_it[0], Message::Member { .. }), "{a:?}");
     assert!(
-        matches!(&a[0], ServerAction::Send(6, Message::Welcome { id: PeerId(1), name, files, .. }) if name == "client1" && files == &[FileId(0)]),
+        matches!(to_it[1], Message::Welcome { id: PeerId(1), name, files, .. } if name == "client1" && files == &[FileId(0)]),
         "{a:?}"
     );
-    assert!(
-        matches!(&a[1], ServerAction::Send(6, Message::Start { peers, .. }) if peers[0].addr == "127.0.0.1:4444")
-    );
+    assert!(matches!(to_it[2], Message::Start { peers, .. } if peers[0].addr == "127.0.0.1:4444"));
     assert!(a.contains(&ServerAction::Send(
         1,
         Message::Rejoined {
@@ -347,4 +362,74 @@ fn a_run_nobody_can_progress_ends_after_the_rejoin_wait() {
     );
     let sum = s.summary(9_000_000);
     assert!(sum.clients.iter().all(|c| !c.complete));
+}
+fn tokened(name: &str) -> (Message, ClientMembership) {
+    let mut m = ClientMembership::new(Some(Token::new("s3cret").unwrap()), [9; 32]);
+    let h = Message::Hello {
+        version: VERSION,
+        token: true,
+        listen: "127.0.0.1:9".into(),
+        name: name.into(),
+        files: vec![],
+    };
+    m.set_hello(&h);
+    (h, m)
+}
+
+#[test]
+fn a_run_with_a_token_challenges_and_admits_only_the_right_proof() {
+    let mut s = ServerCore::new(2, 262_144);
+    s.set_membership(ServerMembership::new(
+        Some(Token::new("s3cret").unwrap()),
+        [1; 32],
+    ));
+    for k in 0..4 {
+        s.on_connect(k, "127.0.0.1:1");
+    }
+    // Right token: challenge, auth, then member (with the server's proof) and welcome.
+    let (h, mut m) = tokened("good");
+    s.on_message(0, h, 1);
+    let [ServerAction::Send(0, Message::Challenge { nonce })] = drain(&mut s)[..] else {
+        panic!("a challenge")
+    };
+    s.on_message(0, m.on_challenge(nonce).unwrap(), 2);
+    let a = drain(&mut s);
+    let ServerAction::Send(0, Message::Member { proof, keys }) = &a[0] else {
+        panic!("member first: {a:?}")
+    };
+    assert_eq!(
+        m.on_member(*proof, keys.clone()),
+        Ok(()),
+        "the proof checks"
+    );
+    assert!(matches!(
+        &a[1],
+        ServerAction::Send(0, Message::Welcome { .. })
+    ));
+    // Wrong token: refused as "bad token", and closed.
+    let mut bad = ClientMembership::new(Some(Token::new("guess").unwrap()), [3; 32]);
+    let (h, _) = tokened("bad");
+    bad.set_hello(&h);
+    s.on_message(1, h, 3);
+    let [ServerAction::Send(1, Message::Challenge { nonce })] = drain(&mut s)[..] else {
+        panic!("a challenge")
+    };
+    s.on_message(1, bad.on_challenge(nonce).unwrap(), 4);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [ServerAction::Send(1, Message::Refuse { reason }), ServerAction::Close(1, _)] if reason == "bad token"
+    ));
+    // No token: refused at the hello. Anything but an auth after a challenge: closed.
+    s.on_message(2, hello("none", "n"), 5);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [ServerAction::Send(2, Message::Refuse { reason }), _] if reason.starts_with("missing token")
+    ));
+    let (h, _) = tokened("rude");
+    s.on_message(3, h, 6);
+    drain(&mut s);
+    s.on_message(3, Message::Ping { client_us: 1 }, 7);
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(3, r)] if r == "ping before auth")
+    );
 }

@@ -8,6 +8,16 @@ use super::*;
 impl ClientCore {
     /// Checks the hello of an incoming peer connection.
     pub fn accept_peer(&self, id: PeerId) -> Result<(), String> {
+        self.may_dial_in(id)?;
+        match self.peers.get(&id) {
+            Some(p) if p.connected => Err(format!("peer {} is already connected", id.0)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether peer `id` may open a link to this node at all (it may be connected already: a
+    /// peer that restarted dials in again before this node noticed its old link die).
+    pub fn may_dial_in(&self, id: PeerId) -> Result<(), String> {
         if !matches!(self.phase, Phase::Started | Phase::Complete) {
             return Err("not started yet".into());
         }
@@ -20,7 +30,6 @@ impl ClientCore {
         }
         match self.peers.get(&id) {
             None => Err(format!("unknown peer id {}", id.0)),
-            Some(p) if p.connected => Err(format!("peer {} is already connected", id.0)),
             Some(p) if p.redial.banned => Err(format!("peer {} sent bad chunks", id.0)),
             Some(_) => Ok(()),
         }
