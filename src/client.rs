@@ -138,6 +138,7 @@ fn connect_server(addr: &str, give_up: Duration) -> Result<std::net::TcpStream, 
 
 pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
     let sink = logging::init(cfg.name.as_deref().unwrap_or("client"));
+    crate::conn::raise_fd_limit(4096);
     if let Some(n) = &cfg.name {
         crate::ids::check_file_name(n)
             .map_err(|e| Error::Usage(format!("bad --name {n:?}: {e}")))?;

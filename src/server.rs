@@ -47,6 +47,7 @@ pub struct ServerConfig {
 
 pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
     let sink = logging::init("server");
+    crate::conn::raise_fd_limit(4096);
     sink.open(&cfg.log_dir, "server").map_err(|e| {
         Error::Usage(format!(
             "cannot write logs in {}: {e}",

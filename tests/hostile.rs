@@ -549,3 +549,64 @@ fn pending_handshakes_are_capped() {
     assert!(g.poll(one.client).is_none(), "client1 is still running");
     g.kill_all();
 }
+
+/// The server holds at most 1024 connections: with 1000 admitted clients (a run of 1000) and
+/// 24 connections that have not said hello, the next connection is closed at once and logged
+/// as connection_cap, while the admitted ones stay open.
+#[test]
+fn connections_are_capped_at_1024() {
+    const CAP: usize = 1024;
+    const MEMBERS: usize = 1000;
+    // This test holds about 1030 sockets: more than a common soft limit of 1024.
+    p2pshare::conn::raise_fd_limit(4096);
+    let dir = TestDir::new("hostile-conn-cap");
+    let log_dir = dir.join("logs");
+    let mut g = Group::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (_, addr) = start_server(
+        &mut g,
+        &dir,
+        MEMBERS,
+        &log_dir,
+        &dir.join("summary.json"),
+        deadline,
+    );
+    // One at a time, each until its welcome: a burst would meet the cap on waiting handshakes.
+    let mut held: Vec<TcpStream> = (0..MEMBERS)
+        .map(|i| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(&encode(&hello(&format!("m{i}"), &[])))
+                .expect("hello");
+            while !matches!(read_message(&mut s), Message::Welcome { .. }) {}
+            s
+        })
+        .collect();
+    held.extend((MEMBERS..CAP).map(|_| TcpStream::connect(&addr).expect("connect")));
+    // Once the server has accepted all of them, one more is turned away at once.
+    let start = Instant::now();
+    let refused = loop {
+        let mut extra = TcpStream::connect(&addr).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match extra.read(&mut b) {
+            Ok(0) => break true,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
+            _ if start.elapsed() > Duration::from_secs(8) => break false,
+            _ => {}
+        }
+    };
+    assert!(refused, "connection {} was kept", CAP + 1);
+    let text = fs::read_to_string(log_dir.join("server.log")).expect("log");
+    assert!(text.contains("event=connection_cap"), "server.log:\n{text}");
+    // An admitted client's connection is still open: the start message of the full run.
+    let mut first = held.swap_remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(
+        matches!(read_message(&mut first), Message::Start { peers, .. } if peers.len() == MEMBERS)
+    );
+    g.kill_all();
+}
