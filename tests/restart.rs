@@ -2,7 +2,8 @@
 //! with SIGKILL in the middle of the run, started again with the same arguments, resumes from
 //! its `.part` files, finds a chunk corrupted while it was down, and fetches only what it lacks;
 //! an owner killed for good leaves a file nobody can complete, which is reported as such and
-//! never presented as complete. Each test is bounded in time and cleans up after itself.
+//! never presented as complete. The runs have a token, so a restarted client proves membership
+//! again. Each test is bounded in time and cleans up after itself.
 
 mod common;
 
@@ -82,8 +83,12 @@ struct Run {
     deadline: Instant,
 }
 
+/// The run's token: a restarted client must prove membership again, and its peers must let it
+/// back in on its pair key.
+const TOKEN: &str = "restart-test-token";
+
 /// A server and clients client1..N (client K shares `cK.bin` of `sizes[K-1]` bytes), with
-/// `extra` server arguments.
+/// `extra` server arguments, all with the token.
 fn start(test: &str, sizes: &[u64], extra: &[&str]) -> (Run, Vec<usize>) {
     let dir = TestDir::new(test);
     let log_dir = dir.join("logs");
@@ -98,7 +103,11 @@ fn start(test: &str, sizes: &[u64], extra: &[&str]) -> (Run, Vec<usize>) {
         .collect();
     let mut g = Group::default();
     let deadline = Instant::now() + Duration::from_secs(90);
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let extra: Vec<String> = ["--token", TOKEN]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
     let (server, addr) = start_server_on(
         &mut g,
         &dir,
@@ -127,13 +136,14 @@ impl Run {
     /// Starts client K (from 1), with the same arguments every time.
     fn spawn_client(&mut self, k: usize) -> usize {
         let name = format!("client{k}");
-        let a = client_cmd(
+        let mut a = client_cmd(
             &self.addr,
             &name,
             Some(&self.srcs[k - 1]),
             &self.outs[k - 1],
             &self.log_dir,
         );
+        a.extend(["--token".to_string(), TOKEN.to_string()]);
         self.g.spawn(&name, &self.dir.path, &a)
     }
 
