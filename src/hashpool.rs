@@ -106,16 +106,28 @@ impl Queue {
         self.jobs.iter().map(Job::weight).sum()
     }
 
-    /// The next batch: jobs in FIFO order up to the batch size (always at least one).
+    /// The next batch, up to the batch size (always at least one job): received chunks and
+    /// whole-file streams first, in FIFO order, then the node's own chunk digests. A received
+    /// chunk waits for its check before it counts, is written or is served; behind a node's
+    /// whole own file (seconds of hashing at start) nothing it received would count, and its
+    /// downloads would stall at the in-flight cap while its disk sat idle.
     fn pop(&mut self) -> Vec<Job> {
         let mut out = Vec::new();
         let mut w = 0;
-        while let Some(j) = self.jobs.front() {
-            if !out.is_empty() && w + j.weight() > BATCH_CHUNKS {
-                break;
+        for own in [false, true] {
+            let mut i = 0;
+            while i < self.jobs.len() {
+                let j = &self.jobs[i];
+                if matches!(j, Job::HashChunks { .. }) != own {
+                    i += 1;
+                    continue;
+                }
+                if !out.is_empty() && w + j.weight() > BATCH_CHUNKS {
+                    return out;
+                }
+                w += j.weight();
+                out.extend(self.jobs.remove(i));
             }
-            w += j.weight();
-            out.extend(self.jobs.pop_front());
         }
         out
     }
