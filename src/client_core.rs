@@ -22,7 +22,7 @@ mod resume;
 
 /// Chunks per own-file hashing job (one round of eight MD5 lanes): digests reach peers early.
 pub const HASH_BATCH: u32 = 8;
-/// Chunks per whole-file hashing job.
+/// Chunks per whole-file hashing job of a download (an own file is one job, see `files`).
 pub const STREAM_BATCH: u32 = 32;
 /// Least time between two progress reports to the server (µs).
 pub const PROGRESS_EVERY_US: u64 = 250_000;

@@ -85,7 +85,9 @@ impl ClientCore {
         }
         let held = |i: u32| f.owned || self.sched.have(ChunkId { file, index: i });
         let mut to = f.stream_pos;
-        while to < count && to - f.stream_pos < STREAM_BATCH && held(to) {
+        // An own file in one job: the pool keeps a stream riding in its batches until the job
+        // is done (see hashpool), and every peer waits for this MD5 at the end.
+        while to < count && (f.owned || to - f.stream_pos < STREAM_BATCH) && held(to) {
             to += 1;
         }
         if to > f.stream_pos || count == 0 {
