@@ -483,6 +483,27 @@ fn stalled_handshakes_are_dropped_by_server_and_client() {
     );
 }
 
+/// Whether a new connection to `addr` is closed at once, trying again for up to `give_up`: the
+/// node accepts in its own time, so a connection made before it has seen all the earlier ones
+/// may still be kept (it is then left open until the function returns).
+fn one_more_is_turned_away(addr: &str, give_up: Duration) -> bool {
+    let start = Instant::now();
+    let mut kept = Vec::new();
+    loop {
+        let mut extra = TcpStream::connect(addr).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match extra.read(&mut b) {
+            Ok(0) => return true,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            _ if start.elapsed() > give_up => return false,
+            _ => kept.push(extra),
+        }
+    }
+}
+
 /// A stranger opens many connections and says nothing: past 64 waiting handshakes the server
 /// and a client turn new connections away at once (logged as handshake_cap), and once the
 /// stranger's connections are gone a well-behaved newcomer is served again.
@@ -499,22 +520,8 @@ fn pending_handshakes_are_capped() {
         let idle: Vec<TcpStream> = (0..CAP)
             .map(|_| TcpStream::connect(addr).expect("connect"))
             .collect();
-        // The node accepts in its own time: wait until it has seen all of them, by sending one
-        // more and expecting it, and only it, to be turned away at once.
         let start = Instant::now();
-        let refused = loop {
-            let mut extra = TcpStream::connect(addr).expect("connect");
-            extra
-                .set_read_timeout(Some(Duration::from_millis(500)))
-                .expect("timeout");
-            let mut b = [0u8; 1];
-            match extra.read(&mut b) {
-                Ok(0) => break true,
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
-                _ if start.elapsed() > Duration::from_secs(5) => break false,
-                _ => {}
-            }
-        };
+        let refused = one_more_is_turned_away(addr, Duration::from_secs(5));
         assert!(
             refused,
             "{log}: a connection past {CAP} waiting handshakes was kept"
@@ -582,21 +589,7 @@ fn connections_are_capped_at_1024() {
         })
         .collect();
     held.extend((MEMBERS..CAP).map(|_| TcpStream::connect(&addr).expect("connect")));
-    // Once the server has accepted all of them, one more is turned away at once.
-    let start = Instant::now();
-    let refused = loop {
-        let mut extra = TcpStream::connect(&addr).expect("connect");
-        extra
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
-        let mut b = [0u8; 1];
-        match extra.read(&mut b) {
-            Ok(0) => break true,
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
-            _ if start.elapsed() > Duration::from_secs(8) => break false,
-            _ => {}
-        }
-    };
+    let refused = one_more_is_turned_away(&addr, Duration::from_secs(8));
     assert!(refused, "connection {} was kept", CAP + 1);
     let text = fs::read_to_string(log_dir.join("server.log")).expect("log");
     assert!(text.contains("event=connection_cap"), "server.log:\n{text}");
