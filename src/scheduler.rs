@@ -71,6 +71,11 @@ impl SFile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fresh {
     Open,
+    /// The owner said `NoFresh` to a request bounded below this chunk (the digests this node
+    /// knew then): every chunk below it has left the owner, but the owner may well have fresh
+    /// chunks above it. Ask again once more digests are known. It is not drained: it must not
+    /// be asked to relay its own file, nor its chunks taken for lost.
+    Below(u32),
     /// The owner said `NoFresh` (first at `since`); ask again at `probe_at` if some missing
     /// chunk still has no holder.
     Drained {
@@ -86,6 +91,8 @@ enum Fresh {
 struct Req {
     ask: Ask,
     at: u64,
+    /// For a fresh request: its bound, the digests known when it was sent.
+    below: u32,
 }
 
 struct SPeer {
@@ -378,11 +385,19 @@ impl Scheduler {
         let ask = self.pick(p, now);
         self.peers.get_mut(&p)?.pacing.full = false;
         let ask = ask?;
-        if let Ask::Chunk(c) = ask {
-            self.take(c);
-        }
+        let below = match ask {
+            Ask::Chunk(c) => {
+                self.take(c);
+                0
+            }
+            Ask::Fresh(file) => self.known_prefix(file),
+        };
         self.outstanding += 1;
-        self.peers.get_mut(&p)?.inflight.push(Req { ask, at: now });
+        self.peers.get_mut(&p)?.inflight.push(Req {
+            ask,
+            at: now,
+            below,
+        });
         Some(ask)
     }
 
@@ -430,6 +445,7 @@ impl Scheduler {
             .find(
                 |file| match s.fresh.get(file).copied().unwrap_or(Fresh::Open) {
                     Fresh::Open => true,
+                    Fresh::Below(b) => self.known_prefix(*file) > b,
                     Fresh::Probing { .. } => !s.inflight.iter().any(|r| r.ask == Ask::Fresh(*file)),
                     Fresh::Drained { .. } => false,
                 },
@@ -648,24 +664,43 @@ impl Scheduler {
 
     /// The owner `p` has no fresh chunk of `file` for one of our fresh requests. Returns false
     /// if no fresh request for it was outstanding (or given up on) there.
+    ///
+    /// The owner serves fresh requests in the order sent, so this answers the oldest one, and
+    /// means "no fresh chunk below its bound". Only a bound past the file's last chunk makes the
+    /// owner drained: with a lower one (the digests arrive over time, while the owner hashes its
+    /// file), it may well have fresh chunks above.
     pub fn no_fresh(&mut self, p: PeerId, file: FileId, now: u64) -> bool {
+        let Some(len) = self.files.get(file.0 as usize).map(SFile::len) else {
+            return false;
+        };
         let Some(s) = self.peers.get_mut(&p) else {
             return false;
         };
-        match s.inflight.iter().rposition(|r| r.ask == Ask::Fresh(file)) {
+        let below = match s.inflight.iter().position(|r| r.ask == Ask::Fresh(file)) {
             Some(k) => {
-                s.inflight.remove(k);
                 self.outstanding = self.outstanding.saturating_sub(1);
+                s.inflight.remove(k).below
             }
-            // The answer to a fresh request given up on (timeout).
+            // The answer to a fresh request given up on (timeout): its bound is forgotten.
             None => match s.late_fresh.get_mut(&file) {
-                Some(n) if *n > 0 => *n -= 1,
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    len
+                }
                 _ => return false,
             },
-        }
+        };
         s.idle = [NEVER; 2];
-        let since = match s.fresh.get(&file) {
-            Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) => *since,
+        let since = match s.fresh.get(&file).copied() {
+            Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) => since,
+            Some(Fresh::Open) | None if below < len => {
+                s.fresh.insert(file, Fresh::Below(below));
+                return true;
+            }
+            Some(Fresh::Below(b)) if below < len => {
+                s.fresh.insert(file, Fresh::Below(b.max(below)));
+                return true;
+            }
             _ => now,
         };
         s.fresh.insert(

@@ -87,6 +87,46 @@ fn no_fresh_stops_fresh_requests_until_a_chunk_has_no_holder() {
 }
 
 #[test]
+fn no_fresh_below_a_bound_short_of_the_file_is_not_drained() {
+    // The owner is still hashing: I know 2 digests of its 8. It sends chunks 0 and 1 to others
+    // and answers my fresh requests (bounded below 2) with no_fresh.
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 8);
+    s.set_known(FileId(0), 0, 2);
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    let asks = fill(&mut s, PeerId(1), 0);
+    assert!(asks.iter().all(|a| *a == Ask::Fresh(FileId(0))));
+    for _ in &asks {
+        assert!(s.no_fresh(PeerId(1), FileId(0), 10));
+    }
+    s.peer_has(PeerId(3), c(0, 0));
+    s.peer_has(PeerId(3), c(0, 1));
+    assert_eq!(
+        s.next_request(PeerId(1), 20),
+        None,
+        "no fresh chunk below 2, and chunks 0 and 1 are had from the relay"
+    );
+    // More digests: fresh requests again, never the owner's chunks by name, even long after.
+    s.set_known(FileId(0), 2, 6);
+    s.on_tick(LOST_AFTER_US + 10);
+    let asks = fill(&mut s, PeerId(1), LOST_AFTER_US + 20);
+    assert_eq!(asks.len(), INITIAL_WINDOW);
+    assert!(
+        asks.iter().all(|a| *a == Ask::Fresh(FileId(0))),
+        "the owner is not drained, so no relay and nothing lost: {asks:?}"
+    );
+    // Refused up to the file's end: now it is drained.
+    for _ in &asks {
+        assert!(s.no_fresh(PeerId(1), FileId(0), LOST_AFTER_US + 30));
+    }
+    assert_eq!(
+        s.next_request(PeerId(1), LOST_AFTER_US + 40),
+        Some(Ask::Chunk(c(0, 0)))
+    );
+}
+
+#[test]
 fn a_chunk_lost_after_the_owner_drained_is_asked_of_the_owner_by_name() {
     let mut s = setup();
     s.peer_connected(PeerId(1));
