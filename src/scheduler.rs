@@ -236,6 +236,11 @@ impl Scheduler {
         self.precious.contains(&self.me)
     }
 
+    /// The bottleneck owners, perhaps this node.
+    pub fn precious(&self) -> &BTreeSet<PeerId> {
+        &self.precious
+    }
+
     pub fn is_precious(&self, p: PeerId) -> bool {
         self.precious.contains(&p)
     }
