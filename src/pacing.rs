@@ -17,7 +17,11 @@ pub const WINDOW_MARGIN: f64 = 6.0;
 /// One peer's delivery, as seen by the node that asks it.
 #[derive(Debug)]
 pub struct Pacing {
-    /// Delivery rate (bytes/µs, smoothed; 0 until measured).
+    /// Delivery rate (bytes/µs, smoothed; 0 until measured). A sample counts for at most twice
+    /// the estimate: pieces often arrive in bursts (read in one go, or after the reactor waited
+    /// for the CPU), and a burst's gaps of a few µs are rates thousands of times the real one:
+    /// one of them set a slow owner's window to the maximum (64 requests, 16 MiB queued on a
+    /// 10 MB/s connection).
     pub rate: f64,
     /// The least time from a request to its piece (µs; `u64::MAX` until measured): the round
     /// trip plus one piece, measured when no other request was ahead.
@@ -68,7 +72,7 @@ impl Pacing {
             self.rate = if self.rate == 0.0 {
                 sample
             } else {
-                self.rate + (sample - self.rate) / 4.0
+                self.rate + (sample.min(2.0 * self.rate) - self.rate) / 4.0
             };
         }
         self.last_arrival = Some(now);
@@ -113,6 +117,19 @@ mod tests {
             slow.window(1000.0),
             MIN_WINDOW.max(1 + WINDOW_MARGIN as usize)
         );
+    }
+
+    #[test]
+    fn a_burst_of_pieces_does_not_make_a_slow_peer_fast() {
+        // A piece every 25 ms (10 B/µs), then two read in one go, 11 µs apart.
+        let mut p = Pacing::default();
+        for k in 0..8 {
+            p.on_arrival(250_000.0, 0, 50_000 + 25_000 * k, 8);
+        }
+        assert_eq!(p.rate, 10.0);
+        p.on_arrival(250_000.0, 0, 50_000 + 25_000 * 7 + 11, 8);
+        assert_eq!(p.rate, 12.5, "a quarter of twice the rate more");
+        assert!(p.window(250_000.0) < 16, "window {}", p.window(250_000.0));
     }
 
     #[test]

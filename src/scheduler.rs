@@ -474,10 +474,13 @@ impl Scheduler {
             let f = &self.files[fi];
             let file = FileId(fi as u32);
             let from_owner = f.owner == p;
+            // A bottleneck relays nothing, except chunks of another bottleneck's file that only
+            // bottlenecks hold (see below).
+            let owner_precious = self.precious.contains(&f.owner);
             if !f.wanted
                 || f.have.is_full()
                 || from_owner != own_files
-                || (p_precious && !from_owner)
+                || (p_precious && !from_owner && !owner_precious)
             {
                 continue;
             }
@@ -511,13 +514,22 @@ impl Scheduler {
                     all - spared.iter().filter(|b| b.get(i)).count() as u32
                 };
                 let score = if from_owner {
-                    if bad.is_some() || (usable == 0 && (all > 0 || lost)) {
+                    // Held by bottleneck relays only: asked of the owner again, unless the owner
+                    // is a bottleneck too; then of one of them (its uplink is no scarcer than the
+                    // owner's, and a relay taken for a bottleneck on a noisy rate is a fast one).
+                    let only_spared = usable == 0 && all > 0 && !owner_precious;
+                    if bad.is_some() || only_spared || (all == 0 && lost) {
                         0 // left the owner, but cannot be had elsewhere
                     } else if drained_since.is_some() && all > 0 {
                         usable // its fresh chunks are out: a relay like any other
                     } else {
                         continue; // spare the owner: a relay has it, or will (in flight)
                     }
+                } else if p_precious {
+                    if usable > 0 {
+                        continue; // a relay that is no bottleneck has it
+                    }
+                    0 // only bottlenecks hold it, and its owner is one
                 } else {
                     usable.saturating_sub(1)
                 };

@@ -405,15 +405,19 @@ impl ClientCore {
             return;
         }
         while let Some(ask) = self.sched.next_request(p, now) {
+            let (window, inflight) = (self.sched.window_of(p), self.sched.inflight(p));
             let msg = match ask {
                 Ask::Chunk(chunk) => {
-                    debug!("request event=request_sent peer={} chunk={chunk}", p.0);
+                    debug!(
+                        "request event=request_sent peer={} chunk={chunk} window={window} inflight={inflight}",
+                        p.0
+                    );
                     Message::Request { chunk }
                 }
                 Ask::Fresh(file) => {
                     let below = self.sched.known_prefix(file);
                     debug!(
-                        "request event=request_fresh_sent peer={} file={} below={below}",
+                        "request event=request_fresh_sent peer={} file={} below={below} window={window} inflight={inflight}",
                         p.0, file.0
                     );
                     Message::RequestFresh { file, below }
