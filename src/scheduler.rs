@@ -44,6 +44,12 @@ pub const PROBE_EVERY_US: u64 = 200_000;
 /// A chunk nobody announced this long after its owner ran out of fresh chunks is asked of the
 /// owner by name (its only copy was lost, or a fresh piece was dropped).
 pub const LOST_AFTER_US: u64 = 2_000_000;
+/// Pieces a request waits behind on its connection: the one being written, and about one in
+/// the kernel (conn.rs keeps at most 256 KiB unsent).
+const UNSENT_PIECES: f64 = 2.0;
+/// The most `own_delay_us` counts, whatever the measured upload rate (a node that has sent
+/// little has a low average rate but an idle uplink).
+const MAX_OWN_DELAY_US: f64 = 200_000.0;
 /// Candidates examined per file and request (see `pick_chunk`).
 const SCAN_LIMIT: usize = 128;
 
@@ -362,7 +368,23 @@ impl Scheduler {
 
     /// Requests to keep in flight at a peer: its bandwidth-delay product plus the margin.
     fn window(&self, s: &SPeer) -> usize {
-        s.pacing.window(self.chunk)
+        s.pacing.window(self.chunk, self.own_delay_us())
+    }
+
+    /// How long (µs) a request of this node waits behind its own pieces before it leaves: about
+    /// `UNSENT_PIECES` per connection, at its share of this node's upload rate. On a slow,
+    /// shared uplink that is most of the round trip (net-slow-up: 3 x 2 pieces at 31 MB/s,
+    /// 50 ms, where the least latency, seen while the uplink was idle, is 1 ms): windows from
+    /// the least latency alone kept 7 to 9 requests at each relay, and the slow host
+    /// downloaded at half its downlink.
+    fn own_delay_us(&self) -> f64 {
+        match self.my_load {
+            Some((_, rate)) if rate > 0.0 => {
+                let ahead = UNSENT_PIECES * self.chunk * self.peers.len() as f64;
+                (ahead / rate).min(MAX_OWN_DELAY_US)
+            }
+            _ => 0.0,
+        }
     }
 
     /// The current window for `p` (for tests and logs).
