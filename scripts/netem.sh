@@ -143,6 +143,10 @@ cmd_swarm() { # PREFIX N WORK OUT PORT FLAGS...
   mkdir -p "$out/logs"
   local server_addr
   server_addr="$(addr_of 0):$port"
+  # A fresh token for this run's nodes, in the environment (argv would show it in ps): only the
+  # clients started here can join the server, and only they can pull chunks from each other.
+  local -x P2PSHARE_TOKEN
+  P2PSHARE_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
   ip netns exec "${p}h0" "$bin" server --listen "$server_addr" --clients "$n" --log-dir "$out/logs" \
     2>"$out/server.err" &
   swarm_pids+=("$!")

@@ -47,6 +47,10 @@ for i in $(seq 1 "$clients"); do
 done
 rm -rf "$work/out"
 
+# A fresh token for this run's nodes, in the environment (argv would show it in ps): only the
+# clients started here can join the server, and only they can pull chunks from each other.
+export P2PSHARE_TOKEN
+P2PSHARE_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM

@@ -1,6 +1,7 @@
 //! The command line: clap definitions, validation of raw flags into node configs (in one place),
 //! and the mapping of errors to exit codes (0 ok, 1 run failed, 2 bad usage or input).
 
+use crate::auth::Token;
 use crate::client::{self, ClientConfig};
 use crate::error::Error;
 use crate::geometry::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
@@ -44,6 +45,15 @@ enum Cmd {
         /// summary then states T_lb and the run's ratio to it.
         #[arg(long)]
         links: Option<PathBuf>,
+        /// Seconds to wait for a lost client to come back (restarted with the same
+        /// arguments) before the run ends without it, as failed.
+        #[arg(long, default_value_t = 30.0)]
+        rejoin_wait: f64,
+        /// The run's shared secret: clients must prove they know it to join [default: the
+        /// environment variable P2PSHARE_TOKEN]. Prefer the variable: any user can read a
+        /// command line with ps.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Run a client.
     Client {
@@ -79,6 +89,10 @@ enum Cmd {
         /// seconds otherwise).
         #[arg(long)]
         progress: bool,
+        /// The run's shared secret, as given to the server [default: the environment variable
+        /// P2PSHARE_TOKEN]. Prefer the variable: any user can read a command line with ps.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Read the logs of a run as one timeline: per-client figures, the critical path, and
     /// LOG_DIR/report.svg.
@@ -111,6 +125,25 @@ fn parse_addr(flag: &str, s: &str) -> Result<SocketAddr, Error> {
         .map_err(|_| Error::Usage(format!("{flag} {s:?} is not an IP:PORT address")))
 }
 
+/// The token from `--token`, else from P2PSHARE_TOKEN. Read by hand rather than through clap's
+/// `env`, which takes an empty variable for an absent one: a token that was meant to be set
+/// and is empty must stop the node, not start an open run.
+fn token(flag: Option<String>) -> Result<Option<Token>, Error> {
+    let raw = match flag {
+        Some(t) => Some(t),
+        None => match std::env::var("P2PSHARE_TOKEN") {
+            Ok(t) => Some(t),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::Usage("P2PSHARE_TOKEN is not UTF-8".into()));
+            }
+        },
+    };
+    raw.map(|t| Token::new(&t))
+        .transpose()
+        .map_err(|e| Error::Usage(format!("bad --token or P2PSHARE_TOKEN: {e}")))
+}
+
 fn dispatch(cmd: Cmd) -> Result<i32, Error> {
     match cmd {
         Cmd::Server {
@@ -120,7 +153,14 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             log_dir,
             summary,
             links,
+            rejoin_wait,
+            token: tok,
         } => {
+            if !(0.0..=86_400.0).contains(&rejoin_wait) {
+                return Err(Error::Usage(format!(
+                    "--rejoin-wait must be between 0 and 86400 seconds, not {rejoin_wait}"
+                )));
+            }
             if clients == 0 || clients > 1000 {
                 return Err(Error::Usage(format!(
                     "--clients must be between 1 and 1000, not {clients}"
@@ -132,6 +172,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 )));
             }
             let listen = parse_addr("--listen", &listen)?;
+            let token = token(tok)?;
             let summary = summary.unwrap_or_else(|| log_dir.join("summary.json"));
             let links = links
                 .map(|p| crate::links::read_links(&p))
@@ -144,6 +185,8 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 log_dir,
                 summary,
                 links,
+                rejoin_wait: Duration::from_secs_f64(rejoin_wait),
+                token,
             })
         }
         Cmd::Client {
@@ -157,6 +200,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             hash_threads,
             connect_timeout,
             progress,
+            token: tok,
         } => {
             if !server.contains(':') {
                 return Err(Error::Usage(format!(
@@ -164,6 +208,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 )));
             }
             let listen = parse_addr("--listen", &listen)?;
+            let token = token(tok)?;
             if let Some(d) = &out_dir {
                 check_out_dir(d)?;
             }
@@ -188,6 +233,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 hash_threads,
                 connect_for: Duration::from_secs(connect_timeout),
                 progress,
+                token,
             })
         }
         Cmd::Report {

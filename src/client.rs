@@ -2,9 +2,10 @@
 //! listener, the server connection, the peer connections (in a `Slab`, slab key + 3 = token),
 //! the memory maps, the output files and the hash pool, and carries out the core's actions.
 
+use crate::auth::{ClientMembership, HsStep, PeerHandshake};
 use crate::client_core::{Action, ClientCore, PieceVerdict};
 use crate::client_obs::ClientObs;
-use crate::codec::{FileDecl, Message, VERSION};
+use crate::codec::{FileDecl, Message};
 use crate::conn::{Conn, ConnEnd};
 use crate::error::Error;
 use crate::frame::{BufPool, Inbound};
@@ -25,6 +26,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::time::{Duration, Instant};
+
+mod peers;
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -53,6 +56,8 @@ pub struct ClientConfig {
     pub connect_for: Duration,
     /// Draw this client's progress bar on stderr.
     pub progress: bool,
+    /// The run's token (--token or P2PSHARE_TOKEN), if it has one.
+    pub token: Option<crate::auth::Token>,
 }
 
 struct PeerConn {
@@ -60,8 +65,9 @@ struct PeerConn {
     peer: Option<PeerId>,
     /// Outgoing and waiting for the connect to finish.
     connecting: bool,
-    /// Its hello was checked and the core was told.
+    /// The peer proved its membership (see `auth`) and the core was told.
     established: bool,
+    hs: PeerHandshake,
     /// Readable before this node started: to be read once it has.
     deferred: bool,
     /// When the connection was accepted or dialled (for the handshake timeout).
@@ -134,6 +140,7 @@ fn connect_server(addr: &str, give_up: Duration) -> Result<std::net::TcpStream, 
 
 pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
     let sink = logging::init(cfg.name.as_deref().unwrap_or("client"));
+    crate::conn::raise_fd_limit(4096);
     if let Some(n) = &cfg.name {
         crate::ids::check_file_name(n)
             .map_err(|e| Error::Usage(format!("bad --name {n:?}: {e}")))?;
@@ -187,10 +194,13 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
             size: s.size,
         })
         .collect();
-    let core = ClientCore::new(
+    let seed = crate::crypto::os_seed()
+        .map_err(|e| Error::Usage(format!("cannot read /dev/urandom: {e}")))?;
+    let core = ClientCore::with_membership(
         cfg.name.clone().unwrap_or_default(),
         advertise.clone(),
         decls,
+        ClientMembership::new(cfg.token.clone(), seed),
     );
 
     let poll = Poll::new().map_err(|e| Error::Usage(format!("cannot create poll: {e}")))?;
@@ -323,29 +333,11 @@ impl Client {
                 self.expire_handshakes();
                 self.core.on_tick(now_us());
                 self.obs.on_tick(now_us());
+                // A node killed mid-run loses at most one tick of its log.
+                log::logger().flush();
             }
             self.actions();
             self.serve_and_flush();
-        }
-    }
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, from)) => {
-                    let pending = self.peers.iter().filter(|(_, p)| !p.established).count();
-                    if pending >= MAX_PENDING_HANDSHAKES {
-                        warn!("peer_refused event=handshake_cap from={from}");
-                        continue;
-                    }
-                    self.add_conn(stream, None);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    warn!("accept_error event=accept_error error={e}");
-                    return;
-                }
-            }
         }
     }
 
@@ -407,146 +399,6 @@ impl Client {
         }
     }
 
-    fn peer_io(&mut self, key: usize, writable: bool) {
-        let Some(pc) = self.peers.get_mut(key) else {
-            return;
-        };
-        if pc.connecting {
-            if !writable {
-                return;
-            }
-            let err = match pc.conn.stream.take_error() {
-                Ok(Some(e)) | Err(e) => Some(e),
-                Ok(None) => pc.conn.stream.peer_addr().err(),
-            };
-            if let Some(e) = err {
-                if e.kind() == std::io::ErrorKind::NotConnected {
-                    return; // not connected yet (mio: wait for the next writable event)
-                }
-                return self.drop_peer(key, &format!("connect failed: {e}"));
-            }
-            pc.connecting = false;
-        }
-        if pc.peer.is_none() && !self.core.is_started() {
-            // A peer that got the client list before us dialled in: leave its hello in the
-            // socket until our own client list arrives (see `server_io`).
-            pc.deferred = true;
-            return;
-        }
-        let mut inbound = Vec::new();
-        let r = pc.conn.read(&mut self.bufs, &mut inbound);
-        for x in inbound {
-            if let Err(reason) = self.peer_inbound(key, x) {
-                return self.drop_peer(key, &reason);
-            }
-        }
-        if let Err(e) = r {
-            self.drop_peer(key, &e.to_string());
-        }
-    }
-
-    fn peer_inbound(&mut self, key: usize, x: Inbound) -> Result<(), String> {
-        let now = now_us();
-        let pc = self.peers.get_mut(key).ok_or("gone")?;
-        match (pc.established, pc.peer, x) {
-            (false, expected, Inbound::Msg(Message::PeerHello { id, .. })) => {
-                if let Some(want) = expected {
-                    if want != id {
-                        return Err(format!(
-                            "dialled peer {} but it says it is {}",
-                            want.0, id.0
-                        ));
-                    }
-                } else {
-                    self.core.accept_peer(id)?;
-                    pc.conn.queue(&Message::PeerHello {
-                        version: VERSION,
-                        id: self.core.id(),
-                    });
-                    pc.peer = Some(id);
-                }
-                pc.established = true;
-                // Accepted before the welcome, the connection could not know the chunk size.
-                pc.conn.decoder.set_max_piece(self.core.chunk_size());
-                self.by_peer.insert(id, key);
-                self.core.on_peer_connected(id, now);
-                Ok(())
-            }
-            (false, _, _) => Err("message before hello".into()),
-            (true, Some(p), Inbound::Msg(m)) => self.core.on_peer_message(p, m, now),
-            (true, Some(p), Inbound::Piece { chunk, data }) => {
-                // Checked before the core books the piece, so an error here leaks no slot.
-                let Some(out) = self.files.get(&chunk.file).and_then(|f| f.output.as_ref()) else {
-                    self.bufs.put(data);
-                    return Err(format!(
-                        "piece {chunk} for a file this node does not download"
-                    ));
-                };
-                let out = Arc::clone(&out.file);
-                match self.core.on_piece(p, chunk, data.len(), now) {
-                    PieceVerdict::Verify {
-                        digest,
-                        offset,
-                        requested_at,
-                    } => {
-                        self.pool.submit(Job::Verify {
-                            peer: p,
-                            chunk,
-                            data,
-                            digest,
-                            out,
-                            offset,
-                            requested_at,
-                        });
-                        Ok(())
-                    }
-                    PieceVerdict::Discard => {
-                        self.bufs.put(data);
-                        Ok(())
-                    }
-                    PieceVerdict::Violation(r) => {
-                        self.bufs.put(data);
-                        Err(r)
-                    }
-                }
-            }
-            (true, None, _) => Err("no peer id".into()),
-        }
-    }
-
-    /// Drops connections that did not complete their handshake in time: a dial that hangs, or
-    /// a stranger that connects and says nothing, must not hold a slot.
-    fn expire_handshakes(&mut self) {
-        let stale: Vec<usize> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| !p.established && !p.deferred && p.since.elapsed() > HANDSHAKE_TIMEOUT)
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            self.drop_peer(k, &format!("no handshake within {HANDSHAKE_TIMEOUT:?}"));
-        }
-    }
-
-    fn drop_peer(&mut self, key: usize, reason: &str) {
-        let Some(mut pc) = self.peers.try_remove(key) else {
-            return;
-        };
-        let _ = self.poll.registry().deregister(&mut pc.conn.stream);
-        if let Some(p) = pc.peer {
-            if self.by_peer.get(&p) == Some(&key) {
-                self.by_peer.remove(&p);
-            }
-            if pc.established {
-                self.core.on_peer_lost(p, reason, now_us());
-            } else {
-                self.core.on_dial_failed(p, reason, now_us());
-            }
-        } else {
-            warn!("peer_error event=handshake_failed reason={reason:?}");
-        }
-    }
-
     fn results(&mut self) {
         while let Ok((file, r)) = self.finals_rx.try_recv() {
             match r {
@@ -561,7 +413,7 @@ impl Client {
                     file,
                     first,
                     digests,
-                } => self.core.on_own_digests(file, first, digests),
+                } => self.core.on_hashed(file, first, digests, now),
                 Done::Verified {
                     peer,
                     chunk,
@@ -652,7 +504,13 @@ impl Client {
                         .unwrap_or_else(|| PathBuf::from("downloads"));
                     if !self.space_checked {
                         self.space_checked = true;
-                        let needed = self.core.download_bytes();
+                        // What an earlier life of this node left on disk is already allocated.
+                        let held: u64 = self
+                            .core
+                            .downloads()
+                            .map(|f| crate::storage::allocated(&dir, &f.name, f.size))
+                            .sum();
+                        let needed = self.core.download_bytes().saturating_sub(held);
                         if let Err(e) = crate::storage::check_space(&dir, needed) {
                             self.exit = Some((2, e.to_string()));
                             continue;
@@ -661,17 +519,18 @@ impl Client {
                     if self.exit.is_some() {
                         continue;
                     }
-                    match Output::create(&dir, &name, size) {
-                        Ok(out) => {
+                    match Output::open(&dir, &name, size) {
+                        Ok((out, resumed)) => {
                             if let Some(f) = self.file_io(file) {
                                 f.map = out.map.clone();
                                 f.output = Some(out);
                             }
+                            self.core.on_output_ready(file, resumed, now_us());
                         }
                         Err(e) => self.exit = Some((2, e.to_string())),
                     }
                 }
-                Action::HashOwn { file, first, count } => {
+                Action::Hash { file, first, count } => {
                     let Some(f) = self.file_io(file) else {
                         continue;
                     };
@@ -729,100 +588,6 @@ impl Client {
                     self.exit = Some((code, reason));
                 }
             }
-        }
-    }
-
-    fn connect(&mut self, peer: PeerId, addr: &str) {
-        let Ok(sa) = addr.parse::<SocketAddr>() else {
-            warn!(
-                "peer_error event=bad_peer_address peer={} addr={addr:?}",
-                self.core.peer_name(peer)
-            );
-            return;
-        };
-        let stream = match TcpStream::connect(sa) {
-            Ok(s) => s,
-            Err(e) => return self.core.on_dial_failed(peer, &e.to_string(), now_us()),
-        };
-        if let Some(key) = self.add_conn(stream, Some(peer)) {
-            self.by_peer.insert(peer, key);
-        }
-    }
-
-    /// Registers a new peer connection: accepted (`peer` unknown until its hello) or dialled
-    /// (`peer` known; its connect is in progress and our hello is queued first).
-    fn add_conn(&mut self, mut stream: TcpStream, peer: Option<PeerId>) -> Option<usize> {
-        let _ = stream.set_nodelay(true);
-        let entry = self.peers.vacant_entry();
-        let key = entry.key();
-        let interest = Interest::READABLE | Interest::WRITABLE;
-        self.poll
-            .registry()
-            .register(&mut stream, Token(key + FIRST_PEER), interest)
-            .ok()?;
-        let mut conn = Conn::new(stream, self.core.chunk_size());
-        if peer.is_some() {
-            conn.queue(&Message::PeerHello {
-                version: VERSION,
-                id: self.core.id(),
-            });
-        }
-        entry.insert(PeerConn {
-            conn,
-            peer,
-            connecting: peer.is_some(),
-            established: false,
-            deferred: false,
-            since: Instant::now(),
-        });
-        Some(key)
-    }
-
-    /// Tops up each peer's queue of outgoing pieces and writes what each socket takes.
-    fn serve_and_flush(&mut self) {
-        let keys: Vec<usize> = self.peers.iter().map(|(k, _)| k).collect();
-        for key in keys {
-            while let Some(pc) = self.peers.get_mut(key) {
-                if pc.connecting {
-                    break;
-                }
-                if let Some(p) = pc.peer.filter(|_| pc.established) {
-                    while pc.conn.pieces_queued() < PIECES_QUEUED {
-                        let Some((c, offset, len)) = self.core.next_piece(p) else {
-                            break;
-                        };
-                        let Some(f) = self.files.get_mut(&c.file) else {
-                            break;
-                        };
-                        let Some(m) = f.map.clone() else {
-                            break;
-                        };
-                        f.sent += u64::from(len);
-                        pc.conn.queue_piece(c, m, offset as usize, len as usize);
-                    }
-                }
-                match pc.conn.flush() {
-                    Ok(true) => {
-                        let more = pc.peer.is_some_and(|p| self.core.has_pieces_for(p));
-                        if !more {
-                            break;
-                        }
-                    }
-                    Ok(false) => break,
-                    Err(e) => {
-                        self.drop_peer(key, &e.to_string());
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(s) = self.server.as_mut()
-            && let Err(e) = s.flush()
-        {
-            warn!("server_error event=server_connection_error error={e}");
-            self.server = None;
-            self.core.on_server_lost();
-            self.actions();
         }
     }
 }

@@ -3,6 +3,7 @@
 //! [`Action`]s for the reactor shell to carry out. It owns the run's file table, the chunk
 //! digests, the scheduler, and the decision of when a file is complete.
 
+use crate::auth::ClientMembership;
 use crate::codec::{FileDecl, FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo, VERSION};
 use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
@@ -14,7 +15,10 @@ use crate::summary::{ClientSummary, FileSummary, Summary};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
 
+mod files;
+mod member;
 mod peers;
+mod resume;
 
 /// Chunks per own-file hashing job (one round of eight MD5 lanes): digests reach peers early.
 pub const HASH_BATCH: u32 = 8;
@@ -41,12 +45,15 @@ pub enum Action {
         peer: PeerId,
         reason: String,
     },
-    /// Create and pre-size the `.part` output file of a file this node downloads.
+    /// Create and pre-size the `.part` output file of a file this node downloads, or open the
+    /// one an earlier run of this node left; then call [`ClientCore::on_output_ready`].
     CreateOutput {
         file: FileId,
     },
-    /// Compute the digests of chunks `first..first+count` of an own file.
-    HashOwn {
+    /// Compute the digests of chunks `first..first+count` of a mapped file: an own file, or a
+    /// `.part` left by an earlier run (to find the chunks it already holds); then call
+    /// [`ClientCore::on_hashed`].
+    Hash {
         file: FileId,
         first: u32,
         count: u32,
@@ -106,11 +113,15 @@ pub struct FileSlot {
     finalizing: bool,
     /// Renamed to its final name: complete.
     done: bool,
+    /// Whether its output file is ready for chunks (see `resume`).
+    out: resume::OutState,
 }
 
 struct PeerSlot {
     info: PeerInfo,
     connected: bool,
+    /// Connected at least once in this life of this node.
+    seen: bool,
     bad_chunks: u32,
     /// Used only for peers this node dials (the lower ids).
     redial: Redial,
@@ -141,11 +152,26 @@ pub struct ClientCore {
     server_gone: bool,
     /// When this node came to hold every file (server clock, µs).
     completed_at: Option<u64>,
+    /// The last `Stuck` count told to the server.
+    stuck_told: u32,
+    /// The token, the join's proofs, and the pair keys for peer links (see `auth`).
+    member: ClientMembership,
 }
 
 impl ClientCore {
     /// `listen` is the address peers should dial; `name` may be empty (the server picks one).
+    /// Without a token, with a fixed seed: for tests and the simulator.
     pub fn new(name: String, listen: String, decls: Vec<FileDecl>) -> Self {
+        Self::with_membership(name, listen, decls, ClientMembership::new(None, [0; 32]))
+    }
+
+    /// As `new`, with the token (if any) and the random seed of this client (see `auth`).
+    pub fn with_membership(
+        name: String,
+        listen: String,
+        decls: Vec<FileDecl>,
+        member: ClientMembership,
+    ) -> Self {
         let mut c = ClientCore {
             name,
             listen,
@@ -168,13 +194,18 @@ impl ClientCore {
             own_pending: BTreeMap::new(),
             server_gone: false,
             completed_at: None,
+            stuck_told: 0,
+            member,
         };
-        c.actions.push_back(Action::ToServer(Message::Hello {
+        let hello = Message::Hello {
             version: VERSION,
+            token: c.member.has_token(),
             listen: c.listen.clone(),
             name: c.name.clone(),
             files: c.decls.clone(),
-        }));
+        };
+        c.member.set_hello(&hello);
+        c.actions.push_back(Action::ToServer(hello));
         c
     }
 
@@ -208,7 +239,6 @@ impl ClientCore {
         matches!(self.phase, Phase::Started | Phase::Complete)
     }
 
-    /// Whether every file of the run is held, verified and renamed (also after the exit).
     /// Bytes of all the files this node downloads (known once the start message came).
     pub fn download_bytes(&self) -> u64 {
         self.files
@@ -218,6 +248,12 @@ impl ClientCore {
             .sum()
     }
 
+    /// The files this node downloads (the run's files it does not own).
+    pub fn downloads(&self) -> impl Iterator<Item = &FileInfo> {
+        self.files.values().filter(|f| !f.owned).map(|f| &f.info)
+    }
+
+    /// Whether every file of the run is held, verified and renamed (also after the exit).
     pub fn holds_all(&self) -> bool {
         self.phase != Phase::Hello && self.files.values().all(|f| f.owned || f.done)
     }
@@ -257,8 +293,11 @@ impl ClientCore {
                     ..
                 },
             ) => self.on_welcome(id, name, chunk_size, files, clients, now),
+            (Phase::Hello, Message::Challenge { nonce }) => self.on_challenge(nonce),
+            (Phase::Hello, Message::Member { proof, keys }) => self.on_member(proof, keys),
             (_, Message::Refuse { reason }) => {
-                warn!("refused event=refused reason={reason:?}");
+                // Info, not warn: main prints the one line stderr gets (the exit reason).
+                info!("refused event=refused reason={reason:?}");
                 self.exit(2, format!("the server refused this client: {reason}"));
             }
             (Phase::Joined, Message::Start { peers, files }) => self.on_start(peers, files, now),
@@ -273,14 +312,18 @@ impl ClientCore {
             (Phase::Started | Phase::Complete, Message::FileDigest { file, md5 }) => {
                 self.on_whole_digest(file, md5)
             }
+            (Phase::Started | Phase::Complete, Message::Rejoined { peer }) => {
+                self.on_rejoined(peer, now)
+            }
             (_, Message::Shutdown) => {
                 info!("shutdown event=shutdown_received");
                 if self.phase == Phase::Complete {
                     self.exit(0, "every client holds every file".into());
                 } else {
+                    let lacking = self.log_incomplete();
                     self.exit(
                         1,
-                        "the server ended the run before this client held every file".into(),
+                        format!("the run ended before this client held every file: {lacking}"),
                     );
                 }
             }
@@ -301,6 +344,9 @@ impl ClientCore {
         clients: u32,
         now: u64,
     ) {
+        if let Err((code, e)) = self.member.check_welcome(id, clients) {
+            return self.exit(code, e);
+        }
         if let Err(e) = check_file_name(&name) {
             // The name becomes a log file's and an output directory's name.
             self.exit(
@@ -346,7 +392,7 @@ impl ClientCore {
             let mut first = 0;
             while first < count {
                 let n = HASH_BATCH.min(count - first);
-                self.actions.push_back(Action::HashOwn {
+                self.actions.push_back(Action::Hash {
                     file: *fid,
                     first,
                     count: n,
@@ -399,6 +445,7 @@ impl ClientCore {
                 PeerSlot {
                     info: p,
                     connected: false,
+                    seen: false,
                     bad_chunks: 0,
                     redial: Redial::default(),
                 },
@@ -460,7 +507,11 @@ impl ClientCore {
             f.info.name
         );
         f.digests.extend(digests);
-        self.sched.set_known(file, first, n);
+        // Chunks become requestable once the output can take them (a resumed one: once checked).
+        let out = f.out;
+        if out == resume::OutState::Ready {
+            self.sched.set_known(file, first, n);
+        }
         if f.digests.len() as u32 == count {
             debug!(
                 "digests event=chunk_digests_complete file={} chunks={count}",
@@ -474,6 +525,9 @@ impl ClientCore {
             }
         }
         self.manifest_check();
+        if matches!(out, resume::OutState::Scanning { .. }) {
+            self.scan(file);
+        }
         self.fill_all(now);
     }
 
@@ -645,158 +699,6 @@ impl ClientCore {
             );
         }
     }
-
-    // ------------------------------------------------------------ hashing results
-
-    /// Digests of own-file chunks `first..` are ready. Jobs finish out of order on the pool;
-    /// digests go to the server in order, as soon as the prefix before them is complete.
-    pub fn on_own_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>) {
-        let Some(f) = self.files.get_mut(&file) else {
-            return;
-        };
-        let count = f.geo.chunk_count();
-        let pending = self.own_pending.entry(file).or_default();
-        pending.insert(first, digests);
-        let sent = self.own_hashed.entry(file).or_insert(0);
-        while let Some(batch) = pending.remove(sent) {
-            for (k, d) in batch.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
-                let at = *sent + (k * MAX_DIGESTS_PER_FRAME) as u32;
-                self.actions
-                    .push_back(Action::ToServer(Message::ChunkDigests {
-                        file,
-                        first: at,
-                        digests: d.to_vec(),
-                    }));
-            }
-            *sent += batch.len() as u32;
-            if *sent == count {
-                info!(
-                    "md5_sent event=chunk_md5_sent file={} chunks={count}",
-                    f.info.name
-                );
-            }
-        }
-    }
-
-    /// A whole-file hashing job ended at chunk `upto`; `md5` is set when the file is finished.
-    pub fn on_stream(&mut self, file: FileId, upto: u32, md5: Option<Digest>) {
-        let Some(f) = self.files.get_mut(&file) else {
-            return;
-        };
-        f.stream_busy = false;
-        f.stream_pos = upto;
-        if let Some(d) = md5 {
-            f.computed = Some(d);
-            if f.owned {
-                info!(
-                    "md5_sent event=file_md5_sent file={} md5={}",
-                    f.info.name,
-                    hex(&d)
-                );
-                self.actions
-                    .push_back(Action::ToServer(Message::FileDigest { file, md5: d }));
-                for (q, slot) in &self.peers {
-                    if slot.connected {
-                        self.actions
-                            .push_back(Action::ToPeer(*q, Message::FileDigest { file, md5: d }));
-                    }
-                }
-            } else {
-                self.maybe_finish(file);
-            }
-        }
-        self.maybe_stream(file);
-    }
-
-    fn maybe_stream(&mut self, file: FileId) {
-        let Some(f) = self.files.get_mut(&file) else {
-            return;
-        };
-        let count = f.geo.chunk_count();
-        if f.stream_busy || f.computed.is_some() || (self.phase == Phase::Hello) {
-            return;
-        }
-        let held = |i: u32| f.owned || self.sched.have(ChunkId { file, index: i });
-        let mut to = f.stream_pos;
-        while to < count && to - f.stream_pos < STREAM_BATCH && held(to) {
-            to += 1;
-        }
-        if to > f.stream_pos || count == 0 {
-            f.stream_busy = true;
-            self.actions.push_back(Action::Stream {
-                file,
-                from: f.stream_pos,
-                to,
-            });
-        }
-    }
-
-    fn maybe_finish(&mut self, file: FileId) {
-        let Some(f) = self.files.get_mut(&file) else {
-            return;
-        };
-        let (Some(w), Some(c)) = (f.whole, f.computed) else {
-            return;
-        };
-        if f.finalizing || f.owned {
-            return;
-        }
-        if w == c {
-            f.finalizing = true;
-            self.actions.push_back(Action::Finalize { file });
-        } else {
-            let reason = format!(
-                "{}: every chunk matched its digest but the whole file's MD5 is {} instead of {}",
-                f.info.name,
-                hex(&c),
-                hex(&w)
-            );
-            warn!(
-                "file_failed event=file_md5_mismatch file={} reason={reason:?}",
-                f.info.name
-            );
-            self.exit(1, reason);
-        }
-    }
-
-    /// The shell renamed the verified file to its final name.
-    pub fn on_finalized(&mut self, file: FileId, now: u64) {
-        let Some(f) = self.files.get_mut(&file) else {
-            return;
-        };
-        f.done = true;
-        let ms = now.saturating_sub(self.joined_at) as f64 / 1000.0;
-        info!(
-            "file_complete event=file_complete file={} bytes={} md5={} elapsed_ms={ms:.3}",
-            f.info.name,
-            f.info.size,
-            hex(&f.computed.unwrap_or_default())
-        );
-        self.actions
-            .push_back(Action::ToServer(Message::FileComplete { file }));
-        self.check_all_done(now);
-    }
-
-    fn check_all_done(&mut self, now: u64) {
-        if self.phase != Phase::Started || !self.files.values().all(|f| f.owned || f.done) {
-            return;
-        }
-        self.phase = Phase::Complete;
-        self.completed_at = Some(now);
-        let ms = now.saturating_sub(self.joined_at) as f64 / 1000.0;
-        info!(
-            "all_complete event=all_complete files={} bytes_received={} bytes_sent={} elapsed_ms={ms:.3}",
-            self.files.len(),
-            self.bytes_received,
-            self.bytes_sent
-        );
-        self.send_progress(now);
-        self.actions.push_back(Action::ToServer(Message::Done {
-            bytes_received: self.bytes_received,
-            bytes_sent: self.bytes_sent,
-        }));
-        self.check_peers_done();
-    }
 }
 
 impl FileSlot {
@@ -812,6 +714,11 @@ impl FileSlot {
             stream_busy: false,
             finalizing: false,
             done: false,
+            out: if owned {
+                resume::OutState::Ready
+            } else {
+                resume::OutState::Waiting
+            },
         }
     }
 }

@@ -8,6 +8,7 @@
 //! size. A `Piece` is never built as one buffer on the sending side: [`piece_header`] gives the
 //! 13 header bytes and the payload goes out as a slice of the memory-mapped file.
 
+use crate::crypto::{Key, Mac, Nonce};
 use crate::ids::{ChunkId, Digest, FileId, PeerId};
 use std::fmt;
 
@@ -15,7 +16,10 @@ pub const MAGIC: [u8; 4] = *b"P2PS";
 /// 2: ping, pong and clock_report (client and server), request_fresh, no_fresh and load (between
 /// peers) were added. A version-1 node would drop the connection at the first of them, mid-run;
 /// the version check at hello ends it at once, and the log says why.
-pub const VERSION: u16 = 2;
+/// 3: stuck and rejoined (crash and restart).
+/// 4: membership (see `auth`): hello's token flag, challenge, auth, member, peer_hello's nonce
+/// and peer_auth. An older node cannot prove membership, so it is stopped at the hello.
+pub const VERSION: u16 = 4;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
 /// Length prefix plus kind byte.
@@ -54,6 +58,9 @@ pub enum Message {
     // client -> server
     Hello {
         version: u16,
+        /// The client was given a token: the server must challenge it (and refuses it if it
+        /// has none), or admit a client without one (and refuse one that has one).
+        token: bool,
         listen: String,
         name: String,
         files: Vec<FileDecl>,
@@ -80,6 +87,16 @@ pub enum Message {
         error_us: u64,
         max_error_us: u64,
     },
+    /// This client lacks `chunks` chunks that no peer it can reach holds, and has nothing in
+    /// flight: it cannot progress until a lost member comes back (0: it can progress again).
+    Stuck {
+        chunks: u32,
+    },
+    /// The answer to a challenge: the client's nonce and its proof that it knows the token.
+    Auth {
+        nonce: Nonce,
+        mac: Mac,
+    },
     // server -> client
     Welcome {
         id: PeerId,
@@ -92,11 +109,25 @@ pub enum Message {
     Refuse {
         reason: String,
     },
+    /// To a client that has a token: prove you know it, over this fresh nonce.
+    Challenge {
+        nonce: Nonce,
+    },
+    /// Right before the welcome: the server's proof that it knows the token (zeros in a run
+    /// without one) and this member's pair keys, one per client id 1..=N (its own is zeros).
+    Member {
+        proof: Mac,
+        keys: Vec<Key>,
+    },
     Start {
         peers: Vec<PeerInfo>,
         files: Vec<FileInfo>,
     },
     Shutdown,
+    /// A member that was lost came back (same id, name and files), listening at `peer.addr`.
+    Rejoined {
+        peer: PeerInfo,
+    },
     /// The answer to a ping: its `client_us` echoed, and the server's clock when it handled it.
     Pong {
         client_us: u64,
@@ -116,6 +147,11 @@ pub enum Message {
     PeerHello {
         version: u16,
         id: PeerId,
+        nonce: Nonce,
+    },
+    /// Proof that the sender holds the pair key of this link, over both hellos' nonces.
+    PeerAuth {
+        mac: Mac,
     },
     Bitfield {
         file: FileId,
@@ -165,6 +201,8 @@ pub(crate) mod kind {
     pub const PING: u8 = 11;
     pub const PONG: u8 = 12;
     pub const CLOCK_REPORT: u8 = 13;
+    pub const STUCK: u8 = 14;
+    pub const REJOINED: u8 = 15;
     pub const PEER_HELLO: u8 = 20;
     pub const BITFIELD: u8 = 21;
     pub const HAVE: u8 = 22;
@@ -174,6 +212,11 @@ pub(crate) mod kind {
     pub const REQUEST_FRESH: u8 = 26;
     pub const NO_FRESH: u8 = 27;
     pub const LOAD: u8 = 28;
+    // Membership, in a range of its own.
+    pub const CHALLENGE: u8 = 40;
+    pub const AUTH: u8 = 41;
+    pub const MEMBER: u8 = 42;
+    pub const PEER_AUTH: u8 = 43;
 }
 
 impl Message {
@@ -191,6 +234,8 @@ impl Message {
             Message::Ping { .. } => "ping",
             Message::Pong { .. } => "pong",
             Message::ClockReport { .. } => "clock_report",
+            Message::Stuck { .. } => "stuck",
+            Message::Rejoined { .. } => "rejoined",
             Message::ChunkDigests { .. } => "chunk_digests",
             Message::FileDigest { .. } => "file_digest",
             Message::PeerHello { .. } => "peer_hello",
@@ -201,6 +246,10 @@ impl Message {
             Message::RequestFresh { .. } => "request_fresh",
             Message::NoFresh { .. } => "no_fresh",
             Message::Load { .. } => "load",
+            Message::Challenge { .. } => "challenge",
+            Message::Auth { .. } => "auth",
+            Message::Member { .. } => "member",
+            Message::PeerAuth { .. } => "peer_auth",
         }
     }
 }
@@ -219,6 +268,8 @@ pub enum DecodeError {
     UnknownKind(u8),
     BadMagic,
     BadVersion(u16),
+    /// A flag byte other than 0 or 1.
+    BadFlag(u8),
     /// A string field is not UTF-8.
     BadUtf8,
     /// A count that cannot fit in the frame it claims to be in.
@@ -240,6 +291,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadVersion(v) => {
                 write!(f, "unsupported protocol version {v} (we speak {VERSION})")
             }
+            DecodeError::BadFlag(b) => write!(f, "flag byte {b} is neither 0 nor 1"),
             DecodeError::BadUtf8 => f.write_str("string is not UTF-8"),
             DecodeError::BadCount => f.write_str("element count larger than the frame"),
             DecodeError::Empty => f.write_str("empty frame"),
@@ -294,6 +346,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     let w = match msg {
         Message::Hello {
             version,
+            token,
             listen,
             name,
             files,
@@ -301,6 +354,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             let mut w = Writer::frame(HELLO);
             w.bytes(&MAGIC);
             w.u16(*version);
+            w.bytes(&[u8::from(*token)]);
             w.str(listen);
             w.str(name);
             w.u32(files.len() as u32);
@@ -427,11 +481,37 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.bytes(md5);
             w
         }
-        Message::PeerHello { version, id } => {
+        Message::PeerHello { version, id, nonce } => {
             let mut w = Writer::frame(PEER_HELLO);
             w.bytes(&MAGIC);
             w.u16(*version);
             w.u32(id.0);
+            w.bytes(nonce);
+            w
+        }
+        Message::PeerAuth { mac } => {
+            let mut w = Writer::frame(PEER_AUTH);
+            w.bytes(mac);
+            w
+        }
+        Message::Challenge { nonce } => {
+            let mut w = Writer::frame(CHALLENGE);
+            w.bytes(nonce);
+            w
+        }
+        Message::Auth { nonce, mac } => {
+            let mut w = Writer::frame(AUTH);
+            w.bytes(nonce);
+            w.bytes(mac);
+            w
+        }
+        Message::Member { proof, keys } => {
+            let mut w = Writer::frame(MEMBER);
+            w.bytes(proof);
+            w.u32(keys.len() as u32);
+            for k in keys {
+                w.bytes(k);
+            }
             w
         }
         Message::Bitfield { file, bits } => {
@@ -462,6 +542,18 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.u32(*below);
             w
         }
+        Message::Stuck { chunks } => {
+            let mut w = Writer::frame(STUCK);
+            w.u32(*chunks);
+            w
+        }
+        Message::Rejoined { peer } => {
+            let mut w = Writer::frame(REJOINED);
+            w.u32(peer.id.0);
+            w.str(&peer.name);
+            w.str(&peer.addr);
+            w
+        }
         Message::NoFresh { file } => {
             let mut w = Writer::frame(NO_FRESH);
             w.u32(file.0);
@@ -490,237 +582,8 @@ pub fn piece_header(chunk: ChunkId, payload_len: u32) -> [u8; PIECE_HEADER_LEN] 
     h
 }
 
-// ---------------------------------------------------------------- decoding
-
-struct Reader<'a> {
-    b: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        if self.b.len() < n {
-            return Err(DecodeError::Truncated);
-        }
-        let (h, t) = self.b.split_at(n);
-        self.b = t;
-        Ok(h)
-    }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        Ok(u16::from_be_bytes(
-            self.take(2)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_be_bytes(
-            self.take(4)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_be_bytes(
-            self.take(8)?.try_into().unwrap_or_default(),
-        ))
-    }
-    fn digest(&mut self) -> Result<Digest, DecodeError> {
-        let mut d = [0u8; 16];
-        d.copy_from_slice(self.take(16)?);
-        Ok(d)
-    }
-    fn str(&mut self) -> Result<String, DecodeError> {
-        let n = self.u16()? as usize;
-        let b = self.take(n)?;
-        String::from_utf8(b.to_vec()).map_err(|_| DecodeError::BadUtf8)
-    }
-    /// An element count, checked against what the rest of the frame could possibly hold, so a
-    /// hostile count never makes us allocate more than the frame's own size.
-    fn count(&mut self, min_elem: usize) -> Result<usize, DecodeError> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min_elem) > self.b.len() {
-            return Err(DecodeError::BadCount);
-        }
-        Ok(n)
-    }
-    fn chunk(&mut self) -> Result<ChunkId, DecodeError> {
-        Ok(ChunkId {
-            file: FileId(self.u32()?),
-            index: self.u32()?,
-        })
-    }
-    fn magic_version(&mut self) -> Result<u16, DecodeError> {
-        if self.take(4)? != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        let v = self.u16()?;
-        if v != VERSION {
-            return Err(DecodeError::BadVersion(v));
-        }
-        Ok(v)
-    }
-    fn end(&self) -> Result<(), DecodeError> {
-        if self.b.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::Trailing)
-        }
-    }
-}
-
-/// Decodes the body of a control frame of the given kind.
-pub fn decode_body(k: u8, body: &[u8]) -> Result<Message, DecodeError> {
-    use kind::*;
-    let mut r = Reader { b: body };
-    let msg = match k {
-        HELLO => {
-            let version = r.magic_version()?;
-            let listen = r.str()?;
-            let name = r.str()?;
-            let n = r.count(10)?;
-            let mut files = Vec::with_capacity(n);
-            for _ in 0..n {
-                files.push(FileDecl {
-                    name: r.str()?,
-                    size: r.u64()?,
-                });
-            }
-            Message::Hello {
-                version,
-                listen,
-                name,
-                files,
-            }
-        }
-        PROGRESS => {
-            let bytes_received = r.u64()?;
-            let bytes_sent = r.u64()?;
-            let n = r.count(8)?;
-            let mut have = Vec::with_capacity(n);
-            for _ in 0..n {
-                have.push((FileId(r.u32()?), r.u32()?));
-            }
-            Message::Progress {
-                bytes_received,
-                bytes_sent,
-                have,
-            }
-        }
-        FILE_COMPLETE => Message::FileComplete {
-            file: FileId(r.u32()?),
-        },
-        DONE => Message::Done {
-            bytes_received: r.u64()?,
-            bytes_sent: r.u64()?,
-        },
-        WELCOME => {
-            let id = PeerId(r.u32()?);
-            let name = r.str()?;
-            let clock_us = r.u64()?;
-            let chunk_size = r.u32()?;
-            let clients = r.u32()?;
-            let n = r.count(4)?;
-            let mut files = Vec::with_capacity(n);
-            for _ in 0..n {
-                files.push(FileId(r.u32()?));
-            }
-            Message::Welcome {
-                id,
-                name,
-                clock_us,
-                chunk_size,
-                clients,
-                files,
-            }
-        }
-        REFUSE => Message::Refuse { reason: r.str()? },
-        START => {
-            let n = r.count(8)?;
-            let mut peers = Vec::with_capacity(n);
-            for _ in 0..n {
-                peers.push(PeerInfo {
-                    id: PeerId(r.u32()?),
-                    name: r.str()?,
-                    addr: r.str()?,
-                });
-            }
-            let n = r.count(18)?;
-            let mut files = Vec::with_capacity(n);
-            for _ in 0..n {
-                files.push(FileInfo {
-                    id: FileId(r.u32()?),
-                    owner: PeerId(r.u32()?),
-                    name: r.str()?,
-                    size: r.u64()?,
-                });
-            }
-            Message::Start { peers, files }
-        }
-        SHUTDOWN => Message::Shutdown,
-        PING => Message::Ping {
-            client_us: r.u64()?,
-        },
-        PONG => Message::Pong {
-            client_us: r.u64()?,
-            server_us: r.u64()?,
-        },
-        CLOCK_REPORT => Message::ClockReport {
-            // Two's complement: an offset is negative when the client's clock is ahead.
-            offset_us: r.u64()? as i64,
-            error_us: r.u64()?,
-            max_error_us: r.u64()?,
-        },
-        CHUNK_DIGESTS => {
-            let file = FileId(r.u32()?);
-            let first = r.u32()?;
-            let n = r.count(16)?;
-            if n > MAX_DIGESTS_PER_FRAME {
-                return Err(DecodeError::BadCount);
-            }
-            let mut digests = Vec::with_capacity(n);
-            for _ in 0..n {
-                digests.push(r.digest()?);
-            }
-            Message::ChunkDigests {
-                file,
-                first,
-                digests,
-            }
-        }
-        FILE_DIGEST => Message::FileDigest {
-            file: FileId(r.u32()?),
-            md5: r.digest()?,
-        },
-        PEER_HELLO => {
-            let version = r.magic_version()?;
-            Message::PeerHello {
-                version,
-                id: PeerId(r.u32()?),
-            }
-        }
-        BITFIELD => {
-            let file = FileId(r.u32()?);
-            let n = r.count(1)?;
-            Message::Bitfield {
-                file,
-                bits: r.take(n)?.to_vec(),
-            }
-        }
-        HAVE => Message::Have { chunk: r.chunk()? },
-        REQUEST => Message::Request { chunk: r.chunk()? },
-        CANCEL => Message::Cancel { chunk: r.chunk()? },
-        REQUEST_FRESH => Message::RequestFresh {
-            file: FileId(r.u32()?),
-            below: r.u32()?,
-        },
-        NO_FRESH => Message::NoFresh {
-            file: FileId(r.u32()?),
-        },
-        LOAD => Message::Load {
-            own_eta_ms: r.u32()?,
-            upload_kib_s: r.u32()?,
-        },
-        other => return Err(DecodeError::UnknownKind(other)),
-    };
-    r.end()?;
-    Ok(msg)
-}
+mod decode;
+pub use decode::decode_body;
 
 #[cfg(test)]
 pub(crate) mod tests;

@@ -248,3 +248,24 @@ impl Conn {
         Ok(())
     }
 }
+
+/// Raises this process's soft limit on open files to the hard limit (at most `want`): a node
+/// holds up to its connection caps (1024 at the server) plus its files, beyond the common soft
+/// default of 1024. Best effort: on failure the node runs with the limit it has, and an accept
+/// past it fails with a logged accept_error.
+pub fn raise_fd_limit(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit through a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let target = want.min(lim.rlim_max);
+    if lim.rlim_cur < target {
+        lim.rlim_cur = target;
+        // SAFETY: setrlimit reads one valid rlimit.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}

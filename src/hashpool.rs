@@ -106,16 +106,28 @@ impl Queue {
         self.jobs.iter().map(Job::weight).sum()
     }
 
-    /// The next batch: jobs in FIFO order up to the batch size (always at least one).
+    /// The next batch, up to the batch size (always at least one job): received chunks and
+    /// whole-file streams first, in FIFO order, then the node's own chunk digests. A received
+    /// chunk waits for its check before it counts, is written or is served; behind a node's
+    /// whole own file (seconds of hashing at start) nothing it received would count, and its
+    /// downloads would stall at the in-flight cap while its disk sat idle.
     fn pop(&mut self) -> Vec<Job> {
         let mut out = Vec::new();
         let mut w = 0;
-        while let Some(j) = self.jobs.front() {
-            if !out.is_empty() && w + j.weight() > BATCH_CHUNKS {
-                break;
+        for own in [false, true] {
+            let mut i = 0;
+            while i < self.jobs.len() {
+                let j = &self.jobs[i];
+                if matches!(j, Job::HashChunks { .. }) != own {
+                    i += 1;
+                    continue;
+                }
+                if !out.is_empty() && w + j.weight() > BATCH_CHUNKS {
+                    return out;
+                }
+                w += j.weight();
+                out.extend(self.jobs.remove(i));
             }
-            w += j.weight();
-            out.extend(self.jobs.pop_front());
         }
         out
     }
@@ -400,4 +412,176 @@ fn finish_verify(j: Job, got: Digest) -> Option<Done> {
         requested_at,
         write_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const CHUNK: u32 = 1024;
+
+    /// A file of `len` bytes (byte i = i mod 251) in the temp directory, mapped; the file is
+    /// removed when the map and file are dropped by the caller's end of the test.
+    fn mapped(tag: &str, len: usize) -> (std::path::PathBuf, Arc<File>, Arc<Mmap>) {
+        let path =
+            std::env::temp_dir().join(format!("p2pshare-hashpool-{}-{tag}", std::process::id()));
+        let mut f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("temp file");
+        let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).expect("write");
+        // SAFETY: the file is this test's own and is not truncated while mapped.
+        let map = unsafe { Mmap::map(&f) }.expect("map");
+        (path, Arc::new(f), Arc::new(map))
+    }
+
+    fn verify(out: &Arc<File>, index: u32, data: Vec<u8>, digest: Digest) -> Job {
+        Job::Verify {
+            peer: PeerId(1),
+            chunk: ChunkId {
+                file: FileId(0),
+                index,
+            },
+            data,
+            digest,
+            out: Arc::clone(out),
+            offset: u64::from(index * CHUNK),
+            requested_at: 0,
+        }
+    }
+
+    #[test]
+    fn received_chunks_and_streams_go_before_own_digests() {
+        let (path, out, map) = mapped("order", 64 * CHUNK as usize);
+        let geo = Geometry::new(map.len() as u64, CHUNK);
+        let hash = |first| Job::HashChunks {
+            file: FileId(0),
+            map: Arc::clone(&map),
+            geo,
+            first,
+            count: 8,
+        };
+        let mut q = Queue::default();
+        q.jobs.push_back(hash(0));
+        q.jobs.push_back(verify(&out, 1, vec![0; 4], [0; 16]));
+        q.jobs.push_back(hash(8));
+        q.jobs.push_back(Job::Stream {
+            file: FileId(0),
+            map: Some(Arc::clone(&map)),
+            geo,
+            from: 0,
+            to: 4,
+            ctx: Box::default(),
+            finish: false,
+        });
+        q.jobs.push_back(verify(&out, 2, vec![0; 4], [0; 16]));
+        for first in [16, 24, 32] {
+            q.jobs.push_back(hash(first));
+        }
+        let kinds = |jobs: &[Job]| -> Vec<String> {
+            jobs.iter()
+                .map(|j| match j {
+                    Job::HashChunks { first, .. } => format!("hash{first}"),
+                    Job::Verify { chunk, .. } => format!("verify{}", chunk.index),
+                    Job::Stream { .. } => "stream".into(),
+                })
+                .collect()
+        };
+        // 3 chunks of received and stream work, then own digests up to 32 chunks in all.
+        assert_eq!(
+            kinds(&q.pop()),
+            ["verify1", "stream", "verify2", "hash0", "hash8", "hash16"]
+        );
+        assert_eq!(kinds(&q.pop()), ["hash24", "hash32"]);
+        assert!(q.pop().is_empty());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_pool_hashes_verifies_writes_and_streams() {
+        let len = 20 * CHUNK as usize + 77;
+        let (path, _, map) = mapped("src", len);
+        let (out_path, out, _) = mapped("out", len);
+        // The output starts as zeros.
+        out.set_len(0).expect("truncate");
+        out.set_len(len as u64).expect("size");
+        let geo = Geometry::new(len as u64, CHUNK);
+        let chunk = |i: u32| map[geo.offset(i) as usize..][..geo.chunk_len(i) as usize].to_vec();
+        let wake: Wake = Arc::new(|| {});
+        let pool = HashPool::new(2, wake).expect("pool");
+        pool.submit(Job::HashChunks {
+            file: FileId(0),
+            map: Arc::clone(&map),
+            geo,
+            first: 0,
+            count: geo.chunk_count(),
+        });
+        pool.submit(Job::Stream {
+            file: FileId(0),
+            map: Some(Arc::clone(&map)),
+            geo,
+            from: 0,
+            to: geo.chunk_count(),
+            ctx: Box::default(),
+            finish: true,
+        });
+        pool.submit(verify(&out, 3, chunk(3), md5(&chunk(3))));
+        pool.submit(verify(&out, 4, chunk(4), md5(&chunk(5))));
+        let (mut hashed, mut streamed, mut verified) = (None, None, Vec::new());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while hashed.is_none() || streamed.is_none() || verified.len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the pool did not finish"
+            );
+            match pool
+                .results
+                .recv_timeout(std::time::Duration::from_secs(20))
+            {
+                Ok(Done::Hashed { digests, .. }) => hashed = Some(digests),
+                Ok(Done::Streamed { md5: Some(d), .. }) => streamed = Some(d),
+                // Shortened beside the chunk work: ask for the rest, as the client does.
+                Ok(Done::Streamed {
+                    upto,
+                    ctx: Some(ctx),
+                    ..
+                }) => pool.submit(Job::Stream {
+                    file: FileId(0),
+                    map: Some(Arc::clone(&map)),
+                    geo,
+                    from: upto,
+                    to: geo.chunk_count(),
+                    ctx,
+                    finish: true,
+                }),
+                Ok(Done::Streamed { .. }) => panic!("a stream ended without its state"),
+                Ok(Done::Verified { chunk, ok, .. }) => verified.push((chunk.index, ok)),
+                Err(e) => panic!("no result: {e}"),
+            }
+        }
+        let want: Vec<Digest> = (0..geo.chunk_count()).map(|i| md5(&chunk(i))).collect();
+        assert_eq!(hashed, Some(want));
+        assert_eq!(streamed, Some(md5(&map)));
+        verified.sort_unstable();
+        assert_eq!(verified, [(3, true), (4, false)]);
+        // The good chunk was written at its offset, the bad one not at all.
+        let written = std::fs::read(&out_path).expect("read output");
+        assert_eq!(
+            written[geo.offset(3) as usize..][..CHUNK as usize],
+            chunk(3)[..]
+        );
+        assert!(
+            written[geo.offset(4) as usize..][..CHUNK as usize]
+                .iter()
+                .all(|&b| b == 0)
+        );
+        drop(pool);
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(out_path);
+    }
 }

@@ -3,6 +3,7 @@
 //! The protocol logic (codec, session state machines, scheduler) is sans-IO; the reactor shells
 //! in `client` and `server` own the sockets, the memory maps and the clock.
 
+pub mod auth;
 pub mod bits;
 pub mod bottleneck;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod client_obs;
 pub mod clock;
 pub mod codec;
 pub mod conn;
+pub mod crypto;
 pub mod datagen;
 pub mod error;
 pub mod frame;

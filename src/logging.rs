@@ -89,7 +89,8 @@ impl LogSink {
     }
 
     /// Opens `dir/NAME.log` and moves the lines held so far into it (once: later calls keep
-    /// the file already open).
+    /// the file already open). A log already there (an earlier run, or this node's life before
+    /// a crash) is kept as `NAME.log.1`.
     pub fn open(&self, dir: &Path, name: &str) -> io::Result<()> {
         if matches!(
             &*self.0.lock().unwrap_or_else(|e| e.into_inner()),
@@ -98,7 +99,11 @@ impl LogSink {
             return Ok(());
         }
         std::fs::create_dir_all(dir)?;
-        let mut w = BufWriter::new(File::create(dir.join(format!("{name}.log")))?);
+        let path = dir.join(format!("{name}.log"));
+        if path.is_file() {
+            let _ = std::fs::rename(&path, dir.join(format!("{name}.log.1")));
+        }
+        let mut w = BufWriter::new(File::create(path)?);
         let mut st = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let SinkState::Buffer(b) = &*st {
             w.write_all(b)?;

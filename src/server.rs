@@ -39,10 +39,15 @@ pub struct ServerConfig {
     pub summary: PathBuf,
     /// Link rates by client name (--links), for T_lb in the summary.
     pub links: Option<Links>,
+    /// How long to wait for a lost client to come back (--rejoin-wait).
+    pub rejoin_wait: Duration,
+    /// The run's token (--token or P2PSHARE_TOKEN), if it has one.
+    pub token: Option<crate::auth::Token>,
 }
 
 pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
     let sink = logging::init("server");
+    crate::conn::raise_fd_limit(4096);
     sink.open(&cfg.log_dir, "server").map_err(|e| {
         Error::Usage(format!(
             "cannot write logs in {}: {e}",
@@ -58,10 +63,23 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| Error::Usage(e.to_string()))?;
+    let seed = crate::crypto::os_seed()
+        .map_err(|e| Error::Usage(format!("cannot read /dev/urandom: {e}")))?;
     info!(
-        "start event=server_start listen={local} clients={} chunk_size={}",
-        cfg.clients, cfg.chunk_size
+        "start event=server_start listen={local} clients={} chunk_size={} token={}",
+        cfg.clients,
+        cfg.chunk_size,
+        cfg.token.is_some()
     );
+    if cfg.token.is_none() && !local.ip().is_loopback() {
+        // Meant for a cloud VM that strangers can reach: say so where the operator looks.
+        warn!(
+            "open_run event=no_token listen={local} reason=\"no token: anyone who can reach this port can join the run (give --token or set P2PSHARE_TOKEN)\""
+        );
+    }
+    let mut core = ServerCore::new(cfg.clients, cfg.chunk_size);
+    core.set_membership(crate::auth::ServerMembership::new(cfg.token, seed));
+    core.set_rejoin_wait(u64::try_from(cfg.rejoin_wait.as_micros()).unwrap_or(u64::MAX));
     eprintln!(
         "server: listening on {local}, waiting for {} clients",
         cfg.clients
@@ -71,7 +89,7 @@ pub fn run(cfg: ServerConfig) -> Result<i32, Error> {
         listener,
         conns: Slab::new(),
         closing: BTreeSet::new(),
-        core: ServerCore::new(cfg.clients, cfg.chunk_size),
+        core,
         finished: None,
         pending: BTreeMap::new(),
         progress: Progress::new(Mode::auto(), true),
@@ -148,8 +166,11 @@ impl Server {
                 // action is always for the connection it was made for.
                 self.apply_actions();
             }
+            self.core.on_tick(now_us());
             self.apply_actions();
             self.expire_handshakes();
+            // A server killed mid-run loses at most one poll interval of its log.
+            log::logger().flush();
             self.draw_progress();
             let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
             for k in keys {

@@ -2,6 +2,7 @@
 //! relays the manifest (file table, chunk digests, whole-file digests), records progress and
 //! completion, and decides when the run is over. `now` is the System Clock in µs (0 at start).
 
+use crate::auth::ServerMembership;
 use crate::codec::{FileInfo, MAX_CONTROL_FRAME, MAX_DIGESTS_PER_FRAME, Message, PeerInfo};
 use crate::geometry::Geometry;
 use crate::ids::{Digest, FileId, PeerId, check_file_name, hex};
@@ -10,8 +11,14 @@ use log::{debug, info, warn};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 
+mod join;
+
 /// Most files one client may share.
 pub const MAX_FILES_PER_CLIENT: usize = 1000;
+
+/// How long the server waits, by default, for a lost client to come back (and for clients that
+/// cannot progress without it) before it ends the run as failed (µs).
+pub const DEFAULT_REJOIN_WAIT_US: u64 = 30_000_000;
 
 /// The shell's handle for one connection.
 pub type ConnId = usize;
@@ -36,6 +43,11 @@ struct ClientRec {
     lost_at: Option<u64>,
     bytes_sent: u64,
     bytes_received: u64,
+    /// What earlier lives of this client sent and received (it was lost and came back).
+    prev_sent: u64,
+    prev_received: u64,
+    /// Chunks it lacks and cannot get from anyone it reaches (0: it can progress).
+    stuck: u32,
     files_done: u32,
     completed: BTreeSet<FileId>,
     /// The client's last clock report: offset, error, largest error so far (µs).
@@ -60,7 +72,13 @@ pub struct ServerCore {
     manifest_logged: bool,
     /// Size the start message would have now (bounded by the control frame cap).
     start_bytes: usize,
+    /// How long to wait for a lost client to come back (µs).
+    rejoin_wait: u64,
+    /// Since when no client can progress (each is done, lost or stuck), if so.
+    settled_since: Option<u64>,
     actions: VecDeque<ServerAction>,
+    /// Who may join, and the run key the members' pair keys come from (see `auth`).
+    member: ServerMembership,
 }
 
 impl ServerCore {
@@ -75,8 +93,27 @@ impl ServerCore {
             finished: false,
             manifest_logged: false,
             start_bytes: 16,
+            rejoin_wait: DEFAULT_REJOIN_WAIT_US,
+            settled_since: None,
             actions: VecDeque::new(),
+            // A fixed seed, for tests and the simulator; the server sets a random one.
+            member: ServerMembership::new(None, [0; 32]),
         }
+    }
+
+    /// How long a lost client may take to come back before the run ends without it (µs).
+    pub fn set_rejoin_wait(&mut self, us: u64) {
+        self.rejoin_wait = us;
+    }
+
+    /// Time passes: a run that nobody can progress ends once the rejoin wait is over.
+    pub fn on_tick(&mut self, now: u64) {
+        self.check_finish(now);
+    }
+
+    /// The token (if any) and the random seed of this run's membership (see `auth`).
+    pub fn set_membership(&mut self, m: ServerMembership) {
+        self.member = m;
     }
 
     pub fn poll_action(&mut self) -> Option<ServerAction> {
@@ -95,6 +132,7 @@ impl ServerCore {
     pub fn on_connect(&mut self, conn: ConnId, from: &str) {
         debug!("accepted event=connection_accepted conn={conn} from={from}");
         self.conns.insert(conn, None);
+        self.member.forget(conn);
     }
 
     fn close(&mut self, conn: ConnId, reason: String) {
@@ -118,16 +156,9 @@ impl ServerCore {
             return;
         };
         match (who, msg) {
-            (
-                None,
-                Message::Hello {
-                    listen,
-                    name,
-                    files,
-                    ..
-                },
-            ) => self.on_hello(conn, listen, name, files, now),
-            (None, m) => self.close(conn, format!("{} before hello", m.name())),
+            (None, hello @ Message::Hello { .. }) => self.join(conn, hello, now),
+            (None, Message::Auth { nonce, mac }) => self.on_auth(conn, nonce, mac, now),
+            (None, m) => self.close(conn, format!("{} before {}", m.name(), self.awaited(conn))),
             (Some(_), Message::Hello { .. }) => self.close(conn, "second hello".into()),
             (
                 Some(id),
@@ -208,6 +239,21 @@ impl ServerCore {
                     bytes_sent,
                 },
             ) => self.on_done(conn, id, bytes_received, bytes_sent, now),
+            (Some(id), Message::Stuck { chunks }) => {
+                let Some(c) = self.clients.get_mut(&id) else {
+                    return;
+                };
+                if chunks > 0 {
+                    warn!(
+                        "stuck event=client_stuck client={} missing_chunks={chunks}",
+                        c.info.name
+                    );
+                } else if c.stuck > 0 {
+                    info!("stuck event=client_unstuck client={}", c.info.name);
+                }
+                c.stuck = chunks;
+                self.check_finish(now);
+            }
             (Some(_), m) => self.close(conn, format!("unexpected {} from a client", m.name())),
         }
     }
@@ -220,6 +266,9 @@ impl ServerCore {
         files: Vec<crate::codec::FileDecl>,
         now: u64,
     ) {
+        if let Some(id) = self.lost_member(&name, &files) {
+            return self.rejoin(conn, id, listen, now);
+        }
         if self.started || self.clients.len() as u32 >= self.expected {
             return self.refuse(conn, format!("the run is full ({} clients)", self.expected));
         }
@@ -307,6 +356,9 @@ impl ServerCore {
                 lost_at: None,
                 bytes_sent: 0,
                 bytes_received: 0,
+                prev_sent: 0,
+                prev_received: 0,
+                stuck: 0,
                 files_done: 0,
                 completed: BTreeSet::new(),
                 clock: None,
@@ -328,6 +380,101 @@ impl ServerCore {
         if self.clients.len() as u32 == self.expected {
             self.start();
         }
+    }
+
+    /// A client that was lost before it completed and that `name` and `files` describe: the
+    /// same files (names and sizes, in order) and, if a name is given, the same name.
+    fn lost_member(&self, name: &str, files: &[crate::codec::FileDecl]) -> Option<PeerId> {
+        let same_files = |c: &ClientRec| {
+            c.files.len() == files.len()
+                && c.files.iter().zip(files).all(|(id, d)| {
+                    let f = &self.files[id.0 as usize].info;
+                    f.name == d.name && f.size == d.size
+                })
+        };
+        self.clients
+            .iter()
+            .find(|(_, c)| {
+                c.conn.is_none()
+                    && c.done_at.is_none()
+                    && (name.is_empty() || c.info.name == name)
+                    && same_files(c)
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// A lost client came back (restarted with the same arguments): it gets its old slot (id,
+    /// name, file ids, connect time), the client list and every digest known, and the other
+    /// clients learn its new address.
+    fn rejoin(&mut self, conn: ConnId, id: PeerId, listen: String, now: u64) {
+        if listen.parse::<SocketAddr>().is_err() {
+            return self.refuse(conn, format!("bad listen address {listen:?}"));
+        }
+        let Some(c) = self.clients.get_mut(&id) else {
+            return;
+        };
+        c.conn = Some(conn);
+        c.lost_at = None;
+        c.stuck = 0;
+        c.info.addr = listen;
+        c.prev_sent += std::mem::take(&mut c.bytes_sent);
+        c.prev_received += std::mem::take(&mut c.bytes_received);
+        // It checks its outputs again and reports every file it completes anew.
+        c.completed.clear();
+        c.files_done = 0;
+        let (info, files) = (c.info.clone(), c.files.clone());
+        info!(
+            "client_rejoined event=client_rejoined client={} id={} addr={}",
+            info.name, id.0, info.addr
+        );
+        self.conns.insert(conn, Some(id));
+        self.settled_since = None;
+        self.actions.push_back(ServerAction::Send(
+            conn,
+            Message::Welcome {
+                id,
+                name: info.name.clone(),
+                clock_us: now,
+                chunk_size: self.chunk_size,
+                clients: self.expected,
+                files,
+            },
+        ));
+        if !self.started {
+            return;
+        }
+        let peers: Vec<PeerInfo> = self.clients.values().map(|c| c.info.clone()).collect();
+        let files: Vec<FileInfo> = self.files.iter().map(|f| f.info.clone()).collect();
+        self.actions
+            .push_back(ServerAction::Send(conn, Message::Start { peers, files }));
+        for fi in 0..self.files.len() {
+            if self.files[fi].info.owner != id {
+                for m in self.digest_msgs(fi) {
+                    self.actions.push_back(ServerAction::Send(conn, m));
+                }
+            }
+        }
+        self.relay(id, Message::Rejoined { peer: info });
+    }
+
+    /// The chunk digests of file `fi` known so far, and its whole-file MD5 if known.
+    fn digest_msgs(&self, fi: usize) -> Vec<Message> {
+        let f = &self.files[fi];
+        let file = f.info.id;
+        let mut out: Vec<Message> = f
+            .digests
+            .chunks(MAX_DIGESTS_PER_FRAME)
+            .enumerate()
+            .map(|(k, d)| Message::ChunkDigests {
+                file,
+                first: (k * MAX_DIGESTS_PER_FRAME) as u32,
+                digests: d.to_vec(),
+            })
+            .collect();
+        if let Some(md5) = f.whole {
+            out.push(Message::FileDigest { file, md5 });
+        }
+        out
     }
 
     fn live_conns(&self) -> Vec<(PeerId, ConnId)> {
@@ -372,23 +519,9 @@ impl ServerCore {
         }
         // Digests that arrived before the start go out now.
         for fi in 0..self.files.len() {
-            let f = &self.files[fi];
-            let (owner, file) = (f.info.owner, f.info.id);
-            let digests = f.digests.clone();
-            let whole = f.whole;
-            for (k, d) in digests.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
-                let first = (k * MAX_DIGESTS_PER_FRAME) as u32;
-                self.relay(
-                    owner,
-                    Message::ChunkDigests {
-                        file,
-                        first,
-                        digests: d.to_vec(),
-                    },
-                );
-            }
-            if let Some(md5) = whole {
-                self.relay(owner, Message::FileDigest { file, md5 });
+            let owner = self.files[fi].info.owner;
+            for m in self.digest_msgs(fi) {
+                self.relay(owner, m);
             }
         }
         self.manifest_check();
@@ -422,7 +555,17 @@ impl ServerCore {
         };
         let f = &mut self.files[fi];
         let n = digests.len() as u32;
-        if first as usize != f.digests.len() || first.checked_add(n).is_none_or(|e| e > f.chunks) {
+        let known = f.digests.len();
+        if (first as usize) < known {
+            // A rejoined owner hashes its file again: what it sends must be what it sent before.
+            let end = (first as usize + digests.len()).min(known);
+            if f.digests[first as usize..end] != digests[..end - first as usize] {
+                let reason = format!("the digests of {} changed since it joined", f.info.name);
+                return self.close(conn, reason);
+            }
+            return;
+        }
+        if first as usize != known || first.checked_add(n).is_none_or(|e| e > f.chunks) {
             return self.close(conn, format!("digests {first}+{n} out of order or range"));
         }
         f.digests.extend_from_slice(&digests);
@@ -453,8 +596,13 @@ impl ServerCore {
             );
         };
         let f = &mut self.files[fi];
-        if f.whole.is_some() {
-            return self.close(conn, "second file digest".into());
+        match f.whole {
+            Some(w) if w == md5 => return,
+            Some(_) => {
+                let reason = format!("the MD5 of {} changed", f.info.name);
+                return self.close(conn, reason);
+            }
+            None => {}
         }
         f.whole = Some(md5);
         info!(
@@ -512,6 +660,7 @@ impl ServerCore {
         c.done_at = Some(now);
         c.bytes_received = bytes_received;
         c.bytes_sent = bytes_sent;
+        c.stuck = 0;
         let ms = now.saturating_sub(c.connected_at) as f64 / 1000.0;
         info!(
             "client_done event=client_complete client={} elapsed_ms={ms:.3} bytes_received={bytes_received} bytes_sent={bytes_sent}",
@@ -543,12 +692,21 @@ impl ServerCore {
         if self.finished || !self.started {
             return;
         }
-        if !self
-            .clients
-            .values()
-            .all(|c| c.done_at.is_some() || c.lost_at.is_some())
-        {
-            return;
+        if !self.clients.values().all(|c| c.done_at.is_some()) {
+            // Nobody can progress: every client is done, lost, or stuck for want of a lost
+            // one's chunks. The lost get `rejoin_wait` to come back before the run ends.
+            let settled = self
+                .clients
+                .values()
+                .all(|c| c.done_at.is_some() || c.lost_at.is_some() || c.stuck > 0);
+            if !settled {
+                self.settled_since = None;
+                return;
+            }
+            let since = *self.settled_since.get_or_insert(now);
+            if now < since.saturating_add(self.rejoin_wait) {
+                return;
+            }
         }
         self.finished = true;
         let lost = self
@@ -557,6 +715,21 @@ impl ServerCore {
             .filter(|c| c.done_at.is_none())
             .count();
         let s = self.summary(now);
+        if lost > 0 {
+            let who: Vec<String> = self
+                .clients
+                .values()
+                .filter(|c| c.done_at.is_none())
+                .map(|c| {
+                    let why = if c.lost_at.is_some() { "lost" } else { "stuck" };
+                    format!("{}({why})", c.info.name)
+                })
+                .collect();
+            warn!(
+                "run_failed event=run_failed incomplete={} reason=\"no client can progress and no lost client came back in time\"",
+                who.join(",")
+            );
+        }
         info!(
             "all_complete event=run_finished clients={} lost={lost} total_ms={:.3}",
             self.clients.len(),
@@ -584,8 +757,8 @@ impl ServerCore {
                 connect_ms: ms(c.connected_at),
                 done_ms: c.done_at.map(ms),
                 elapsed_ms: c.done_at.map(|d| ms(d.saturating_sub(c.connected_at))),
-                bytes_sent: c.bytes_sent,
-                bytes_received: c.bytes_received,
+                bytes_sent: c.prev_sent + c.bytes_sent,
+                bytes_received: c.prev_received + c.bytes_received,
                 files: c
                     .files
                     .iter()

@@ -1,6 +1,8 @@
 //! Files on disk: source files mapped read-only, and output files that are created as
-//! `NAME.part` at their full size (after a check that the disk has room for all of them), filled chunk by chunk, mapped read-only for serving and
-//! whole-file hashing, and renamed to `NAME` only after their whole-file MD5 matched.
+//! `NAME.part` at their full size (after a check that the disk has room for all of them), or
+//! kept from an earlier run of the node (to be checked chunk by chunk), filled chunk by chunk,
+//! mapped read-only for serving and whole-file hashing, and renamed to `NAME` only after their
+//! whole-file MD5 matched.
 //!
 //! # Safety of the maps
 //! A memory map of a file that another process truncates turns reads past the new end into
@@ -140,9 +142,34 @@ pub struct Output {
     pub map: Option<Arc<Mmap>>,
 }
 
+/// A regular file's length, if `path` is one.
+fn file_len(path: &Path) -> Option<u64> {
+    fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+}
+
+/// Bytes of disk that what an earlier run left for `name` in `dir` already takes (a `.part`, or
+/// a finished copy, of the right `size`), which the downloads need not find free again.
+pub fn allocated(dir: &Path, name: &str, size: u64) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    [dir.join(format!("{name}.part")), dir.join(name)]
+        .iter()
+        .filter(|p| file_len(p) == Some(size))
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| m.blocks().saturating_mul(512).min(size))
+        .max()
+        .unwrap_or(0)
+}
+
 impl Output {
-    /// Creates `dir/NAME.part` at its full size. `name` must have passed `check_file_name`.
-    pub fn create(dir: &Path, name: &str, size: u64) -> Result<Output, StorageError> {
+    /// Opens `dir/NAME.part` for a download of `size` bytes. What an earlier run of this node
+    /// left is kept: a `.part` of the right size, or a finished `NAME` of the right size (moved
+    /// back to `.part`, to be checked again before it is called complete). The flag says
+    /// whether it was kept; otherwise the file is created empty at its full size. `name` must
+    /// have passed `check_file_name`.
+    pub fn open(dir: &Path, name: &str, size: u64) -> Result<(Output, bool), StorageError> {
         let create_err = |path: &Path| {
             let path = path.to_owned();
             move |err| StorageError::Create { path, err }
@@ -150,21 +177,28 @@ impl Output {
         fs::create_dir_all(dir).map_err(create_err(dir))?;
         let dest = dir.join(name);
         let part = dir.join(format!("{name}.part"));
+        if file_len(&part) != Some(size) && file_len(&dest) == Some(size) {
+            fs::rename(&dest, &part).map_err(create_err(&dest))?;
+        }
+        let resumed = size > 0 && file_len(&part) == Some(size);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(!resumed)
             .open(&part)
             .map_err(create_err(&part))?;
-        file.set_len(size).map_err(create_err(&part))?;
+        if !resumed {
+            file.set_len(size).map_err(create_err(&part))?;
+        }
         let map = map_file(&file, size, &part)?;
-        Ok(Output {
+        let out = Output {
             part,
             dest,
             file: Arc::new(file),
             map,
-        })
+        };
+        Ok((out, resumed))
     }
 }
 

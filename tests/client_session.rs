@@ -1,12 +1,23 @@
 //! The client's session state machine driven alone, through its public sans-IO interface:
 //! messages and `now` in, actions out. No sockets, no threads.
 
+use p2pshare::auth::{ClientMembership, ServerMembership, Token};
 use p2pshare::client_core::*;
 use p2pshare::codec::{FileDecl, FileInfo, Message, PeerInfo};
 use p2pshare::ids::{ChunkId, FileId, PeerId};
 
-/// A client (id 2) that owns f2 in a run with client 1 (owns f1) and client 3 (owns f3).
+/// A client (id 2) that owns f2 in a run with client 1 (owns f1) and client 3 (owns f3), its
+/// outputs created empty.
 fn started() -> ClientCore {
+    let mut c = joined();
+    for f in [0, 2] {
+        c.on_output_ready(FileId(f), false, 1);
+    }
+    c
+}
+
+/// As `started`, before the shell reports its outputs ready.
+fn joined() -> ClientCore {
     let mut c = ClientCore::new(
         String::new(),
         "127.0.0.1:2".into(),
@@ -15,6 +26,7 @@ fn started() -> ClientCore {
             size: 600_000,
         }],
     );
+    c.on_server_message(member(3), 0);
     c.on_server_message(
         Message::Welcome {
             id: PeerId(2),
@@ -43,6 +55,15 @@ fn started() -> ClientCore {
         .collect();
     c.on_server_message(Message::Start { peers, files }, 1);
     c
+}
+
+/// The member message of a run of `clients` without a token (the server's is made the same
+/// way; the keys' values do not matter to the session).
+fn member(clients: u32) -> Message {
+    Message::Member {
+        proof: [0; 32],
+        keys: (0..clients).map(|i| [i as u8; 32]).collect(),
+    }
 }
 
 fn drain(c: &mut ClientCore) -> Vec<Action> {
@@ -226,6 +247,7 @@ fn lost_peer_is_redialled_with_backoff_then_given_up() {
 #[test]
 fn bad_name_from_server_exits() {
     let mut c = ClientCore::new(String::new(), "127.0.0.1:2".into(), vec![]);
+    c.on_server_message(member(3), 0);
     c.on_server_message(
         Message::Welcome {
             id: PeerId(2),
@@ -322,4 +344,193 @@ fn whole_file_digest_comes_from_the_owner_only_and_must_agree_with_the_server() 
             .any(|a| matches!(a, Action::Exit { code: 1, reason } if reason.contains("disagree"))),
         "a second, different whole-file MD5 ends the run"
     );
+}
+
+#[test]
+fn a_resumed_output_is_checked_and_only_what_it_lacks_is_requested() {
+    let mut c = joined();
+    c.on_output_ready(FileId(0), false, 1);
+    // f3 (3 chunks) was left by an earlier life of this node.
+    c.on_output_ready(FileId(2), true, 1);
+    c.on_peer_connected(PeerId(3), 2);
+    let digests = vec![[1; 16], [2; 16], [3; 16]];
+    c.on_server_message(
+        Message::ChunkDigests {
+            file: FileId(2),
+            first: 0,
+            digests: digests.clone(),
+        },
+        3,
+    );
+    let a = drain(&mut c);
+    assert!(
+        a.contains(&Action::Hash {
+            file: FileId(2),
+            first: 0,
+            count: 3
+        }),
+        "{a:?}"
+    );
+    assert!(
+        !a.iter()
+            .any(|x| matches!(x, Action::ToPeer(_, Message::RequestFresh { .. }))),
+        "nothing of f3 is requested before the check: {a:?}"
+    );
+    // On disk: chunks 0 and 2 intact, chunk 1 not.
+    c.on_hashed(FileId(2), 0, vec![[1; 16], [9; 16], [3; 16]], 4);
+    let chunk = |index| ChunkId {
+        file: FileId(2),
+        index,
+    };
+    assert!(c.holds(chunk(0)) && !c.holds(chunk(1)) && c.holds(chunk(2)));
+    assert_eq!(c.bytes_received, 0, "held from disk, not received");
+    let a = drain(&mut c);
+    for i in [0, 2] {
+        assert!(a.contains(&Action::ToPeer(
+            PeerId(3),
+            Message::Have { chunk: chunk(i) }
+        )));
+    }
+    assert!(
+        a.contains(&Action::ToPeer(
+            PeerId(3),
+            Message::RequestFresh {
+                file: FileId(2),
+                below: 3
+            }
+        )),
+        "the chunk that failed its check is fetched: {a:?}"
+    );
+}
+
+#[test]
+fn a_peer_that_rejoins_elsewhere_is_dialled_there_now() {
+    let mut c = started();
+    c.on_peer_connected(PeerId(1), 2);
+    drain(&mut c);
+    let moved = PeerInfo {
+        id: PeerId(1),
+        name: "client1".into(),
+        addr: "127.0.0.1:7777".into(),
+    };
+    c.on_server_message(Message::Rejoined { peer: moved }, 3);
+    let a = drain(&mut c);
+    assert!(a.contains(&Action::Disconnect {
+        peer: PeerId(1),
+        reason: "the peer restarted".into()
+    }));
+    assert!(a.contains(&Action::Connect {
+        peer: PeerId(1),
+        addr: "127.0.0.1:7777".into()
+    }));
+}
+
+fn welcome(id: u32, clients: u32) -> Message {
+    Message::Welcome {
+        id: PeerId(id),
+        name: format!("client{id}"),
+        clock_us: 0,
+        chunk_size: 262_144,
+        clients,
+        files: vec![],
+    }
+}
+
+fn exit_of(c: &mut ClientCore) -> Option<(i32, String)> {
+    drain(c).into_iter().find_map(|a| match a {
+        Action::Exit { code, reason } => Some((code, reason)),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_welcome_needs_the_member_message_first() {
+    let mut c = ClientCore::new(String::new(), "127.0.0.1:2".into(), vec![]);
+    c.on_server_message(welcome(1, 2), 0);
+    let (code, _) = exit_of(&mut c).expect("an exit");
+    assert_eq!(code, 1);
+    // With it, the client joins and holds a key for each other member, none for itself.
+    let mut c = ClientCore::new(String::new(), "127.0.0.1:2".into(), vec![]);
+    c.on_server_message(member(2), 0);
+    c.on_server_message(welcome(1, 2), 0);
+    assert_eq!(exit_of(&mut c), None);
+    assert_eq!(c.peer_key(PeerId(2)), Ok([1; 32]));
+    assert!(c.peer_key(PeerId(1)).is_err());
+    assert!(c.peer_key(PeerId(3)).is_err());
+}
+
+fn tokened(token: &str) -> ClientCore {
+    let m = ClientMembership::new(Some(Token::new(token).unwrap()), [4; 32]);
+    ClientCore::with_membership(String::new(), "127.0.0.1:2".into(), vec![], m)
+}
+
+#[test]
+fn a_client_with_a_token_answers_the_challenge_without_sending_the_token() {
+    let mut c = tokened("open sesame");
+    let a = drain(&mut c);
+    assert!(matches!(
+        &a[..],
+        [Action::ToServer(Message::Hello { token: true, .. })]
+    ));
+    c.on_server_message(Message::Challenge { nonce: [1; 16] }, 0);
+    let a = drain(&mut c);
+    let [Action::ToServer(auth @ Message::Auth { .. })] = &a[..] else {
+        panic!("an auth: {a:?}")
+    };
+    let bytes = p2pshare::codec::encode(auth);
+    assert!(!bytes.windows(11).any(|w| w == b"open sesame"));
+}
+
+#[test]
+fn a_client_with_a_token_exits_2_on_a_refusal_or_an_unproven_server() {
+    let mut c = tokened("t");
+    c.on_server_message(
+        Message::Refuse {
+            reason: "bad token".into(),
+        },
+        0,
+    );
+    assert_eq!(
+        exit_of(&mut c),
+        Some((2, "the server refused this client: bad token".into()))
+    );
+    // A server that does not know the token cannot make its proof.
+    let mut c = tokened("t");
+    c.on_server_message(Message::Challenge { nonce: [1; 16] }, 0);
+    c.on_server_message(member(2), 0);
+    let (code, reason) = exit_of(&mut c).expect("an exit");
+    assert_eq!(code, 2);
+    assert!(
+        reason.contains("could not prove it knows the token"),
+        "{reason}"
+    );
+    // One that skips the challenge is no better.
+    let mut c = tokened("t");
+    c.on_server_message(member(2), 0);
+    assert_eq!(exit_of(&mut c).map(|e| e.0), Some(2));
+    // The real server's member message passes.
+    let mut s = ServerMembership::new(Some(Token::new("t").unwrap()), [2; 32]);
+    let mut c = tokened("t");
+    let Some(Action::ToServer(hello)) = c.poll_action() else {
+        panic!("a hello")
+    };
+    let p2pshare::auth::JoinStep::Send(Message::Challenge { nonce }) = s.on_hello(0, hello) else {
+        panic!("a challenge")
+    };
+    c.on_server_message(Message::Challenge { nonce }, 0);
+    let Some(Action::ToServer(Message::Auth { nonce, mac })) = c.poll_action() else {
+        panic!("an auth")
+    };
+    let p2pshare::auth::JoinStep::Admit { proof, .. } = s.on_auth(0, nonce, mac) else {
+        panic!("admitted")
+    };
+    c.on_server_message(
+        Message::Member {
+            proof,
+            keys: vec![[0; 32]; 2],
+        },
+        0,
+    );
+    c.on_server_message(welcome(1, 2), 0);
+    assert_eq!(exit_of(&mut c), None);
 }

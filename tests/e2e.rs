@@ -56,7 +56,12 @@ fn client_without_files() {
 /// Runs a command line that must be refused: exit code 2, exactly one line on stderr that
 /// contains every one of `needles`, no panic.
 fn expect_usage_error(dir: &TestDir, a: &[String], needles: &[&str]) -> Outcome {
-    let o = run_cmd(&dir.path, "cmd", a, CMD_TIMEOUT);
+    expect_usage_error_of(dir, common::bin(), a, needles)
+}
+
+/// As `expect_usage_error`, for `program` run with `a` (a wrapper that runs the binary).
+fn expect_usage_error_of(dir: &TestDir, program: &str, a: &[String], needles: &[&str]) -> Outcome {
+    let o = common::run_program(&dir.path, "cmd", program, a, CMD_TIMEOUT);
     let lines: Vec<&str> = o.stderr.lines().collect();
     assert_eq!(
         o.status.code(),
@@ -138,6 +143,65 @@ fn cli_client_directory_as_file() {
         &dir,
         &client_args(&dir, &server, &d),
         &[&d, "not a regular file"],
+    );
+}
+
+/// A source file the client may not read: one line naming it, exit 2. Root reads every file, so
+/// as root the client runs as user nobody (setpriv), from a copy of the binary that nobody may
+/// run, with its out-dir and log dir in a directory that nobody may write.
+#[test]
+fn cli_client_unreadable_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TestDir::new("cli_client_unreadable_file");
+    let secret = dir.join("secret.bin");
+    std::fs::write(&secret, b"not for you").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let open = dir.join("open");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let bin = open.join("p2pshare");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = path_arg(&secret);
+    let server = format!("127.0.0.1:{}", closed_port());
+    let client = args(&[
+        &path_arg(&bin),
+        "client",
+        "--server",
+        &server,
+        "--listen",
+        "127.0.0.1:0",
+        "--name",
+        "client1",
+        "--out-dir",
+        &path_arg(&open.join("out")),
+        "--log-dir",
+        &path_arg(&open.join("logs")),
+        "--connect-timeout",
+        "1",
+        "--file",
+        &secret,
+    ]);
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let o = if root {
+        let mut a = args(&["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        a.extend(client);
+        expect_usage_error_of(&dir, "setpriv", &a, &[&secret, "ermission denied"])
+    } else {
+        expect_usage_error_of(
+            &dir,
+            &path_arg(&bin),
+            &client[1..],
+            &[&secret, "ermission denied"],
+        )
+    };
+    assert!(
+        !open.join("out").join("secret.bin.part").exists(),
+        "{}",
+        o.stderr
     );
 }
 

@@ -234,27 +234,15 @@ fn checked_copy(
 }
 
 fn lying_peer(addr: &str, deadline: Instant, silent: bool) -> Liar {
-    use p2pshare::codec::{Message, VERSION, encode, piece_header};
+    use p2pshare::codec::{Message, encode, piece_header};
     use std::io::{Read, Write};
-    use std::net::TcpStream;
-    let mut me = TcpStream::connect(addr).expect("connect to the server");
-    me.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let hello = Message::Hello {
-        version: VERSION,
-        listen: "127.0.0.1:1".into(),
-        name: "liar".into(),
-        files: vec![],
-    };
-    me.write_all(&encode(&hello)).expect("hello");
-    let Message::Welcome { id, .. } = common::read_message(&mut me) else {
-        panic!("the liar was not welcomed");
-    };
-    let (peers, files) = loop {
-        if let Message::Start { peers, files } = common::read_message(&mut me) {
-            break (peers, files);
-        }
-    };
+    // A member of the run: it joined through the server and holds its pair keys.
+    let me = common::join_run(addr, "liar", None);
+    let (id, peers, files) = (me.id, me.peers.clone(), me.files.clone());
+    let keys: Vec<_> = peers
+        .iter()
+        .map(|p| (p.id != id).then(|| me.key(p.id)))
+        .collect();
     // Keep the server connection open for the whole test: losing it would end the run.
     std::mem::forget(me);
     let others: Vec<_> = peers.into_iter().filter(|p| p.id != id).collect();
@@ -263,20 +251,18 @@ fn lying_peer(addr: &str, deadline: Instant, silent: bool) -> Liar {
     let threads = others
         .into_iter()
         .map(|p| {
+            let key = keys[p.id.0 as usize - 1].expect("a pair key");
             // Claim, to each real client, the file of the other one.
             let theirs: Vec<_> = files.iter().filter(|f| f.owner != p.id).cloned().collect();
             let conns = std::sync::Arc::clone(&conns);
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(&p.addr).expect("dial a real client");
+                let mut s = common::peer_dial(&p.addr, id, p.id, key);
                 if let Ok(c) = s.try_clone() {
                     conns.lock().expect("conns").push(c);
                 }
                 s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now())))
                     .expect("timeout");
-                let mut out = encode(&Message::PeerHello {
-                    version: VERSION,
-                    id,
-                });
+                let mut out = Vec::new();
                 for f in &theirs {
                     let chunks = f.size.div_ceil(CHUNK) as usize;
                     let mut bits = vec![0xffu8; chunks.div_ceil(8)];
@@ -439,6 +425,7 @@ fn a_peer_serving_wrong_bytes_is_caught_and_dropped() {
         let hello = p2pshare::codec::encode(&p2pshare::codec::Message::PeerHello {
             version: p2pshare::codec::VERSION,
             id: liar.id,
+            nonce: [0; 16],
         });
         std::io::Write::write_all(&mut s, &hello).expect("peer hello");
         let until = Instant::now() + Duration::from_secs(10);

@@ -8,6 +8,7 @@
 //! Deterministic: a fixed-seed generator, so a failure reproduces. The number of executions is
 //! printed (`cargo test --test fuzz -- --nocapture`).
 
+use p2pshare::auth::{ClientMembership, HsStep, PeerHandshake, ServerMembership, Token, peer_mac};
 use p2pshare::client_core::ClientCore;
 use p2pshare::codec::{
     FileDecl, FileInfo, MAX_CONTROL_FRAME, Message, PeerInfo, VERSION, decode_body, encode,
@@ -15,7 +16,7 @@ use p2pshare::codec::{
 };
 use p2pshare::frame::{BufPool, FrameDecoder, Inbound};
 use p2pshare::ids::{ChunkId, FileId, PeerId};
-use p2pshare::server_core::ServerCore;
+use p2pshare::server_core::{ServerAction, ServerCore};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -108,7 +109,16 @@ impl Rng {
         }
     }
     fn digest(&mut self) -> [u8; 16] {
-        let mut d = [0u8; 16];
+        self.array()
+    }
+    fn nonce(&mut self) -> [u8; 16] {
+        self.array()
+    }
+    fn mac(&mut self) -> [u8; 32] {
+        self.array()
+    }
+    fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut d = [0u8; N];
         d.iter_mut().for_each(|b| *b = self.next() as u8);
         d
     }
@@ -117,13 +127,14 @@ impl Rng {
 /// A random message of any kind, with random (often hostile) fields.
 fn message(r: &mut Rng) -> Message {
     let n = r.below(4) as usize;
-    match r.below(21) {
+    match r.below(27) {
         0 => Message::Hello {
             version: if r.chance(80) {
                 VERSION
             } else {
                 r.num() as u16
             },
+            token: r.chance(30),
             listen: "127.0.0.1:1".into(),
             name: r.name(),
             files: (0..n)
@@ -184,6 +195,7 @@ fn message(r: &mut Rng) -> Message {
         10 => Message::PeerHello {
             version: VERSION,
             id: PeerId(r.num32()),
+            nonce: r.nonce(),
         },
         11 => Message::Bitfield {
             file: FileId(r.num32()),
@@ -211,6 +223,28 @@ fn message(r: &mut Rng) -> Message {
         19 => Message::Load {
             own_eta_ms: r.num32(),
             upload_kib_s: r.num32(),
+        },
+        20 => Message::Challenge { nonce: r.nonce() },
+        21 => Message::Auth {
+            nonce: r.nonce(),
+            mac: r.mac(),
+        },
+        22 => Message::Member {
+            proof: r.mac(),
+            keys: (0..n).map(|_| r.mac()).collect(),
+        },
+        23 => Message::PeerAuth { mac: r.mac() },
+        24 => Message::Stuck { chunks: r.num32() },
+        25 => Message::Rejoined {
+            peer: PeerInfo {
+                id: PeerId(r.num32()),
+                name: r.name(),
+                addr: if r.chance(50) {
+                    "127.0.0.1:1".into()
+                } else {
+                    r.name()
+                },
+            },
         },
         _ => Message::Cancel { chunk: r.chunk() },
     }
@@ -319,30 +353,51 @@ fn server_session_survives_random_message_sequences() {
     let (runs, mut steps) = (3_000, 0);
     for _ in 0..runs {
         let mut s = ServerCore::new(1 + r.below(4) as u32, CHUNK);
+        // A third of the runs have a token: joins go through the challenge.
+        let token = r.chance(33).then(|| Token::new("fuzz").expect("token"));
+        s.set_membership(ServerMembership::new(token.clone(), r.mac()));
         let mut now = 0;
         for _ in 0..60 {
             now += r.below(1_000_000);
             let conn = r.below(6) as usize;
+            let mut challenged = None;
             match r.below(10) {
                 0 => s.on_connect(conn, "127.0.0.1:9"),
                 1 => s.on_disconnect(conn, now),
                 // Mostly hellos early on, so runs get past the handshake and into the rest.
-                2 | 3 => s.on_message(
-                    conn,
-                    Message::Hello {
+                2 | 3 => {
+                    // Mostly the token the server expects, answered right.
+                    let tok = if r.chance(80) {
+                        token.clone()
+                    } else {
+                        Token::new("other").ok()
+                    };
+                    let mut cm = ClientMembership::new(tok, r.mac());
+                    let hello = Message::Hello {
                         version: VERSION,
+                        token: cm.has_token(),
                         listen: "127.0.0.1:1".into(),
                         name: String::new(),
                         files: vec![FileDecl {
                             name: format!("f{conn}.bin"),
                             size: r.below(3 * CHUNK as u64),
                         }],
-                    },
-                    now,
-                ),
+                    };
+                    cm.set_hello(&hello);
+                    s.on_message(conn, hello, now);
+                    challenged = Some(cm);
+                }
                 _ => s.on_message(conn, message(&mut r), now),
             }
-            while s.poll_action().is_some() {}
+            while let Some(a) = s.poll_action() {
+                if let (Some(cm), ServerAction::Send(k, Message::Challenge { nonce })) =
+                    (challenged.as_mut(), &a)
+                    && *k == conn
+                    && let Ok(auth) = cm.on_challenge(*nonce)
+                {
+                    s.on_message(conn, auth, now);
+                }
+            }
             steps += 1;
         }
         let _ = s.summary(now);
@@ -359,23 +414,40 @@ fn client_session_survives_random_message_sequences() {
             name: "mine.bin".into(),
             size: r.below(3 * CHUNK as u64),
         }];
-        let mut c = ClientCore::new("client1".into(), "127.0.0.1:1".into(), decls);
+        // A fifth of the clients have a token: their joins need the server's proof.
+        let token = r.chance(20).then(|| Token::new("fuzz").expect("token"));
+        let member = ClientMembership::new(token, r.mac());
+        let mut c =
+            ClientCore::with_membership("client1".into(), "127.0.0.1:1".into(), decls, member);
         let mut now = 0;
         for _ in 0..60 {
             now += r.below(1_000_000);
             let p = PeerId(r.below(5) as u32);
             match r.below(12) {
-                0 => c.on_server_message(
-                    Message::Welcome {
-                        id: PeerId(r.below(3) as u32),
-                        name: "client1".into(),
-                        clock_us: now,
-                        chunk_size: CHUNK,
-                        clients: 1 + r.below(3) as u32,
-                        files: vec![FileId(r.below(3) as u32)],
-                    },
-                    now,
-                ),
+                0 => {
+                    // A member message (mostly with a key per client) and the welcome.
+                    let clients = 1 + r.below(3) as u32;
+                    let keys = clients as u64 + u64::from(r.chance(10));
+                    let keys = (0..keys).map(|_| r.mac()).collect();
+                    c.on_server_message(
+                        Message::Member {
+                            proof: r.mac(),
+                            keys,
+                        },
+                        now,
+                    );
+                    c.on_server_message(
+                        Message::Welcome {
+                            id: PeerId(r.below(3) as u32),
+                            name: "client1".into(),
+                            clock_us: now,
+                            chunk_size: CHUNK,
+                            clients,
+                            files: vec![FileId(r.below(3) as u32)],
+                        },
+                        now,
+                    )
+                }
                 1 | 2 => c.on_server_message(message(&mut r), now),
                 3 => c.on_peer_connected(p, now),
                 4 => c.on_peer_lost(p, "fuzz", now),
@@ -397,4 +469,59 @@ fn client_session_survives_random_message_sequences() {
         }
     }
     eprintln!("fuzz: client session, {runs} runs, {steps} events");
+}
+
+/// Peer handshakes, from either end, fed random messages (and, at random, the right proof):
+/// nothing panics, and a link opens only when the other end's MAC is the right one.
+#[test]
+fn peer_handshakes_open_only_on_a_valid_proof() {
+    let mut r = Rng(0x5eed_0fa1_11ed);
+    let (runs, mut opened) = (20_000, 0);
+    let key = r.mac();
+    for _ in 0..runs {
+        let (me, peer) = (PeerId(1 + r.below(3) as u32), PeerId(1 + r.below(3) as u32));
+        let (mine, theirs) = (r.nonce(), r.nonce());
+        let dialled = r.chance(50);
+        let mut hs = if dialled {
+            PeerHandshake::dial(me, peer, mine).0
+        } else {
+            PeerHandshake::accept(mine)
+        };
+        let mut right = false;
+        for step in 0..1 + r.below(4) {
+            let m = match (step, r.below(4)) {
+                (0, 0..=2) => Message::PeerHello {
+                    version: VERSION,
+                    id: peer,
+                    nonce: theirs,
+                },
+                (_, 0) => {
+                    // The proof the other end would make.
+                    right = true;
+                    let mac = if dialled {
+                        peer_mac(&key, false, me, peer, &mine, &theirs)
+                    } else {
+                        peer_mac(&key, true, peer, me, &theirs, &mine)
+                    };
+                    Message::PeerAuth { mac }
+                }
+                _ => {
+                    right = false;
+                    message(&mut r)
+                }
+            };
+            match hs.on_message(me, m, |_| Ok(key)) {
+                Ok(HsStep::Wait(_)) => {}
+                Ok(HsStep::Established(p, _)) => {
+                    assert!(right, "a link opened without the right proof");
+                    assert_eq!(p, peer);
+                    opened += 1;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    eprintln!("fuzz: peer handshakes, {runs} runs, {opened} opened");
+    assert!(opened > runs / 20, "the fuzzer should open links too");
 }

@@ -25,6 +25,7 @@ const CLOSE_WITHIN: Duration = Duration::from_secs(10);
 fn hello(name: &str, files: &[(&str, u64)]) -> Message {
     Message::Hello {
         version: VERSION,
+        token: false,
         listen: "127.0.0.1:1".into(),
         name: name.into(),
         files: files
@@ -40,7 +41,12 @@ fn hello(name: &str, files: &[(&str, u64)]) -> Message {
 /// Sends `bytes` on a fresh connection and reads until the server closes it. Returns what the
 /// server sent before closing; fails the test if it does not close within `CLOSE_WITHIN`.
 fn send_expect_close(addr: &str, bytes: &[u8], case: &str) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{case}: connect: {e}"));
+    let s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("{case}: connect: {e}"));
+    expect_close(s, bytes, case)
+}
+
+/// As `send_expect_close`, on a connection already open (a peer link past its handshake).
+fn expect_close(mut s: TcpStream, bytes: &[u8], case: &str) -> Vec<u8> {
     s.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
     // The server may close before it has read everything: a reset on write is a close too.
     let _ = s.write_all(bytes);
@@ -102,6 +108,7 @@ fn server_closes_every_protocol_violation_and_stays_up() {
     bad_magic[at..at + 4].copy_from_slice(b"EVIL");
     let bad_version = encode(&Message::Hello {
         version: VERSION + 7,
+        token: false,
         listen: "127.0.0.1:1".into(),
         name: String::new(),
         files: vec![],
@@ -166,9 +173,14 @@ fn server_closes_every_protocol_violation_and_stays_up() {
     s.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
     s.write_all(&encode(&hello("", &[("ok.bin", 1000)])))
         .expect("send a good hello");
-    let mut head = [0u8; 5];
-    s.read_exact(&mut head).expect("an answer to a good hello");
-    assert_eq!(head[4], 2, "a good hello after the abuse gets a welcome");
+    assert!(
+        matches!(read_message(&mut s), Message::Member { .. }),
+        "a good hello after the abuse gets its member message"
+    );
+    assert!(
+        matches!(read_message(&mut s), Message::Welcome { .. }),
+        "and then a welcome"
+    );
     assert!(g.poll(server).is_none(), "the server is still running");
 
     // Every violation left a reason in the server's log.
@@ -203,11 +215,34 @@ struct OneClient {
     src: std::path::PathBuf,
     /// client1's process index in `g`.
     client: usize,
-    my_id: p2pshare::ids::PeerId,
-    /// client1's peer address and its file.
+    /// The test as a member of the run (its server connection stays open).
+    me: common::FakeMember,
+    /// client1's id, peer address and file.
+    peer: p2pshare::ids::PeerId,
     peer_addr: String,
     file: FileId,
-    server: TcpStream,
+}
+
+impl OneClient {
+    /// Whether process `i` is still running.
+    fn g_poll(&mut self, i: usize) -> bool {
+        self.g.poll(i).is_none()
+    }
+
+    fn server_addr(&self) -> String {
+        let a = self.me.server.peer_addr().expect("server address");
+        a.to_string()
+    }
+
+    /// A peer link to client1, past the membership handshake.
+    fn link(&self) -> TcpStream {
+        common::peer_dial(
+            &self.peer_addr,
+            self.me.id,
+            self.peer,
+            self.me.key(self.peer),
+        )
+    }
 }
 
 fn one_client_and_us(dir: &TestDir) -> OneClient {
@@ -235,63 +270,36 @@ fn one_client_and_us(dir: &TestDir) -> OneClient {
         "client=client1",
         deadline,
     );
-    let mut me = TcpStream::connect(&addr).expect("connect to the server");
-    me.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
-    me.write_all(&encode(&hello("fake", &[]))).expect("hello");
-    let my_id = match read_message(&mut me) {
-        Message::Welcome { id, .. } => id,
-        m => panic!("expected a welcome, got {m:?}"),
-    };
-    let (peer_addr, file) = loop {
-        if let Message::Start { peers, files } = read_message(&mut me) {
-            let p = peers
-                .iter()
-                .find(|p| p.name == "client1")
-                .expect("client1 is in the start message");
-            let f = files
-                .iter()
-                .find(|f| f.owner == p.id)
-                .expect("client1's file");
-            break (p.addr.clone(), f.id);
-        }
-    };
+    let me = common::join_run(&addr, "fake", None);
+    let (peer, peer_addr) = me.peer("client1");
+    let file = me.file_of(peer);
     OneClient {
         g,
         log_dir,
         src,
         client,
-        my_id,
+        me,
+        peer,
         peer_addr,
         file,
-        server: me,
     }
 }
 
 #[test]
 fn client_drops_misbehaving_peers_and_keeps_serving() {
     let dir = TestDir::new("hostile-peer");
-    let OneClient {
-        mut g,
-        log_dir,
-        src,
-        client,
-        my_id,
-        peer_addr,
-        file,
-        server: _me,
-    } = one_client_and_us(&dir);
+    let mut one = one_client_and_us(&dir);
+    let (client, file, my_id) = (one.client, one.file, one.me.id);
+    let peer_addr = one.peer_addr.clone();
     let chunk_size = common::CHUNK as u32;
     let peer_hello = encode(&Message::PeerHello {
         version: VERSION,
         id: my_id,
+        nonce: [0; 16],
     });
-    let after_hello = |m: Vec<u8>| {
-        let mut b = peer_hello.clone();
-        b.extend_from_slice(&m);
-        b
-    };
     let chunk = |file, index| ChunkId { file, index };
-    let cases: Vec<(&str, Vec<u8>)> = vec![
+    // Before the peer handshake is complete.
+    let early: Vec<(&str, Vec<u8>)> = vec![
         (
             "request before the peer hello",
             encode(&Message::Request {
@@ -303,6 +311,7 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
             encode(&Message::PeerHello {
                 version: VERSION + 7,
                 id: my_id,
+                nonce: [0; 16],
             }),
         ),
         (
@@ -310,48 +319,64 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
             encode(&Message::PeerHello {
                 version: VERSION,
                 id: p2pshare::ids::PeerId(999),
+                nonce: [0; 16],
             }),
         ),
         (
+            "request between the peer hello and the peer auth",
+            [
+                peer_hello.clone(),
+                encode(&Message::Request {
+                    chunk: chunk(file, 0),
+                }),
+            ]
+            .concat(),
+        ),
+    ];
+    // On a link past the handshake.
+    let late: Vec<(&str, Vec<u8>)> = vec![
+        (
             "request for a chunk index out of range",
-            after_hello(encode(&Message::Request {
+            encode(&Message::Request {
                 chunk: chunk(file, 10_000),
-            })),
+            }),
         ),
         (
             "request for a file that does not exist",
-            after_hello(encode(&Message::Request {
+            encode(&Message::Request {
                 chunk: chunk(FileId(77), 0),
-            })),
+            }),
         ),
         (
             "piece longer than a chunk",
-            after_hello(
-                piece_header(chunk(file, 0), 2 * chunk_size)
-                    .into_iter()
-                    .chain(std::iter::repeat_n(0u8, 64))
-                    .collect(),
-            ),
+            piece_header(chunk(file, 0), 2 * chunk_size)
+                .into_iter()
+                .chain(std::iter::repeat_n(0u8, 64))
+                .collect(),
         ),
-        ("second peer hello", after_hello(peer_hello.clone())),
-        ("unknown message kind", after_hello(raw_frame(99, b"x"))),
+        ("second peer hello", peer_hello.clone()),
+        ("unknown message kind", raw_frame(99, b"x")),
     ];
-    for (case, bytes) in &cases {
+    for (case, bytes) in &early {
         send_expect_close(&peer_addr, bytes, case);
-        assert!(
-            g.poll(client).is_none(),
-            "{case}: client1 exited instead of dropping the peer"
-        );
+        assert!(one.g_poll(client), "{case}: client1 exited");
+    }
+    let log1 = one.log_dir.join("client1.log");
+    for (k, (case, bytes)) in late.iter().enumerate() {
+        expect_close(one.link(), bytes, case);
+        assert!(one.g_poll(client), "{case}: client1 exited");
+        // client1 must have dropped that link before the same member dials again.
+        common::wait_for_count(&log1, "event=peer_disconnected peer=fake", k + 1);
     }
 
     // Still serving: a well-behaved peer connection gets client1's chunk 0, byte for byte.
-    let mut p = TcpStream::connect(&peer_addr).expect("connect to client1");
+    let mut p = one.link();
     p.set_read_timeout(Some(CLOSE_WITHIN)).expect("timeout");
-    p.write_all(&after_hello(encode(&Message::Request {
+    p.write_all(&encode(&Message::Request {
         chunk: chunk(file, 0),
-    })))
+    }))
     .expect("a good request");
-    let want = &fs::read(&src).expect("read the source")[..chunk_size as usize];
+    let want = &fs::read(&one.src).expect("read the source")[..chunk_size as usize];
     let mut head = [0u8; 5];
     loop {
         p.read_exact(&mut head).expect("a frame from client1");
@@ -363,10 +388,11 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
             break;
         }
     }
-    assert!(g.poll(client).is_none(), "client1 is still running");
+    assert!(one.g_poll(client), "client1 is still running");
+    let mut g = one.g;
     g.kill_all();
 
-    let log = fs::read_to_string(log_dir.join("client1.log")).expect("client1.log");
+    let log = fs::read_to_string(one.log_dir.join("client1.log")).expect("client1.log");
     let dropped = log
         .lines()
         .filter(|l| {
@@ -374,10 +400,10 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
                 || l.contains("event=peer_disconnected peer=fake reason=")
         })
         .count();
+    let cases = early.len() + late.len();
     assert!(
-        dropped >= cases.len(),
-        "client1 logged {dropped} dropped peers with a reason, not {}:\n{log}",
-        cases.len()
+        dropped >= cases,
+        "client1 logged {dropped} dropped peers with a reason, not {cases}:\n{log}"
     );
 }
 
@@ -388,11 +414,12 @@ fn client_drops_misbehaving_peers_and_keeps_serving() {
 fn stalled_handshakes_are_dropped_by_server_and_client() {
     let dir = TestDir::new("hostile-stalled");
     let one = one_client_and_us(&dir);
-    let server_addr = one.server.peer_addr().expect("server address").to_string();
+    let server_addr = one.server_addr();
     let slow_hello = encode(&hello("slow", &[]));
     let slow_peer_hello = encode(&Message::PeerHello {
         version: VERSION,
-        id: one.my_id,
+        id: one.me.id,
+        nonce: [0; 16],
     });
     let start = Instant::now();
     let cases = [
@@ -464,7 +491,7 @@ fn pending_handshakes_are_capped() {
     const CAP: usize = 64;
     let dir = TestDir::new("hostile-cap");
     let one = one_client_and_us(&dir);
-    let server_addr = one.server.peer_addr().expect("server address").to_string();
+    let server_addr = one.server_addr();
     for (addr, log) in [
         (&server_addr, "server.log"),
         (&one.peer_addr, "client1.log"),
@@ -520,5 +547,66 @@ fn pending_handshakes_are_capped() {
     }
     let mut g = one.g;
     assert!(g.poll(one.client).is_none(), "client1 is still running");
+    g.kill_all();
+}
+
+/// The server holds at most 1024 connections: with 1000 admitted clients (a run of 1000) and
+/// 24 connections that have not said hello, the next connection is closed at once and logged
+/// as connection_cap, while the admitted ones stay open.
+#[test]
+fn connections_are_capped_at_1024() {
+    const CAP: usize = 1024;
+    const MEMBERS: usize = 1000;
+    // This test holds about 1030 sockets: more than a common soft limit of 1024.
+    p2pshare::conn::raise_fd_limit(4096);
+    let dir = TestDir::new("hostile-conn-cap");
+    let log_dir = dir.join("logs");
+    let mut g = Group::default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (_, addr) = start_server(
+        &mut g,
+        &dir,
+        MEMBERS,
+        &log_dir,
+        &dir.join("summary.json"),
+        deadline,
+    );
+    // One at a time, each until its welcome: a burst would meet the cap on waiting handshakes.
+    let mut held: Vec<TcpStream> = (0..MEMBERS)
+        .map(|i| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(&encode(&hello(&format!("m{i}"), &[])))
+                .expect("hello");
+            while !matches!(read_message(&mut s), Message::Welcome { .. }) {}
+            s
+        })
+        .collect();
+    held.extend((MEMBERS..CAP).map(|_| TcpStream::connect(&addr).expect("connect")));
+    // Once the server has accepted all of them, one more is turned away at once.
+    let start = Instant::now();
+    let refused = loop {
+        let mut extra = TcpStream::connect(&addr).expect("connect");
+        extra
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let mut b = [0u8; 1];
+        match extra.read(&mut b) {
+            Ok(0) => break true,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break true,
+            _ if start.elapsed() > Duration::from_secs(8) => break false,
+            _ => {}
+        }
+    };
+    assert!(refused, "connection {} was kept", CAP + 1);
+    let text = fs::read_to_string(log_dir.join("server.log")).expect("log");
+    assert!(text.contains("event=connection_cap"), "server.log:\n{text}");
+    // An admitted client's connection is still open: the start message of the full run.
+    let mut first = held.swap_remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(
+        matches!(read_message(&mut first), Message::Start { peers, .. } if peers.len() == MEMBERS)
+    );
     g.kill_all();
 }

@@ -1,6 +1,7 @@
 //! The server's session state machine driven alone, through its public sans-IO interface:
 //! messages and `now` in, actions out. No sockets, no threads.
 
+use p2pshare::auth::{ClientMembership, ServerMembership, Token};
 use p2pshare::codec::{FileDecl, Message, VERSION};
 use p2pshare::ids::{FileId, PeerId};
 use p2pshare::server_core::*;
@@ -8,6 +9,7 @@ use p2pshare::server_core::*;
 fn hello(name: &str, file: &str) -> Message {
     Message::Hello {
         version: VERSION,
+        token: false,
         listen: "127.0.0.1:9".into(),
         name: name.into(),
         files: vec![FileDecl {
@@ -30,8 +32,12 @@ fn welcome_start_and_refusal_when_full() {
     s.on_message(0, hello("", "a"), 5);
     s.on_message(1, hello("", "b"), 6);
     let a = drain(&mut s);
+    // The member message (a pair key per client of the run) goes just before the welcome.
     assert!(
-        matches!(&a[0], ServerAction::Send(0, Message::Welcome { id: PeerId(1), name, .. }) if name == "client1")
+        matches!(&a[0], ServerAction::Send(0, Message::Member { proof, keys }) if keys.len() == 2 && *proof == [0; 32])
+    );
+    assert!(
+        matches!(&a[1], ServerAction::Send(0, Message::Welcome { id: PeerId(1), name, .. }) if name == "client1")
     );
     assert_eq!(
         a.iter()
@@ -92,6 +98,7 @@ fn oversized_hellos_are_refused() {
         0,
         Message::Hello {
             version: VERSION,
+            token: false,
             listen: "127.0.0.1:9".into(),
             name: String::new(),
             files,
@@ -114,6 +121,7 @@ fn oversized_hellos_are_refused() {
         1,
         Message::Hello {
             version: VERSION,
+            token: false,
             listen: "127.0.0.1:9".into(),
             name: String::new(),
             files: huge,
@@ -233,4 +241,195 @@ fn ping_is_answered_with_the_server_clock_and_clock_reports_reach_the_summary() 
     assert_eq!(c.clock_offset_ms, Some(-3_600_000.25));
     assert_eq!(c.clock_error_ms, Some(0.04));
     assert_eq!(c.clock_max_error_ms, Some(1.5));
+}
+
+/// Two clients, started; client 1's file has two chunk digests known.
+fn two_started() -> ServerCore {
+    let mut s = ServerCore::new(2, 262_144);
+    s.set_rejoin_wait(5_000_000);
+    s.on_connect(0, "x");
+    s.on_connect(1, "x");
+    s.on_message(0, hello("", "a"), 1);
+    s.on_message(1, hello("", "b"), 2);
+    s.on_message(
+        0,
+        Message::ChunkDigests {
+            file: FileId(0),
+            first: 0,
+            digests: vec![[1; 16]],
+        },
+        3,
+    );
+    drain(&mut s);
+    s
+}
+
+#[test]
+fn a_lost_client_rejoins_its_slot_and_the_others_learn_its_new_address() {
+    let mut s = two_started();
+    s.on_disconnect(0, 10);
+    // A stranger with other files is no lost client: the run stays full.
+    s.on_connect(5, "x");
+    s.on_message(5, hello("", "zzz"), 11);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [
+            ServerAction::Send(5, Message::Refuse { .. }),
+            ServerAction::Close(5, _)
+        ]
+    ));
+    // The same files again: the same id, the client list, the digests it does not own.
+    s.on_connect(6, "x");
+    let mut again = hello("", "a");
+    if let Message::Hello { listen, .. } = &mut again {
+        *listen = "127.0.0.1:4444".into();
+    }
+    s.on_message(6, again, 12);
+    let a = drain(&mut s);
+    let to_it: Vec<&Message> = a
+        .iter()
+        .filter_map(|x| match x {
+            ServerAction::Send(6, m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    // Its member keys, then the welcome, then the client list.
+    assert!(matches!(to_it[0], Message::Member { .. }), "{a:?}");
+    assert!(
+        matches!(to_it[1], Message::Welcome { id: PeerId(1), name, files, .. } if name == "client1" && files == &[FileId(0)]),
+        "{a:?}"
+    );
+    assert!(matches!(to_it[2], Message::Start { peers, .. } if peers[0].addr == "127.0.0.1:4444"));
+    assert!(a.contains(&ServerAction::Send(
+        1,
+        Message::Rejoined {
+            peer: p2pshare::codec::PeerInfo {
+                id: PeerId(1),
+                name: "client1".into(),
+                addr: "127.0.0.1:4444".into()
+            }
+        }
+    )));
+    // Its digests again: the same are taken in silence, others close the connection.
+    s.on_message(
+        6,
+        Message::ChunkDigests {
+            file: FileId(0),
+            first: 0,
+            digests: vec![[1; 16]],
+        },
+        13,
+    );
+    assert!(drain(&mut s).is_empty());
+    s.on_message(
+        6,
+        Message::ChunkDigests {
+            file: FileId(0),
+            first: 0,
+            digests: vec![[2; 16]],
+        },
+        14,
+    );
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(6, r)] if r.contains("changed"))
+    );
+}
+
+#[test]
+fn a_run_nobody_can_progress_ends_after_the_rejoin_wait() {
+    let mut s = two_started();
+    s.on_disconnect(0, 1_000_000);
+    s.on_tick(2_000_000);
+    assert!(drain(&mut s).is_empty(), "client 2 can still progress");
+    s.on_message(1, Message::Stuck { chunks: 3 }, 2_000_000);
+    s.on_tick(6_999_999);
+    assert!(
+        drain(&mut s).is_empty(),
+        "the lost client may still come back"
+    );
+    // Unstuck (say a chunk came from elsewhere) and stuck again: the wait starts over.
+    s.on_message(1, Message::Stuck { chunks: 0 }, 3_000_000);
+    s.on_message(1, Message::Stuck { chunks: 2 }, 4_000_000);
+    s.on_tick(8_999_999);
+    assert!(drain(&mut s).is_empty());
+    s.on_tick(9_000_000);
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            ServerAction::Send(1, Message::Shutdown),
+            ServerAction::Finished { code: 1 }
+        ]
+    );
+    let sum = s.summary(9_000_000);
+    assert!(sum.clients.iter().all(|c| !c.complete));
+}
+fn tokened(name: &str) -> (Message, ClientMembership) {
+    let mut m = ClientMembership::new(Some(Token::new("s3cret").unwrap()), [9; 32]);
+    let h = Message::Hello {
+        version: VERSION,
+        token: true,
+        listen: "127.0.0.1:9".into(),
+        name: name.into(),
+        files: vec![],
+    };
+    m.set_hello(&h);
+    (h, m)
+}
+
+#[test]
+fn a_run_with_a_token_challenges_and_admits_only_the_right_proof() {
+    let mut s = ServerCore::new(2, 262_144);
+    s.set_membership(ServerMembership::new(
+        Some(Token::new("s3cret").unwrap()),
+        [1; 32],
+    ));
+    for k in 0..4 {
+        s.on_connect(k, "127.0.0.1:1");
+    }
+    // Right token: challenge, auth, then member (with the server's proof) and welcome.
+    let (h, mut m) = tokened("good");
+    s.on_message(0, h, 1);
+    let [ServerAction::Send(0, Message::Challenge { nonce })] = drain(&mut s)[..] else {
+        panic!("a challenge")
+    };
+    s.on_message(0, m.on_challenge(nonce).unwrap(), 2);
+    let a = drain(&mut s);
+    let ServerAction::Send(0, Message::Member { proof, keys }) = &a[0] else {
+        panic!("member first: {a:?}")
+    };
+    assert_eq!(
+        m.on_member(*proof, keys.clone()),
+        Ok(()),
+        "the proof checks"
+    );
+    assert!(matches!(
+        &a[1],
+        ServerAction::Send(0, Message::Welcome { .. })
+    ));
+    // Wrong token: refused as "bad token", and closed.
+    let mut bad = ClientMembership::new(Some(Token::new("guess").unwrap()), [3; 32]);
+    let (h, _) = tokened("bad");
+    bad.set_hello(&h);
+    s.on_message(1, h, 3);
+    let [ServerAction::Send(1, Message::Challenge { nonce })] = drain(&mut s)[..] else {
+        panic!("a challenge")
+    };
+    s.on_message(1, bad.on_challenge(nonce).unwrap(), 4);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [ServerAction::Send(1, Message::Refuse { reason }), ServerAction::Close(1, _)] if reason == "bad token"
+    ));
+    // No token: refused at the hello. Anything but an auth after a challenge: closed.
+    s.on_message(2, hello("none", "n"), 5);
+    assert!(matches!(
+        drain(&mut s).as_slice(),
+        [ServerAction::Send(2, Message::Refuse { reason }), _] if reason.starts_with("missing token")
+    ));
+    let (h, _) = tokened("rude");
+    s.on_message(3, h, 6);
+    drain(&mut s);
+    s.on_message(3, Message::Ping { client_us: 1 }, 7);
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(3, r)] if r == "ping before auth")
+    );
 }

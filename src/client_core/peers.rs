@@ -9,6 +9,16 @@ use std::collections::BTreeSet;
 impl ClientCore {
     /// Checks the hello of an incoming peer connection.
     pub fn accept_peer(&self, id: PeerId) -> Result<(), String> {
+        self.may_dial_in(id)?;
+        match self.peers.get(&id) {
+            Some(p) if p.connected => Err(format!("peer {} is already connected", id.0)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether peer `id` may open a link to this node at all (it may be connected already: a
+    /// peer that restarted dials in again before this node noticed its old link die).
+    pub fn may_dial_in(&self, id: PeerId) -> Result<(), String> {
         if !matches!(self.phase, Phase::Started | Phase::Complete) {
             return Err("not started yet".into());
         }
@@ -21,7 +31,6 @@ impl ClientCore {
         }
         match self.peers.get(&id) {
             None => Err(format!("unknown peer id {}", id.0)),
-            Some(p) if p.connected => Err(format!("peer {} is already connected", id.0)),
             Some(p) if p.redial.banned => Err(format!("peer {} sent bad chunks", id.0)),
             Some(_) => Ok(()),
         }
@@ -39,6 +48,7 @@ impl ClientCore {
             return;
         };
         slot.connected = true;
+        slot.seen = true;
         slot.redial.connected();
         info!(
             "peer_connected event=peer_connected peer={} addr={}",
@@ -324,6 +334,7 @@ impl ClientCore {
                 .push_back(Action::ToPeer(p, Message::Cancel { chunk: c }));
         }
         self.check_peers_done();
+        self.report_stuck(now);
         if self.progress_dirty && now.saturating_sub(self.last_progress) >= PROGRESS_EVERY_US {
             self.send_progress(now);
         }

@@ -12,6 +12,7 @@ pub(crate) fn samples() -> Vec<Message> {
     vec![
         Message::Hello {
             version: VERSION,
+            token: true,
             listen: "127.0.0.1:4000".into(),
             name: "client1".into(),
             files: vec![FileDecl {
@@ -76,6 +77,17 @@ pub(crate) fn samples() -> Vec<Message> {
         Message::PeerHello {
             version: VERSION,
             id: PeerId(4),
+            nonce: [0xa5; 16],
+        },
+        Message::PeerAuth { mac: [3; 32] },
+        Message::Challenge { nonce: [4; 16] },
+        Message::Auth {
+            nonce: [5; 16],
+            mac: [6; 32],
+        },
+        Message::Member {
+            proof: [7; 32],
+            keys: vec![[0; 32], [8; 32], [9; 32]],
         },
         Message::Bitfield {
             file: FileId(0),
@@ -92,6 +104,14 @@ pub(crate) fn samples() -> Vec<Message> {
         Message::Load {
             own_eta_ms: 1234,
             upload_kib_s: 122_070,
+        },
+        Message::Stuck { chunks: 17 },
+        Message::Rejoined {
+            peer: PeerInfo {
+                id: PeerId(3),
+                name: "client3".into(),
+                addr: "10.0.0.3:4000".into(),
+            },
         },
     ]
 }
@@ -121,12 +141,14 @@ fn bad_magic_version_kind() {
     let mut f = encode(&Message::PeerHello {
         version: VERSION,
         id: PeerId(1),
+        nonce: [0; 16],
     });
     f[5] = b'X';
     assert_eq!(decode_body(f[4], &f[5..]), Err(DecodeError::BadMagic));
     let f = encode(&Message::PeerHello {
         version: 9,
         id: PeerId(1),
+        nonce: [0; 16],
     });
     assert_eq!(decode_body(f[4], &f[5..]), Err(DecodeError::BadVersion(9)));
     assert_eq!(decode_body(200, &[]), Err(DecodeError::UnknownKind(200)));
@@ -141,4 +163,31 @@ fn hostile_count_does_not_allocate() {
         decode_body(kind::PROGRESS, &body),
         Err(DecodeError::BadCount)
     );
+}
+
+#[test]
+fn hello_token_flag_is_strict() {
+    let hello = |token| Message::Hello {
+        version: VERSION,
+        token,
+        listen: "127.0.0.1:1".into(),
+        name: String::new(),
+        files: vec![],
+    };
+    let f = encode(&hello(false));
+    // magic (4) and version (2), then the flag.
+    let at = FRAME_HEADER_LEN + 6;
+    assert_eq!(f[at], 0);
+    assert_eq!(encode(&hello(true))[at], 1);
+    let mut bad = f.clone();
+    bad[at] = 2;
+    assert_eq!(decode_body(bad[4], &bad[5..]), Err(DecodeError::BadFlag(2)));
+}
+
+#[test]
+fn hostile_member_key_count_does_not_allocate() {
+    let mut body = vec![0u8; 32];
+    body.extend(u32::MAX.to_be_bytes());
+    body.extend([0u8; 64]);
+    assert_eq!(decode_body(kind::MEMBER, &body), Err(DecodeError::BadCount));
 }

@@ -145,6 +145,7 @@ impl Group {
             .env_remove("P2PSHARE_LOG")
             .env_remove("RUST_BACKTRACE")
             .env_remove("P2PSHARE_TEST_CLOCK_SKEW_MS")
+            .env_remove("P2PSHARE_TOKEN")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).expect("create stdout file"))
@@ -934,5 +935,153 @@ pub fn wait_for_line(g: &mut Group, path: &std::path::Path, needle: &str, deadli
             g.fail(&format!("no line with {needle:?} in {}", path.display()));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A member of a run played by the test itself: it joined through the server with the real
+/// join handshake (with `token`, if the run has one) and holds its pair keys, so it can open
+/// peer links to the real clients. Its server connection stays open (dropping it would make
+/// the server count the member as lost).
+pub struct FakeMember {
+    pub id: p2pshare::ids::PeerId,
+    pub member: p2pshare::auth::ClientMembership,
+    pub server: std::net::TcpStream,
+    pub peers: Vec<p2pshare::codec::PeerInfo>,
+    pub files: Vec<p2pshare::codec::FileInfo>,
+}
+
+impl FakeMember {
+    /// The pair key with peer `p`.
+    pub fn key(&self, p: p2pshare::ids::PeerId) -> p2pshare::crypto::Key {
+        self.member.peer_key(p).expect("a pair key for that peer")
+    }
+
+    /// The id of the (first) file that peer `p` shares.
+    pub fn file_of(&self, p: p2pshare::ids::PeerId) -> p2pshare::ids::FileId {
+        let f = self.files.iter().find(|f| f.owner == p);
+        f.expect("a file of that peer").id
+    }
+
+    /// The peer id and address of the client named `name`.
+    pub fn peer(&self, name: &str) -> (p2pshare::ids::PeerId, String) {
+        let p = self
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("{name} is not in the start message"));
+        (p.id, p.addr.clone())
+    }
+}
+
+/// Joins the run at `addr` as `name` (sharing no file) and reads until the start message.
+pub fn join_run(addr: &str, name: &str, token: Option<&str>) -> FakeMember {
+    let mut m = join(addr, name, token);
+    m.wait_start();
+    m
+}
+
+impl FakeMember {
+    /// Reads the server's messages until the start message (the run's clients and files).
+    pub fn wait_start(&mut self) {
+        loop {
+            if let p2pshare::codec::Message::Start { peers, files } = read_message(&mut self.server)
+            {
+                self.peers = peers;
+                self.files = files;
+                return;
+            }
+        }
+    }
+}
+
+/// Joins the run at `addr` as `name` (sharing no file) and reads until the welcome.
+pub fn join(addr: &str, name: &str, token: Option<&str>) -> FakeMember {
+    use p2pshare::auth::{ClientMembership, Token};
+    use p2pshare::codec::{Message, VERSION, encode};
+    use std::io::Write;
+    let token = token.map(|t| Token::new(t).expect("a token"));
+    let seed = p2pshare::crypto::os_seed().expect("entropy");
+    let mut member = ClientMembership::new(token, seed);
+    let hello = Message::Hello {
+        version: VERSION,
+        token: member.has_token(),
+        listen: "127.0.0.1:1".into(),
+        name: name.into(),
+        files: vec![],
+    };
+    member.set_hello(&hello);
+    let mut server = std::net::TcpStream::connect(addr).expect("connect to the server");
+    server
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    server.write_all(&encode(&hello)).expect("hello");
+    loop {
+        match read_message(&mut server) {
+            Message::Challenge { nonce } => {
+                let auth = member.on_challenge(nonce).expect("an auth");
+                server.write_all(&encode(&auth)).expect("auth");
+            }
+            Message::Member { proof, keys } => member.on_member(proof, keys).expect("member"),
+            Message::Welcome { id, .. } => {
+                return FakeMember {
+                    id,
+                    member,
+                    server,
+                    peers: Vec::new(),
+                    files: Vec::new(),
+                };
+            }
+            Message::Refuse { reason } => panic!("{name} was refused: {reason}"),
+            _ => {}
+        }
+    }
+}
+
+/// Dials `addr` as member `me` (holding `key`, the pair key with `peer`) and completes the peer
+/// handshake; fails the test if the other end does not prove its membership.
+pub fn peer_dial(
+    addr: &str,
+    me: p2pshare::ids::PeerId,
+    peer: p2pshare::ids::PeerId,
+    key: p2pshare::crypto::Key,
+) -> std::net::TcpStream {
+    use p2pshare::auth::{HsStep, PeerHandshake};
+    use p2pshare::codec::encode;
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("dial a real client");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let nonce = p2pshare::crypto::os_seed().expect("entropy")[..16]
+        .try_into()
+        .expect("16 bytes");
+    let (mut hs, hello) = PeerHandshake::dial(me, peer, nonce);
+    s.write_all(&encode(&hello)).expect("peer hello");
+    loop {
+        let m = read_message(&mut s);
+        match hs
+            .on_message(me, m, |_| Ok(key))
+            .expect("the peer proves itself")
+        {
+            HsStep::Wait(_) => {}
+            HsStep::Established(_, reply) => {
+                for m in reply {
+                    s.write_all(&encode(&m)).expect("peer auth");
+                }
+                return s;
+            }
+        }
+    }
+}
+
+/// Polls `path` until `needle` occurs at least `n` times (bounded: fails after 20 s).
+pub fn wait_for_count(path: &std::path::Path, needle: &str, n: usize) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while fs::read_to_string(path).map_or(0, |l| l.matches(needle).count()) < n {
+        assert!(
+            Instant::now() < until,
+            "fewer than {n} lines with {needle:?} in {}",
+            path.display()
+        );
+        std::thread::sleep(POLL);
     }
 }

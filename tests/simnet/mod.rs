@@ -271,8 +271,8 @@ impl Sim {
                         self.cut(i, j, &reason);
                     }
                 }
-                Action::CreateOutput { .. } => {}
-                Action::HashOwn { file, first, count } if self.hash_us_per_chunk > 0 => {
+                Action::CreateOutput { file } => self.clients[i].on_output_ready(file, false, now),
+                Action::Hash { file, first, count } if self.hash_us_per_chunk > 0 => {
                     let t = self.hash_free_at[i].max(now) + count as u64 * self.hash_us_per_chunk;
                     self.hash_free_at[i] = t;
                     self.at(
@@ -285,7 +285,7 @@ impl Sim {
                         },
                     );
                 }
-                Action::HashOwn { file, first, count } => self.hashed(i, file, first, count),
+                Action::Hash { file, first, count } => self.hashed(i, file, first, count),
                 Action::Stream { file, to, .. } => {
                     let count = self.clients[i]
                         .file(file)
@@ -308,7 +308,8 @@ impl Sim {
         let d = (first..first + count)
             .map(|index| label(ChunkId { file, index }))
             .collect();
-        self.clients[i].on_own_digests(file, first, d);
+        let now = self.now;
+        self.clients[i].on_hashed(file, first, d, now);
     }
 
     fn server_actions(&mut self) {
