@@ -10,7 +10,17 @@ use memmap2::Mmap;
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+
+/// Unsent bytes the kernel may hold on a peer connection (TCP_NOTSENT_LOWAT). Linux grows a busy
+/// connection's send buffer to 4 MiB, 16 pieces: on a slow uplink shared by 3 peers, a request or
+/// have written behind them waited 0.4 s, so the node's own downloads crawled (net-slow-up: the
+/// slow host downloaded at half its downlink; the simulated swarm, with 3 or more pieces unsent
+/// per connection instead of 2, goes from 1.00 to 1.15-1.5 x T_lb). Bytes on the wire do not
+/// count; 256 KiB still covers 2 ms at 1 Gbit/s, and this node chooses each piece later (an
+/// owner's fresh chunk goes to the peer that drains fastest).
+const UNSENT_LOW_WATER: libc::c_int = 256 << 10;
 
 enum Out {
     Bytes {
@@ -58,6 +68,22 @@ impl std::fmt::Display for ConnEnd {
     }
 }
 
+/// Sets `UNSENT_LOW_WATER` on the socket; best effort (a kernel without it keeps the default).
+fn limit_unsent(stream: &TcpStream) {
+    let v = UNSENT_LOW_WATER;
+    // SAFETY: the fd is a socket owned by `stream` for the whole call; the option value is a
+    // c_int read from a valid pointer with its size.
+    let _ = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of_val(&v) as libc::socklen_t,
+        )
+    };
+}
+
 /// Sorts socket errors at the edge: resets are ordinary closes.
 fn classify(e: io::Error) -> ConnEnd {
     use io::ErrorKind::*;
@@ -78,7 +104,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection that carries pieces (`max_piece` > 0) keeps little unsent in the kernel.
     pub fn new(stream: TcpStream, max_piece: u32) -> Self {
+        if max_piece > 0 {
+            limit_unsent(&stream);
+        }
         Conn {
             stream,
             decoder: FrameDecoder::new(max_piece),

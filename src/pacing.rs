@@ -17,7 +17,11 @@ pub const WINDOW_MARGIN: f64 = 6.0;
 /// One peer's delivery, as seen by the node that asks it.
 #[derive(Debug)]
 pub struct Pacing {
-    /// Delivery rate (bytes/µs, smoothed; 0 until measured).
+    /// Delivery rate (bytes/µs, smoothed; 0 until measured). A sample counts for at most twice
+    /// the estimate: pieces often arrive in bursts (read in one go, or after the reactor waited
+    /// for the CPU), and a burst's gaps of a few µs are rates thousands of times the real one:
+    /// one of them set a slow owner's window to the maximum (64 requests, 16 MiB queued on a
+    /// 10 MB/s connection).
     pub rate: f64,
     /// The least time from a request to its piece (µs; `u64::MAX` until measured): the round
     /// trip plus one piece, measured when no other request was ahead.
@@ -42,12 +46,14 @@ impl Default for Pacing {
 }
 
 impl Pacing {
-    /// Requests to keep in flight, for chunks of `chunk` bytes.
-    pub fn window(&self, chunk: f64) -> usize {
+    /// Requests to keep in flight, for chunks of `chunk` bytes, when this node's requests wait
+    /// `own_delay` µs behind its own outgoing pieces (not in the least latency, which is
+    /// measured before the uplink is busy).
+    pub fn window(&self, chunk: f64, own_delay: f64) -> usize {
         if self.rate <= 0.0 || self.min_lat == u64::MAX {
             return INITIAL_WINDOW;
         }
-        let bdp = self.rate * self.min_lat as f64 / chunk;
+        let bdp = self.rate * (self.min_lat as f64 + own_delay) / chunk;
         ((bdp + WINDOW_MARGIN + self.extra).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW)
     }
 
@@ -68,7 +74,7 @@ impl Pacing {
             self.rate = if self.rate == 0.0 {
                 sample
             } else {
-                self.rate + (sample - self.rate) / 4.0
+                self.rate + (sample.min(2.0 * self.rate) - self.rate) / 4.0
             };
         }
         self.last_arrival = Some(now);
@@ -97,21 +103,38 @@ mod tests {
     #[test]
     fn window_is_rate_times_round_trip_plus_margin() {
         let mut p = Pacing::default();
-        assert_eq!(p.window(1000.0), INITIAL_WINDOW);
+        assert_eq!(p.window(1000.0, 0.0), INITIAL_WINDOW);
         // Pieces every 10 µs, 1000 µs after their request: 100 B/µs x 1000 µs = 100 chunks.
         for k in 0..4 {
             p.on_arrival(1000.0, 0, 1000 + 10 * k, 8);
         }
         assert_eq!((p.rate, p.min_lat), (100.0, 1000));
-        assert_eq!(p.window(1000.0), MAX_WINDOW);
+        assert_eq!(p.window(1000.0, 0.0), MAX_WINDOW);
         // A piece per 1000 µs, the first 1000 µs after the requests: 1 chunk covers the trip.
         let mut slow = Pacing::default();
         for k in 0..20 {
             slow.on_arrival(1000.0, 0, 1000 * (k + 1), 3);
         }
         assert_eq!(
-            slow.window(1000.0),
+            slow.window(1000.0, 0.0),
             MIN_WINDOW.max(1 + WINDOW_MARGIN as usize)
+        );
+    }
+
+    #[test]
+    fn a_burst_of_pieces_does_not_make_a_slow_peer_fast() {
+        // A piece every 25 ms (10 B/µs), then two read in one go, 11 µs apart.
+        let mut p = Pacing::default();
+        for k in 0..8 {
+            p.on_arrival(250_000.0, 0, 50_000 + 25_000 * k, 8);
+        }
+        assert_eq!(p.rate, 10.0);
+        p.on_arrival(250_000.0, 0, 50_000 + 25_000 * 7 + 11, 8);
+        assert_eq!(p.rate, 12.5, "a quarter of twice the rate more");
+        assert!(
+            p.window(250_000.0, 0.0) < 16,
+            "window {}",
+            p.window(250_000.0, 0.0)
         );
     }
 
@@ -121,12 +144,12 @@ mod tests {
         for k in 0..20 {
             p.on_arrival(1000.0, 0, 1000 * (k + 1), 3);
         }
-        let w = p.window(1000.0);
+        let w = p.window(1000.0, 0.0);
         p.full = true;
         p.on_arrival(1000.0, 20_000, 21_000, 0);
-        assert_eq!(p.window(1000.0), w + 2);
+        assert_eq!(p.window(1000.0, 0.0), w + 2);
         p.full = false;
         p.on_arrival(1000.0, 21_000, 22_000, 0);
-        assert_eq!(p.window(1000.0), w + 2, "not the limit: no growth");
+        assert_eq!(p.window(1000.0, 0.0), w + 2, "not the limit: no growth");
     }
 }

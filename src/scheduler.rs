@@ -44,6 +44,12 @@ pub const PROBE_EVERY_US: u64 = 200_000;
 /// A chunk nobody announced this long after its owner ran out of fresh chunks is asked of the
 /// owner by name (its only copy was lost, or a fresh piece was dropped).
 pub const LOST_AFTER_US: u64 = 2_000_000;
+/// Pieces a request waits behind on its connection: the one being written, and about one in
+/// the kernel (conn.rs keeps at most 256 KiB unsent).
+const UNSENT_PIECES: f64 = 2.0;
+/// The most `own_delay_us` counts, whatever the measured upload rate (a node that has sent
+/// little has a low average rate but an idle uplink).
+const MAX_OWN_DELAY_US: f64 = 200_000.0;
 /// Candidates examined per file and request (see `pick_chunk`).
 const SCAN_LIMIT: usize = 128;
 
@@ -71,6 +77,11 @@ impl SFile {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fresh {
     Open,
+    /// The owner said `NoFresh` to a request bounded below this chunk (the digests this node
+    /// knew then): every chunk below it has left the owner, but the owner may well have fresh
+    /// chunks above it. Ask again once more digests are known. It is not drained: it must not
+    /// be asked to relay its own file, nor its chunks taken for lost.
+    Below(u32),
     /// The owner said `NoFresh` (first at `since`); ask again at `probe_at` if some missing
     /// chunk still has no holder.
     Drained {
@@ -86,6 +97,8 @@ enum Fresh {
 struct Req {
     ask: Ask,
     at: u64,
+    /// For a fresh request: its bound, the digests known when it was sent.
+    below: u32,
 }
 
 struct SPeer {
@@ -229,6 +242,11 @@ impl Scheduler {
         self.precious.contains(&self.me)
     }
 
+    /// The bottleneck owners, perhaps this node.
+    pub fn precious(&self) -> &BTreeSet<PeerId> {
+        &self.precious
+    }
+
     pub fn is_precious(&self, p: PeerId) -> bool {
         self.precious.contains(&p)
     }
@@ -350,7 +368,23 @@ impl Scheduler {
 
     /// Requests to keep in flight at a peer: its bandwidth-delay product plus the margin.
     fn window(&self, s: &SPeer) -> usize {
-        s.pacing.window(self.chunk)
+        s.pacing.window(self.chunk, self.own_delay_us())
+    }
+
+    /// How long (µs) a request of this node waits behind its own pieces before it leaves: about
+    /// `UNSENT_PIECES` per connection, at its share of this node's upload rate. On a slow,
+    /// shared uplink that is most of the round trip (net-slow-up: 3 x 2 pieces at 31 MB/s,
+    /// 50 ms, where the least latency, seen while the uplink was idle, is 1 ms): windows from
+    /// the least latency alone kept 7 to 9 requests at each relay, and the slow host
+    /// downloaded at half its downlink.
+    fn own_delay_us(&self) -> f64 {
+        match self.my_load {
+            Some((_, rate)) if rate > 0.0 => {
+                let ahead = UNSENT_PIECES * self.chunk * self.peers.len() as f64;
+                (ahead / rate).min(MAX_OWN_DELAY_US)
+            }
+            _ => 0.0,
+        }
     }
 
     /// The current window for `p` (for tests and logs).
@@ -378,178 +412,20 @@ impl Scheduler {
         let ask = self.pick(p, now);
         self.peers.get_mut(&p)?.pacing.full = false;
         let ask = ask?;
-        if let Ask::Chunk(c) = ask {
-            self.take(c);
-        }
+        let below = match ask {
+            Ask::Chunk(c) => {
+                self.take(c);
+                0
+            }
+            Ask::Fresh(file) => self.known_prefix(file),
+        };
         self.outstanding += 1;
-        self.peers.get_mut(&p)?.inflight.push(Req { ask, at: now });
+        self.peers.get_mut(&p)?.inflight.push(Req {
+            ask,
+            at: now,
+            below,
+        });
         Some(ask)
-    }
-
-    /// At an owner: chunks of its file stuck elsewhere, then fresh ones; then relaying; then
-    /// endgame duplicates.
-    fn pick(&mut self, p: PeerId, now: u64) -> Option<Ask> {
-        if let Some(c) = self.pick_cached(p, now, true) {
-            return Some(Ask::Chunk(c));
-        }
-        if let Some(f) = self.pick_fresh(p) {
-            return Some(Ask::Fresh(f));
-        }
-        self.pick_cached(p, now, false)
-            .or_else(|| self.pick_endgame(p))
-            .map(Ask::Chunk)
-    }
-
-    /// `pick_chunk`, skipped while nothing changed since it last found nothing (it runs for
-    /// every free slot of every peer, and a scan is linear in the missing chunks).
-    fn pick_cached(&mut self, p: PeerId, now: u64, own_files: bool) -> Option<ChunkId> {
-        let k = own_files as usize;
-        if self.peers.get(&p)?.idle[k] == self.epoch {
-            return None;
-        }
-        let c = self.pick_chunk(p, now, own_files);
-        if c.is_none()
-            && let Some(s) = self.peers.get_mut(&p)
-        {
-            s.idle[k] = self.epoch;
-        }
-        c
-    }
-
-    /// A file `p` owns that it may still have fresh chunks of. A bottleneck node takes none.
-    fn pick_fresh(&self, p: PeerId) -> Option<FileId> {
-        if self.am_precious() {
-            return None;
-        }
-        let s = self.peers.get(&p)?;
-        self.files
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.owner == p && f.wanted && !f.have.is_full() && f.known.count() > 0)
-            .map(|(i, _)| FileId(i as u32))
-            .find(
-                |file| match s.fresh.get(file).copied().unwrap_or(Fresh::Open) {
-                    Fresh::Open => true,
-                    Fresh::Probing { .. } => !s.inflight.iter().any(|r| r.ask == Ask::Fresh(*file)),
-                    Fresh::Drained { .. } => false,
-                },
-            )
-    }
-
-    /// The best chunk to ask of `p` by name. From a relay: the fewest other usable holders
-    /// first (0 ends the scan), then the lowest index, so each file's verified prefix grows
-    /// steadily for its whole-file MD5; rarity is judged among the `SCAN_LIMIT` lowest
-    /// candidates of each file (a scan of every missing chunk for every request costs more
-    /// than it brings). From the owner: only chunks that left it but cannot be
-    /// had elsewhere. Files are scanned from one that depends on the peer, so that different
-    /// peers serve different files.
-    fn pick_chunk(&self, p: PeerId, now: u64, own_files: bool) -> Option<ChunkId> {
-        let s = self.peers.get(&p)?;
-        let p_precious = self.precious.contains(&p);
-        let nf = self.files.len();
-        let mut best: Option<(u32, ChunkId)> = None;
-        for k in 0..nf {
-            let fi = (k + p.0 as usize) % nf;
-            let f = &self.files[fi];
-            let file = FileId(fi as u32);
-            let from_owner = f.owner == p;
-            if !f.wanted
-                || f.have.is_full()
-                || from_owner != own_files
-                || (p_precious && !from_owner)
-            {
-                continue;
-            }
-            let Some(bits) = s.has.get(&file) else {
-                continue;
-            };
-            // Holders that must not be asked to relay: bottleneck peers other than the owner.
-            let spared: Vec<&BitSet> = self
-                .precious
-                .iter()
-                .filter(|q| **q != f.owner && **q != self.me)
-                .filter_map(|q| self.peers.get(q).and_then(|qs| qs.has.get(&file)))
-                .collect();
-            let drained_since = match s.fresh.get(&file) {
-                Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) if from_owner => {
-                    Some(*since)
-                }
-                _ => None,
-            };
-            let lost = drained_since.is_some_and(|t| now.saturating_sub(t) >= LOST_AFTER_US);
-            let any_bad = !f.bad_from.is_empty();
-            for i in f.open.iter_both(bits).take(SCAN_LIMIT) {
-                let bad = if any_bad { f.bad_from.get(&i) } else { None };
-                if bad == Some(&p) {
-                    continue;
-                }
-                let all = f.avail[i as usize] as u32;
-                let usable = if spared.is_empty() {
-                    all
-                } else {
-                    all - spared.iter().filter(|b| b.get(i)).count() as u32
-                };
-                let score = if from_owner {
-                    if bad.is_some() || (usable == 0 && (all > 0 || lost)) {
-                        0 // left the owner, but cannot be had elsewhere
-                    } else if drained_since.is_some() && all > 0 {
-                        usable // its fresh chunks are out: a relay like any other
-                    } else {
-                        continue; // spare the owner: a relay has it, or will (in flight)
-                    }
-                } else {
-                    usable.saturating_sub(1)
-                };
-                if best.is_none_or(|(b, _)| score < b) {
-                    best = Some((score, ChunkId { file, index: i }));
-                    if score == 0 {
-                        return best.map(|(_, c)| c);
-                    }
-                }
-            }
-        }
-        best.map(|(_, c)| c)
-    }
-
-    /// Endgame: when every missing chunk is asked for, a chunk asked once elsewhere that `p`
-    /// holds and would deliver sooner (by the measured rates and queues) than where it waits.
-    fn pick_endgame(&self, p: PeerId) -> Option<ChunkId> {
-        if self
-            .files
-            .iter()
-            .any(|f| f.wanted && f.have.count() + f.pending < f.len())
-        {
-            return None; // not endgame yet: some chunk is simply unasked, unknown or unavailable
-        }
-        let s = self.peers.get(&p)?;
-        let p_precious = self.precious.contains(&p);
-        let here = s.pacing.eta(self.chunk, s.inflight.len() + 1);
-        let mut best: Option<(f64, ChunkId)> = None;
-        for (q, qs) in &self.peers {
-            if *q == p {
-                continue;
-            }
-            for (k, r) in qs.inflight.iter().enumerate() {
-                let Ask::Chunk(c) = r.ask else {
-                    continue;
-                };
-                let f = &self.files[c.file.0 as usize];
-                if f.req[c.index as usize] != 1
-                    || f.verifying.get(c.index)
-                    || (p_precious && f.owner != p)
-                    || f.bad_from.get(&c.index) == Some(&p)
-                    || !s.has.get(&c.file).is_some_and(|b| b.get(c.index))
-                    || s.inflight.iter().any(|x| x.ask == r.ask)
-                {
-                    continue;
-                }
-                let gain = qs.pacing.drain_time(self.chunk, k + 1) - here;
-                if gain > 0.0 && best.is_none_or(|(g, _)| gain > g) {
-                    best = Some((gain, c));
-                }
-            }
-        }
-        best.map(|(_, c)| c)
     }
 
     /// A piece for `c` arrived from `p` at `now`.
@@ -648,24 +524,43 @@ impl Scheduler {
 
     /// The owner `p` has no fresh chunk of `file` for one of our fresh requests. Returns false
     /// if no fresh request for it was outstanding (or given up on) there.
+    ///
+    /// The owner serves fresh requests in the order sent, so this answers the oldest one, and
+    /// means "no fresh chunk below its bound". Only a bound past the file's last chunk makes the
+    /// owner drained: with a lower one (the digests arrive over time, while the owner hashes its
+    /// file), it may well have fresh chunks above.
     pub fn no_fresh(&mut self, p: PeerId, file: FileId, now: u64) -> bool {
+        let Some(len) = self.files.get(file.0 as usize).map(SFile::len) else {
+            return false;
+        };
         let Some(s) = self.peers.get_mut(&p) else {
             return false;
         };
-        match s.inflight.iter().rposition(|r| r.ask == Ask::Fresh(file)) {
+        let below = match s.inflight.iter().position(|r| r.ask == Ask::Fresh(file)) {
             Some(k) => {
-                s.inflight.remove(k);
                 self.outstanding = self.outstanding.saturating_sub(1);
+                s.inflight.remove(k).below
             }
-            // The answer to a fresh request given up on (timeout).
+            // The answer to a fresh request given up on (timeout): its bound is forgotten.
             None => match s.late_fresh.get_mut(&file) {
-                Some(n) if *n > 0 => *n -= 1,
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    len
+                }
                 _ => return false,
             },
-        }
+        };
         s.idle = [NEVER; 2];
-        let since = match s.fresh.get(&file) {
-            Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) => *since,
+        let since = match s.fresh.get(&file).copied() {
+            Some(Fresh::Drained { since, .. } | Fresh::Probing { since }) => since,
+            Some(Fresh::Open) | None if below < len => {
+                s.fresh.insert(file, Fresh::Below(below));
+                return true;
+            }
+            Some(Fresh::Below(b)) if below < len => {
+                s.fresh.insert(file, Fresh::Below(b.max(below)));
+                return true;
+            }
             _ => now,
         };
         s.fresh.insert(
@@ -825,6 +720,8 @@ fn push_cancelled(q: &mut VecDeque<ChunkId>, c: ChunkId) {
         q.pop_front();
     }
 }
+
+mod pick;
 
 #[cfg(test)]
 #[path = "scheduler_tests.rs"]

@@ -87,6 +87,46 @@ fn no_fresh_stops_fresh_requests_until_a_chunk_has_no_holder() {
 }
 
 #[test]
+fn no_fresh_below_a_bound_short_of_the_file_is_not_drained() {
+    // The owner is still hashing: I know 2 digests of its 8. It sends chunks 0 and 1 to others
+    // and answers my fresh requests (bounded below 2) with no_fresh.
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 8);
+    s.set_known(FileId(0), 0, 2);
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
+    let asks = fill(&mut s, PeerId(1), 0);
+    assert!(asks.iter().all(|a| *a == Ask::Fresh(FileId(0))));
+    for _ in &asks {
+        assert!(s.no_fresh(PeerId(1), FileId(0), 10));
+    }
+    s.peer_has(PeerId(3), c(0, 0));
+    s.peer_has(PeerId(3), c(0, 1));
+    assert_eq!(
+        s.next_request(PeerId(1), 20),
+        None,
+        "no fresh chunk below 2, and chunks 0 and 1 are had from the relay"
+    );
+    // More digests: fresh requests again, never the owner's chunks by name, even long after.
+    s.set_known(FileId(0), 2, 6);
+    s.on_tick(LOST_AFTER_US + 10);
+    let asks = fill(&mut s, PeerId(1), LOST_AFTER_US + 20);
+    assert_eq!(asks.len(), INITIAL_WINDOW);
+    assert!(
+        asks.iter().all(|a| *a == Ask::Fresh(FileId(0))),
+        "the owner is not drained, so no relay and nothing lost: {asks:?}"
+    );
+    // Refused up to the file's end: now it is drained.
+    for _ in &asks {
+        assert!(s.no_fresh(PeerId(1), FileId(0), LOST_AFTER_US + 30));
+    }
+    assert_eq!(
+        s.next_request(PeerId(1), LOST_AFTER_US + 40),
+        Some(Ask::Chunk(c(0, 0)))
+    );
+}
+
+#[test]
 fn a_chunk_lost_after_the_owner_drained_is_asked_of_the_owner_by_name() {
     let mut s = setup();
     s.peer_connected(PeerId(1));
@@ -318,9 +358,9 @@ fn a_drained_owner_relays_what_others_hold_but_not_what_is_in_flight() {
     assert_eq!(s.next_request(PeerId(1), 1), None);
 }
 
-#[test]
-fn a_bottleneck_owner_relays_nothing_and_takes_no_fresh_chunks() {
-    // Me = 2 (fast). Files: 0 owned by 1 (slow uplink), 1 owned by 3, 2 owned by me.
+/// Me = 2. Files of 4 chunks, digests known: 0 owned by 1, 1 owned by 3, 2 owned by me. Peers
+/// 1 and 3 connected.
+fn three_owners() -> Scheduler {
     let mut s = Scheduler::new(PeerId(2), CHUNK);
     s.add_file(FileId(0), PeerId(1), 4);
     s.add_file(FileId(1), PeerId(3), 4);
@@ -330,6 +370,13 @@ fn a_bottleneck_owner_relays_nothing_and_takes_no_fresh_chunks() {
     }
     s.peer_connected(PeerId(1));
     s.peer_connected(PeerId(3));
+    s
+}
+
+#[test]
+fn a_bottleneck_owner_relays_nothing_and_takes_no_fresh_chunks() {
+    // Me = 2 (fast); 1 has the slow uplink.
+    let mut s = three_owners();
     s.peer_has(PeerId(1), c(1, 0)); // peer 1 holds a chunk of file 1 (from before)
     s.set_my_load(Some(1_000_000), 100.0);
     s.peer_load(PeerId(3), 1_000_000, 100.0);
@@ -355,6 +402,44 @@ fn a_bottleneck_owner_relays_nothing_and_takes_no_fresh_chunks() {
     assert_eq!(b.next_request(PeerId(3), 0), None);
     b.set_my_load(Some(0), 25.0);
     assert_eq!(b.next_request(PeerId(3), 0), Some(Ask::Fresh(FileId(1))));
+}
+
+#[test]
+fn a_chunk_only_bottlenecks_hold_is_not_asked_again_of_a_bottleneck_owner() {
+    // Me = 2. File 0 is owned by 1, the slow owner; relay 3, whose upload rate was measured
+    // low (demand-limited, or starved of CPU), is taken for a bottleneck too. It holds chunk 0,
+    // which left owner 1 once already: asking owner 1 again would cost the scarcest uplink.
+    let mut s = three_owners();
+    s.peer_connected(PeerId(4));
+    s.peer_has(PeerId(3), c(0, 0));
+    for i in 0..4 {
+        s.mark_have(c(1, i)); // (nothing fresh wanted from 3)
+    }
+    s.set_my_load(Some(1_000_000), 100.0);
+    s.peer_load(PeerId(4), 1_000_000, 100.0);
+    s.peer_load(PeerId(1), 4_000_000, 25.0);
+    s.peer_load(PeerId(3), 3_000_000, 30.0);
+    assert!(s.is_precious(PeerId(1)) && s.is_precious(PeerId(3)));
+    assert_eq!(
+        s.next_request(PeerId(1), 0),
+        Some(Ask::Fresh(FileId(0))),
+        "the owner is asked for fresh chunks only"
+    );
+    assert_eq!(
+        fill(&mut s, PeerId(3), 0),
+        vec![Ask::Chunk(c(0, 0))],
+        "the bottleneck relay: that chunk, and nothing else"
+    );
+    // Once a relay that is no bottleneck holds a chunk, it goes there.
+    s.peer_has(PeerId(3), c(0, 1));
+    s.peer_has(PeerId(4), c(0, 1));
+    assert_eq!(fill(&mut s, PeerId(3), 1), vec![]);
+    assert_eq!(s.next_request(PeerId(4), 1), Some(Ask::Chunk(c(0, 1))));
+    // An owner that is no bottleneck is still asked for a chunk only bottlenecks hold.
+    s.peer_has(PeerId(3), c(0, 2));
+    s.peer_load(PeerId(1), 1_500_000, 100.0);
+    assert!(!s.is_precious(PeerId(1)) && s.is_precious(PeerId(3)));
+    assert_eq!(s.next_request(PeerId(1), 2), Some(Ask::Chunk(c(0, 2))));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! (server messages, the file table, digests, completion) is in the parent module.
 
 use super::*;
+use std::collections::BTreeSet;
 
 impl ClientCore {
     /// Checks the hello of an incoming peer connection.
@@ -182,8 +183,9 @@ impl ClientCore {
                 upload_kib_s,
             } => {
                 let rate = upload_kib_s as f64 * 1024.0 / 1e6;
+                let before = self.sched.precious().clone();
                 let withdrawn = self.sched.peer_load(p, own_eta_ms as u64 * 1000, rate);
-                self.cancel_all(withdrawn);
+                self.after_loads(&before, withdrawn);
                 // Who is a bottleneck may have changed what every peer should be asked.
                 self.fill_all(now);
                 return Ok(());
@@ -313,10 +315,11 @@ impl ClientCore {
             }
         }
         self.serving.on_tick(now);
+        let before = self.sched.precious().clone();
         let withdrawn = self
             .sched
             .set_my_load(self.serving.own_eta_us(), self.serving.rate());
-        self.cancel_all(withdrawn);
+        self.after_loads(&before, withdrawn);
         // The first as soon as the upload rate is measured: peers must learn early which
         // uplink to spare.
         if self.last_load == 0 || now.saturating_sub(self.last_load) >= LOAD_EVERY_US {
@@ -357,6 +360,33 @@ impl ClientCore {
         }));
     }
 
+    /// After a load changed: logs a change of the bottleneck owners, with the loads that made
+    /// it, and cancels the requests withdrawn from new ones.
+    fn after_loads(&mut self, before: &BTreeSet<PeerId>, withdrawn: Vec<(PeerId, ChunkId)>) {
+        if self.sched.precious() != before {
+            let names: Vec<String> = self
+                .sched
+                .precious()
+                .iter()
+                .map(|p| self.peer_name(*p))
+                .collect();
+            let loads: Vec<String> = self
+                .sched
+                .loads()
+                .iter()
+                .map(|(p, eta, rate)| {
+                    format!("{}:{}ms@{:.1}MB/s", self.peer_name(*p), eta / 1000, rate)
+                })
+                .collect();
+            info!(
+                "bottlenecks event=bottlenecks_changed owners={} loads={}",
+                names.join(","),
+                loads.join(",")
+            );
+        }
+        self.cancel_all(withdrawn);
+    }
+
     fn cancel_all(&mut self, requests: Vec<(PeerId, ChunkId)>) {
         for (p, chunk) in requests {
             self.actions
@@ -386,15 +416,19 @@ impl ClientCore {
             return;
         }
         while let Some(ask) = self.sched.next_request(p, now) {
+            let (window, inflight) = (self.sched.window_of(p), self.sched.inflight(p));
             let msg = match ask {
                 Ask::Chunk(chunk) => {
-                    debug!("request event=request_sent peer={} chunk={chunk}", p.0);
+                    debug!(
+                        "request event=request_sent peer={} chunk={chunk} window={window} inflight={inflight}",
+                        p.0
+                    );
                     Message::Request { chunk }
                 }
                 Ask::Fresh(file) => {
                     let below = self.sched.known_prefix(file);
                     debug!(
-                        "request event=request_fresh_sent peer={} file={} below={below}",
+                        "request event=request_fresh_sent peer={} file={} below={below} window={window} inflight={inflight}",
                         p.0, file.0
                     );
                     Message::RequestFresh { file, below }

@@ -91,6 +91,13 @@ enum Ev {
         link: usize,
         ver: u64,
     },
+    /// A job of the owner's hash pool is done: the digests of `count` chunks from `first`.
+    Hashed {
+        i: usize,
+        file: FileId,
+        first: u32,
+        count: u32,
+    },
     Tick,
 }
 
@@ -146,6 +153,16 @@ pub struct Sim {
     pub done_at: Vec<Option<u64>>,
     /// The server is gone: messages to and from it are lost.
     server_dead: bool,
+    /// Time (µs) an owner's hash pool spends on one chunk of its own file: its jobs run one
+    /// after another, so a peer learns the digests (and may ask for the chunks) in order, over
+    /// file chunks x this. 0: all at once.
+    pub hash_us_per_chunk: u64,
+    /// Per client, when its hash pool is free again.
+    hash_free_at: Vec<u64>,
+    /// Pieces the kernel's send buffer of one connection holds unsent ([`IN_KERNEL`]; the
+    /// reactor's queue adds 2, see [`COMMITTED`]). Linux grows a busy connection's buffer up to
+    /// 4 MiB (net.ipv4.tcp_wmem): 16 pieces.
+    pub in_kernel: usize,
 }
 
 fn label(c: ChunkId) -> Digest {
@@ -188,6 +205,9 @@ impl Sim {
             timeline: vec![Vec::new(); n],
             done_at: vec![None; n],
             server_dead: false,
+            hash_us_per_chunk: 0,
+            hash_free_at: vec![0; n],
+            in_kernel: IN_KERNEL,
         };
         for i in 0..n {
             let decls = if sim.hosts[i].file > 0 {
@@ -252,12 +272,20 @@ impl Sim {
                     }
                 }
                 Action::CreateOutput { file } => self.clients[i].on_output_ready(file, false, now),
-                Action::Hash { file, first, count } => {
-                    let d = (first..first + count)
-                        .map(|index| label(ChunkId { file, index }))
-                        .collect();
-                    self.clients[i].on_hashed(file, first, d, now);
+                Action::Hash { file, first, count } if self.hash_us_per_chunk > 0 => {
+                    let t = self.hash_free_at[i].max(now) + count as u64 * self.hash_us_per_chunk;
+                    self.hash_free_at[i] = t;
+                    self.at(
+                        t,
+                        Ev::Hashed {
+                            i,
+                            file,
+                            first,
+                            count,
+                        },
+                    );
                 }
+                Action::Hash { file, first, count } => self.hashed(i, file, first, count),
                 Action::Stream { file, to, .. } => {
                     let count = self.clients[i]
                         .file(file)
@@ -274,6 +302,14 @@ impl Sim {
             self.done_at[i] = Some(self.now);
         }
         self.top_up(i);
+    }
+
+    fn hashed(&mut self, i: usize, file: FileId, first: u32, count: u32) {
+        let d = (first..first + count)
+            .map(|index| label(ChunkId { file, index }))
+            .collect();
+        let now = self.now;
+        self.clients[i].on_hashed(file, first, d, now);
     }
 
     fn server_actions(&mut self) {
@@ -325,7 +361,7 @@ impl Sim {
     fn send_control(&mut self, from: usize, to: usize, msg: Message) {
         let l = from * self.n() + to;
         let q = &mut self.links[l].q;
-        let behind = q.len().min(IN_KERNEL);
+        let behind = q.len().min(self.in_kernel);
         match behind.checked_sub(1).and_then(|k| q.get_mut(k)) {
             Some(f) => f.then.push(msg),
             None => {
@@ -353,7 +389,7 @@ impl Sim {
             }
             let p = self.id(to);
             let l = i * n + to;
-            while self.links[l].q.len() < COMMITTED {
+            while self.links[l].q.len() < 2 + self.in_kernel {
                 let Some((chunk, _, len)) = self.clients[i].next_piece(p) else {
                     break;
                 };
@@ -569,6 +605,15 @@ impl Sim {
                 self.client_actions(to);
             }
             Ev::FrameDone { link, ver } => self.frame_done(link, ver),
+            Ev::Hashed {
+                i,
+                file,
+                first,
+                count,
+            } => {
+                self.hashed(i, file, first, count);
+                self.client_actions(i);
+            }
             Ev::Tick => {
                 for i in 0..self.clients.len() {
                     self.clients[i].on_tick(t);
