@@ -241,11 +241,7 @@ impl ClientCore {
 
     /// Bytes of all the files this node downloads (known once the start message came).
     pub fn download_bytes(&self) -> u64 {
-        self.files
-            .values()
-            .filter(|f| !f.owned)
-            .map(|f| f.info.size)
-            .sum()
+        self.downloads().map(|f| f.size).sum()
     }
 
     /// The files this node downloads (the run's files it does not own).

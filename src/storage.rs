@@ -177,10 +177,12 @@ impl Output {
         fs::create_dir_all(dir).map_err(create_err(dir))?;
         let dest = dir.join(name);
         let part = dir.join(format!("{name}.part"));
-        if file_len(&part) != Some(size) && file_len(&dest) == Some(size) {
+        let mut kept = file_len(&part) == Some(size);
+        if !kept && file_len(&dest) == Some(size) {
             fs::rename(&dest, &part).map_err(create_err(&dest))?;
+            kept = true;
         }
-        let resumed = size > 0 && file_len(&part) == Some(size);
+        let resumed = size > 0 && kept;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
