@@ -1,7 +1,7 @@
 //! The MD5 helper pool: a few threads that hash own-file chunks, verify received chunks (and
-//! write the good ones to their output file), and advance whole-file MD5s, so the reactor never
-//! hashes. Each result is sent back on a channel and the reactor is woken through its mio
-//! `Waker`.
+//! write the good ones to their output file, starting their writeback on a thread of its own),
+//! and advance whole-file MD5s, so the reactor never hashes. Each result is sent back on a
+//! channel and the reactor is woken through its mio `Waker`.
 //!
 //! All three kinds of work are MD5 over some bytes, so a worker takes a mixed batch from one
 //! FIFO queue and runs it as one multi-buffer pass (`md5x::update_many`): chunk digests start
@@ -146,14 +146,19 @@ impl HashPool {
     pub fn new(threads: usize, wake: Wake) -> std::io::Result<Self> {
         let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let (tx, results) = channel();
+        let written = crate::storage::writeback_thread()?;
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let shared = Arc::clone(&shared);
             let tx: Sender<Done> = tx.clone();
             let wake = Arc::clone(&wake);
+            let written = written.clone();
+            let flush = move |out: &Arc<File>, offset, len| {
+                let _ = written.send((Arc::clone(out), offset, len));
+            };
             let h = std::thread::Builder::new()
                 .name(format!("md5-{i}"))
-                .spawn(move || worker(i, &shared, &tx, &wake))?;
+                .spawn(move || worker(i, &shared, &tx, &wake, &flush))?;
             handles.push(h);
         }
         Ok(HashPool {
@@ -193,7 +198,16 @@ impl Drop for HashPool {
 /// chunks into batches too small to fill the lanes, and on a machine shared by several nodes
 /// the extra threads only contend; under a real backlog (a node's own file at start, a fast
 /// network) they add a core.
-fn worker(index: usize, shared: &(Mutex<Queue>, Condvar), tx: &Sender<Done>, wake: &Wake) {
+/// Where a worker hands each written range, to start its writeback elsewhere.
+type Flush = dyn Fn(&Arc<File>, u64, usize);
+
+fn worker(
+    index: usize,
+    shared: &(Mutex<Queue>, Condvar),
+    tx: &Sender<Done>,
+    wake: &Wake,
+    flush: &Flush,
+) {
     let (m, cv) = shared;
     loop {
         let jobs = {
@@ -221,7 +235,7 @@ fn worker(index: usize, shared: &(Mutex<Queue>, Condvar), tx: &Sender<Done>, wak
                 }
             }
         };
-        let (done, again) = run_batch(jobs);
+        let (done, again) = run_batch(jobs, flush);
         if !again.is_empty() {
             // Streams cut short ride along in the next batch, not behind the queue.
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -256,12 +270,12 @@ fn chunk_range<'a>(map: &'a Option<Arc<Mmap>>, geo: &Geometry, from: u32, to: u3
 }
 
 /// Runs a batch as one multi-buffer MD5 pass, then turns the states into results.
-fn run_batch(mut jobs: Vec<Job>) -> (Vec<Done>, Vec<Job>) {
+fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>) {
     if let [Job::Verify { data, .. }] = jobs.as_slice() {
         let got = md5(data);
         let done = jobs
             .into_iter()
-            .filter_map(|j| finish_verify(j, got))
+            .filter_map(|j| finish_verify(j, got, flush))
             .collect();
         return (done, Vec::new());
     }
@@ -348,7 +362,7 @@ fn run_batch(mut jobs: Vec<Job>) -> (Vec<Done>, Vec<Job>) {
             }
             Job::Verify { .. } => {
                 let got = states.next().map(Md5State::finalize).unwrap_or_default();
-                out.extend(finish_verify(j, got));
+                out.extend(finish_verify(j, got, flush));
             }
             Job::Stream {
                 file, to, finish, ..
@@ -428,9 +442,9 @@ fn cap_streams(jobs: &mut [Job]) {
     }
 }
 
-/// Compares a received chunk's MD5 with the expected one and writes it if they match
-/// (`None` for any other kind of job).
-fn finish_verify(j: Job, got: Digest) -> Option<Done> {
+/// Compares a received chunk's MD5 with the expected one and, if they match, writes it and
+/// hands the range to `flush` (`None` for any other kind of job).
+fn finish_verify(j: Job, got: Digest, flush: &Flush) -> Option<Done> {
     let Job::Verify {
         peer,
         chunk,
@@ -447,7 +461,7 @@ fn finish_verify(j: Job, got: Digest) -> Option<Done> {
     let write_error = if ok {
         let r = out.write_all_at(&data, offset);
         if r.is_ok() {
-            crate::storage::start_writeback(&out, offset, data.len());
+            flush(&out, offset, data.len());
         }
         r.err().map(|e| e.to_string())
     } else {
@@ -567,7 +581,7 @@ mod tests {
         };
         let mut jobs = vec![stream(0, 100, Box::default())];
         jobs.extend((0..4).map(|i| verify(&out, i, chunk(i), md5(&chunk(i)))));
-        let (done, again) = run_batch(jobs);
+        let (done, again) = run_batch(jobs, &|_, _, _| {});
         // The verifications are done; the stream advanced STREAM_FLOOR chunks beside them and
         // comes back for the rest, not as a result.
         assert_eq!(done.len(), 4);
@@ -582,7 +596,7 @@ mod tests {
         // Alone, it runs STREAM_SOLO chunks a batch, and its MD5 is the whole file's at the end.
         let mut job = again.into_iter().next().expect("the stream");
         let md5_of_all = loop {
-            let (mut done, again) = run_batch(vec![job]);
+            let (mut done, again) = run_batch(vec![job], &|_, _, _| {});
             match again.into_iter().next() {
                 Some(j) => job = j,
                 None => match done.pop() {

@@ -52,6 +52,12 @@ const UNSENT_PIECES: f64 = 2.0;
 const MAX_OWN_DELAY_US: f64 = 200_000.0;
 /// Candidates examined per file and request (see `pick_chunk`).
 const SCAN_LIMIT: usize = 128;
+/// Chunks from a file's first missing one that a relay is asked for before rarer ones (see
+/// `pick_chunk`).
+pub const PREFIX_WINDOW: u32 = 16;
+/// An owner still sending its file is asked for prefix chunks only if its own-file time is at
+/// most this many times the least of the owners still sending (see `owner_uplink_scarce`).
+const PREFIX_OWNER_SLACK: f64 = 1.5;
 
 struct SFile {
     owner: PeerId,
@@ -65,11 +71,20 @@ struct SFile {
     avail: Vec<u16>,
     /// A peer that served a bad copy of a chunk (or timed out on it) is not asked for it again.
     bad_from: BTreeMap<u32, PeerId>,
+    /// The first chunk not held: where the file's whole-file MD5 stream waits.
+    head: u32,
 }
 
 impl SFile {
     fn len(&self) -> u32 {
         self.have.len()
+    }
+
+    fn set_have(&mut self, i: u32) {
+        self.have.set(i);
+        while self.head < self.len() && self.have.get(self.head) {
+            self.head += 1;
+        }
     }
 }
 
@@ -180,6 +195,7 @@ impl Scheduler {
             pending: 0,
             avail: vec![0; chunks as usize],
             bad_from: BTreeMap::new(),
+            head: if mine { chunks } else { 0 },
         });
     }
 
@@ -224,7 +240,7 @@ impl Scheduler {
     /// Marks a chunk held without verification through the network (resume, tests).
     pub fn mark_have(&mut self, c: ChunkId) {
         if let Some(f) = self.files.get_mut(c.file.0 as usize) {
-            f.have.set(c.index);
+            f.set_have(c.index);
             f.open.clear(c.index);
         }
     }
@@ -500,7 +516,7 @@ impl Scheduler {
             return Vec::new();
         }
         if ok {
-            f.have.set(c.index);
+            f.set_have(c.index);
         }
         self.release(c);
         if !ok {

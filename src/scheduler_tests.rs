@@ -168,20 +168,59 @@ fn owner_spared_while_a_relay_holds_the_chunk() {
 
 #[test]
 fn rarest_first_among_relays() {
+    // Past the prefix window (the relays hold nothing in it), rarity decides.
+    let (w, n) = (PREFIX_WINDOW, PREFIX_WINDOW + 4);
     let mut s = Scheduler::new(PeerId(2), CHUNK);
-    s.add_file(FileId(0), PeerId(1), 4);
-    s.set_known(FileId(0), 0, 4);
+    s.add_file(FileId(0), PeerId(1), n);
+    s.set_known(FileId(0), 0, n);
     s.peer_connected(PeerId(3));
     s.peer_connected(PeerId(4));
-    for i in 0..4 {
+    for i in w..n {
         s.peer_has(PeerId(3), c(0, i));
     }
-    for i in 0..3 {
+    for i in w..n - 1 {
         s.peer_has(PeerId(4), c(0, i));
     }
-    // Chunk 3 is held by peer 3 alone: it goes first, then the lowest index.
-    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 3))));
-    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
+    // The last chunk is held by peer 3 alone: it goes first, then the lowest index.
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, n - 1))));
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, w))));
+}
+
+#[test]
+fn where_the_held_prefix_ends_comes_before_rarer_chunks_and_the_peers_own_file() {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), 64);
+    s.add_file(FileId(1), PeerId(3), 8);
+    s.add_file(FileId(2), PeerId(5), 8);
+    for f in 0..3 {
+        s.set_known(FileId(f), 0, if f == 0 { 64 } else { 8 });
+    }
+    s.peer_connected(PeerId(3));
+    s.peer_connected(PeerId(4));
+    for i in [1, 2, 40] {
+        s.peer_has(PeerId(3), c(0, i));
+    }
+    for i in [1, 2] {
+        s.peer_has(PeerId(4), c(0, i));
+    }
+    // Chunk 0 is held, so the prefix ends at 1. Chunks 1 and 2 are held by two relays and
+    // chunk 40 by peer 3 alone; peer 3 also has fresh chunks of its own file. While its load
+    // is unknown, its uplink may be the scarce one: it is asked for its own file only.
+    s.mark_have(c(0, 0));
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Fresh(FileId(1))));
+    s.peer_load(PeerId(3), 900_000, 100.0);
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 1))));
+    // Another owner needs a third of peer 3's time for its file: peer 3's uplink is the
+    // scarcer one again.
+    s.peer_connected(PeerId(5));
+    s.peer_load(PeerId(5), 300_000, 100.0);
+    assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Fresh(FileId(1))));
+    // A relay that owns nothing this node wants is asked for the prefix first.
+    assert_eq!(s.next_request(PeerId(4), 0), Some(Ask::Chunk(c(0, 2))));
+    // A bottleneck is asked for nothing but its own file, prefix or not.
+    s.peer_has(PeerId(4), c(0, 3));
+    s.precious.insert(PeerId(4));
+    assert_eq!(s.next_request(PeerId(4), 0), None);
 }
 
 #[test]
@@ -379,7 +418,7 @@ fn a_bottleneck_owner_relays_nothing_and_takes_no_fresh_chunks() {
     let mut s = three_owners();
     s.peer_has(PeerId(1), c(1, 0)); // peer 1 holds a chunk of file 1 (from before)
     s.set_my_load(Some(1_000_000), 100.0);
-    s.peer_load(PeerId(3), 1_000_000, 100.0);
+    s.peer_load(PeerId(3), 900_000, 100.0);
     s.peer_load(PeerId(1), 4_000_000, 25.0);
     assert!(s.is_precious(PeerId(1)) && !s.am_precious());
     let from1 = fill(&mut s, PeerId(1), 0);

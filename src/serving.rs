@@ -30,13 +30,20 @@ pub enum Ask {
     Fresh(FileId),
 }
 
-/// One request as it waits in a serve queue: a fresh one carries the requester's bound (it
-/// knows the digests of the chunks below it).
+/// One request as it waits in a serve queue: a request by name counts the fresh requests
+/// queued ahead of it since it came; a fresh one carries the requester's bound (it knows the
+/// digests of the chunks below it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Queued {
-    Chunk(ChunkId),
+    Chunk(ChunkId, u8),
     Fresh(FileId, u32),
 }
+
+/// Fresh requests that may go ahead of one request by name. Unbounded, a requester that keeps
+/// asking an owner for fresh chunks starved its own request by name there until the owner's
+/// file was all out: a chunk at the start of a file's missing range waited seconds, and with
+/// it that file's whole-file MD5, which then ran after the last chunk arrived.
+pub const MAX_OVERTAKEN: u8 = 2;
 
 /// An own file: which chunks have left this node at least once.
 struct Seed {
@@ -113,7 +120,7 @@ impl Serving {
 
     /// A request for a chunk this node holds (the caller checked).
     pub fn on_request(&mut self, p: PeerId, c: ChunkId) -> Result<(), String> {
-        self.queue(p)?.push_back(Queued::Chunk(c));
+        self.queue(p)?.push_back(Queued::Chunk(c, 0));
         Ok(())
     }
 
@@ -131,20 +138,31 @@ impl Serving {
         if s.unsent == 0 {
             return Ok(FreshReply::NoFresh);
         }
-        // Ahead of the requests by name: a chunk that has never left this node is the scarcest
-        // thing it can send (the others may be had elsewhere).
+        // Ahead of the requests by name (a chunk that has never left this node is the scarcest
+        // thing it can send; the others may be had elsewhere), but behind any that fresh
+        // requests went ahead of `MAX_OVERTAKEN` times already.
         let q = self.queue(p)?;
-        let at = q
+        let first = q
             .iter()
-            .position(|a| matches!(a, Queued::Chunk(_)))
+            .position(|a| matches!(a, Queued::Chunk(..)))
             .unwrap_or(q.len());
+        let after_full = q
+            .iter()
+            .rposition(|a| matches!(a, Queued::Chunk(_, n) if *n >= MAX_OVERTAKEN))
+            .map_or(0, |i| i + 1);
+        let at = first.max(after_full);
+        for a in q.iter_mut().skip(at) {
+            if let Queued::Chunk(_, n) = a {
+                *n += 1;
+            }
+        }
         q.insert(at, Queued::Fresh(file, below));
         Ok(FreshReply::Queued)
     }
 
     pub fn cancel(&mut self, p: PeerId, c: ChunkId) {
         if let Some(q) = self.queues.get_mut(&p) {
-            q.retain(|a| *a != Queued::Chunk(c));
+            q.retain(|a| !matches!(a, Queued::Chunk(x, _) if *x == c));
         }
     }
 
@@ -153,7 +171,7 @@ impl Serving {
     pub fn next(&mut self, p: PeerId) -> Option<ChunkId> {
         loop {
             let c = match self.queues.get_mut(&p)?.pop_front()? {
-                Queued::Chunk(c) => c,
+                Queued::Chunk(c, _) => c,
                 Queued::Fresh(file, below) => {
                     let Some(s) = self.own.get_mut(&file) else {
                         continue;
@@ -273,6 +291,25 @@ mod tests {
             Ok(FreshReply::NoFresh)
         );
         assert!(s.on_request_fresh(PeerId(2), FileId(1), 100).is_err());
+    }
+
+    #[test]
+    fn a_request_by_name_waits_behind_at_most_max_overtaken_fresh_ones() {
+        let mut s = Serving::default();
+        s.add_own(FileId(0), 10, 10);
+        s.add_peer(PeerId(2));
+        s.on_request(PeerId(2), c(1, 7)).unwrap();
+        let fresh = MAX_OVERTAKEN as u32 + 2;
+        for _ in 0..fresh {
+            s.on_request_fresh(PeerId(2), FileId(0), 100).unwrap();
+        }
+        s.on_request(PeerId(2), c(1, 8)).unwrap();
+        let mut want: Vec<ChunkId> = (0..MAX_OVERTAKEN as u32).map(|i| c(0, i)).collect();
+        want.push(c(1, 7));
+        want.extend((MAX_OVERTAKEN as u32..fresh).map(|i| c(0, i)));
+        want.push(c(1, 8));
+        let got: Vec<ChunkId> = std::iter::from_fn(|| s.next(PeerId(2))).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
