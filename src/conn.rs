@@ -68,20 +68,38 @@ impl std::fmt::Display for ConnEnd {
     }
 }
 
-/// Sets `UNSENT_LOW_WATER` on the socket; best effort (a kernel without it keeps the default).
-fn limit_unsent(stream: &TcpStream) {
+/// The congestion control of connections that carry pieces. BBR, the default on this machine,
+/// bounds a flow's window by twice its bandwidth times its *least* round trip; a relay sending
+/// to a host whose own uplink is full has its acks wait in that uplink's queue, a round trip
+/// many times the least, and the window capped each such flow at about 12 MB/s: the slow host
+/// of net-slow-up downloaded at 40 to 55 MiB/s until its own file was out. Loss-based CUBIC
+/// (the usual default of Linux servers) has no such cap. scripts/bench_net.sh, 2 runs each:
+/// net-slow-up 1.28 and 1.29 x T_lb with BBR, 1.08 and 1.07 with CUBIC; net-mixed 1.12 -> 1.05.
+const CONGESTION: &[u8] = b"cubic";
+
+/// Sets `UNSENT_LOW_WATER` and `CONGESTION` on a socket; best effort (a kernel without one
+/// keeps its default).
+fn tune_for_pieces(stream: &TcpStream) {
+    let fd = stream.as_raw_fd();
     let v = UNSENT_LOW_WATER;
-    // SAFETY: the fd is a socket owned by `stream` for the whole call; the option value is a
-    // c_int read from a valid pointer with its size.
-    let _ = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
+    // SAFETY: the fd is a socket owned by `stream` for the whole call; each option value is
+    // read from a valid pointer with its size.
+    unsafe {
+        let _ = libc::setsockopt(
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_NOTSENT_LOWAT,
             (&v as *const libc::c_int).cast(),
             std::mem::size_of_val(&v) as libc::socklen_t,
-        )
-    };
+        );
+        let _ = libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            CONGESTION.as_ptr().cast(),
+            CONGESTION.len() as libc::socklen_t,
+        );
+    }
 }
 
 /// Sorts socket errors at the edge: resets are ordinary closes.
@@ -104,10 +122,11 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A connection that carries pieces (`max_piece` > 0) keeps little unsent in the kernel.
+    /// A connection that carries pieces (`max_piece` > 0) keeps little unsent in the kernel,
+    /// and uses `CONGESTION`.
     pub fn new(stream: TcpStream, max_piece: u32) -> Self {
         if max_piece > 0 {
-            limit_unsent(&stream);
+            tune_for_pieces(&stream);
         }
         Conn {
             stream,
@@ -267,5 +286,65 @@ pub fn raise_fd_limit(want: u64) {
         lim.rlim_cur = target;
         // SAFETY: setrlimit reads one valid rlimit.
         let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The congestion control and unsent limit a socket reports.
+    fn tuning(stream: &TcpStream) -> (String, libc::c_int) {
+        let fd = stream.as_raw_fd();
+        let mut name = [0u8; 16];
+        let mut len = name.len() as libc::socklen_t;
+        let mut lowat: libc::c_int = 0;
+        let mut lowat_len = std::mem::size_of_val(&lowat) as libc::socklen_t;
+        // SAFETY: each getsockopt writes at most `len` bytes through a valid pointer.
+        unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CONGESTION,
+                name.as_mut_ptr().cast(),
+                &mut len,
+            );
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_NOTSENT_LOWAT,
+                (&mut lowat as *mut libc::c_int).cast(),
+                &mut lowat_len,
+            );
+        }
+        let n = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        (String::from_utf8_lossy(&name[..n]).into_owned(), lowat)
+    }
+
+    #[test]
+    fn peer_connections_use_cubic_and_keep_little_unsent() {
+        let available =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
+                .expect("the kernel lists its congestion controls");
+        assert!(
+            available
+                .split_whitespace()
+                .any(|c| c.as_bytes() == CONGESTION),
+            "this kernel has no {}: {available}",
+            String::from_utf8_lossy(CONGESTION)
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let dial = || TcpStream::from_std(std::net::TcpStream::connect(addr).expect("connect"));
+        let peer = Conn::new(dial(), 1 << 18);
+        assert_eq!(
+            tuning(&peer.stream),
+            ("cubic".to_string(), UNSENT_LOW_WATER)
+        );
+        // A control connection (to the server) keeps the machine's defaults.
+        let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+            .expect("the default congestion control");
+        let control = Conn::new(dial(), 0);
+        assert_eq!(tuning(&control.stream).0, default.trim());
     }
 }
