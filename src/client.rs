@@ -552,6 +552,7 @@ impl Client {
                     let ctx = f.stream_ctx.take().unwrap_or_default();
                     let finish = to == f.geo.chunk_count();
                     let (map, geo) = (f.map.clone(), f.geo);
+                    let own = self.core.file(file).is_some_and(|s| s.owned);
                     self.pool.submit(Job::Stream {
                         file,
                         map,
@@ -560,6 +561,7 @@ impl Client {
                         to,
                         ctx,
                         finish,
+                        own,
                     });
                 }
                 Action::Finalize { file } => {

@@ -49,6 +49,8 @@ pub enum Job {
         to: u32,
         ctx: Box<Md5State>,
         finish: bool,
+        /// A node's own file, whose MD5 every peer waits for (see `OWN_STREAM_FLOOR`).
+        own: bool,
     },
 }
 
@@ -327,7 +329,12 @@ fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>) {
     for (j, end) in jobs.into_iter().zip(ends) {
         if let (
             Job::Stream {
-                file, map, geo, to, ..
+                file,
+                map,
+                geo,
+                to,
+                own,
+                ..
             },
             Some((end, finish)),
         ) = (&j, end)
@@ -342,6 +349,7 @@ fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>) {
                 to: end,
                 ctx: Box::new(st),
                 finish,
+                own: *own,
             });
             continue;
         }
@@ -391,6 +399,11 @@ fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>) {
 
 /// Chunks a stream advances per batch at least, so that streams keep up with verification.
 const STREAM_FLOOR: usize = 2;
+/// Chunks an own file's stream advances per batch at least: every peer waits for that MD5 to
+/// finish the file. (scripts/ab.sh, 6 alternating loaded rounds of the reference run: median
+/// total 15.27 s at `STREAM_FLOOR`, 14.67 s at 4; at 8, 16.7, 14.3 and 14.9 s in 3. In these
+/// runs the last own MD5 still came 1.0 to 1.4 s after the last chunk.)
+const OWN_STREAM_FLOOR: u32 = 4;
 /// Chunks a stream advances in a batch without chunk work (about 20 ms of one lane).
 const STREAM_SOLO: u32 = 32;
 
@@ -432,12 +445,18 @@ fn cap_streams(jobs: &mut [Job]) {
     };
     for j in jobs.iter_mut() {
         if let Job::Stream {
-            from, to, finish, ..
+            from,
+            to,
+            finish,
+            own,
+            ..
         } = j
-            && *to - *from > cap
         {
-            *to = *from + cap;
-            *finish = false;
+            let cap = if *own { cap.max(OWN_STREAM_FLOOR) } else { cap };
+            if *to - *from > cap {
+                *to = *from + cap;
+                *finish = false;
+            }
         }
     }
 }
@@ -541,6 +560,7 @@ mod tests {
             to: 4,
             ctx: Box::default(),
             finish: false,
+            own: false,
         });
         q.jobs.push_back(verify(&out, 2, vec![0; 4], [0; 16]));
         for first in [16, 24, 32] {
@@ -578,6 +598,7 @@ mod tests {
             to,
             ctx,
             finish: true,
+            own: false,
         };
         let mut jobs = vec![stream(0, 100, Box::default())];
         jobs.extend((0..4).map(|i| verify(&out, i, chunk(i), md5(&chunk(i)))));
@@ -640,6 +661,7 @@ mod tests {
             to: geo.chunk_count(),
             ctx: Box::default(),
             finish: true,
+            own: true,
         });
         pool.submit(verify(&out, 3, chunk(3), md5(&chunk(3))));
         pool.submit(verify(&out, 4, chunk(4), md5(&chunk(5))));
@@ -669,6 +691,7 @@ mod tests {
                     to: geo.chunk_count(),
                     ctx,
                     finish: true,
+                    own: true,
                 }),
                 Ok(Done::Streamed { .. }) => panic!("a stream ended without its state"),
                 Ok(Done::Verified { chunk, ok, .. }) => verified.push((chunk.index, ok)),
