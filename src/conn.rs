@@ -78,13 +78,15 @@ impl std::fmt::Display for ConnEnd {
 const CONGESTION: &[u8] = b"cubic";
 
 /// Sets `UNSENT_LOW_WATER` and `CONGESTION` on a socket; best effort (a kernel without one
-/// keeps its default).
-fn tune_for_pieces(stream: &TcpStream) {
+/// keeps its default). Returns whether `CONGESTION` was set: an unprivileged process may only
+/// choose those in net.ipv4.tcp_allowed_congestion_control, and the first refusal is logged
+/// (congestion_default).
+fn tune_for_pieces(stream: &TcpStream) -> bool {
     let fd = stream.as_raw_fd();
     let v = UNSENT_LOW_WATER;
     // SAFETY: the fd is a socket owned by `stream` for the whole call; each option value is
     // read from a valid pointer with its size.
-    unsafe {
+    let set = unsafe {
         let _ = libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
@@ -92,14 +94,25 @@ fn tune_for_pieces(stream: &TcpStream) {
             (&v as *const libc::c_int).cast(),
             std::mem::size_of_val(&v) as libc::socklen_t,
         );
-        let _ = libc::setsockopt(
+        libc::setsockopt(
             fd,
             libc::IPPROTO_TCP,
             libc::TCP_CONGESTION,
             CONGESTION.as_ptr().cast(),
             CONGESTION.len() as libc::socklen_t,
-        );
+        ) == 0
+    };
+    if !set {
+        static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let e = io::Error::last_os_error();
+        if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "congestion_default event=congestion_default want=cubic error={e:?} \
+                 (peer connections keep the system's congestion control; see Readme section 4)"
+            );
+        }
     }
+    set
 }
 
 /// Sorts socket errors at the edge: resets are ordinary closes.
@@ -322,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn peer_connections_use_cubic_and_keep_little_unsent() {
+    fn peer_connections_use_cubic_where_permitted_and_keep_little_unsent() {
         let available =
             std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control")
                 .expect("the kernel lists its congestion controls");
@@ -336,14 +349,23 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         let dial = || TcpStream::from_std(std::net::TcpStream::connect(addr).expect("connect"));
-        let peer = Conn::new(dial(), 1 << 18);
-        assert_eq!(
-            tuning(&peer.stream),
-            ("cubic".to_string(), UNSENT_LOW_WATER)
-        );
-        // A control connection (to the server) keeps the machine's defaults.
         let default = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
             .expect("the default congestion control");
+        let allowed = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+            .expect("the congestion controls anyone may choose");
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let may = root
+            || allowed
+                .split_whitespace()
+                .any(|c| c.as_bytes() == CONGESTION);
+        let peer = TcpStream::from_std(std::net::TcpStream::connect(addr).expect("connect"));
+        assert_eq!(tune_for_pieces(&peer), may, "allowed: {allowed}");
+        let want = if may { "cubic" } else { default.trim() };
+        assert_eq!(tuning(&peer), (want.to_string(), UNSENT_LOW_WATER));
+        let peer = Conn::new(dial(), 1 << 18);
+        assert_eq!(tuning(&peer.stream), (want.to_string(), UNSENT_LOW_WATER));
+        // A control connection (to the server) keeps the machine's defaults.
         let control = Conn::new(dial(), 0);
         assert_eq!(tuning(&control.stream).0, default.trim());
     }

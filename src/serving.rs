@@ -140,7 +140,9 @@ impl Serving {
         }
         // Ahead of the requests by name (a chunk that has never left this node is the scarcest
         // thing it can send; the others may be had elsewhere), but behind any that fresh
-        // requests went ahead of `MAX_OVERTAKEN` times already.
+        // requests went ahead of `MAX_OVERTAKEN` times already, and behind every fresh request
+        // queued before it: the requester matches each piece and each no_fresh to its oldest
+        // fresh request, and their bounds may differ.
         let q = self.queue(p)?;
         let first = q
             .iter()
@@ -150,7 +152,11 @@ impl Serving {
             .iter()
             .rposition(|a| matches!(a, Queued::Chunk(_, n) if *n >= MAX_OVERTAKEN))
             .map_or(0, |i| i + 1);
-        let at = first.max(after_full);
+        let after_fresh = q
+            .iter()
+            .rposition(|a| matches!(a, Queued::Fresh(..)))
+            .map_or(0, |i| i + 1);
+        let at = first.max(after_full).max(after_fresh);
         for a in q.iter_mut().skip(at) {
             if let Queued::Chunk(_, n) = a {
                 *n += 1;
@@ -310,6 +316,34 @@ mod tests {
         want.push(c(1, 8));
         let got: Vec<ChunkId> = std::iter::from_fn(|| s.next(PeerId(2))).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn fresh_requests_stay_in_the_order_sent_past_a_request_by_name() {
+        // Chunks 0 and 1 have left: a fresh request bounded below 2 gets nothing.
+        let mut s = Serving::default();
+        s.add_own(FileId(0), 6, 10);
+        s.add_peer(PeerId(2));
+        s.add_peer(PeerId(3));
+        for _ in 0..2 {
+            s.on_request_fresh(PeerId(3), FileId(0), 6).unwrap();
+            s.next(PeerId(3));
+        }
+        s.on_request(PeerId(2), c(1, 5)).unwrap();
+        for _ in 0..MAX_OVERTAKEN {
+            s.on_request_fresh(PeerId(2), FileId(0), 6).unwrap();
+        }
+        // The request by name is overtaken in full: the next two queue behind it, in order.
+        s.on_request_fresh(PeerId(2), FileId(0), 2).unwrap();
+        s.on_request_fresh(PeerId(2), FileId(0), 6).unwrap();
+        let got: Vec<ChunkId> = (0..3).filter_map(|_| s.next(PeerId(2))).collect();
+        assert_eq!(got, [c(0, 2), c(0, 3), c(1, 5)]);
+        assert!(s.take_refused().is_empty());
+        // The one bounded below 2 is refused before the last one gets chunk 4: the requester
+        // matches the no_fresh and the piece to its fresh requests in the order it sent them.
+        assert_eq!(s.next(PeerId(2)), Some(c(0, 4)));
+        assert_eq!(s.take_refused(), vec![(PeerId(2), FileId(0))]);
+        assert_eq!(s.next(PeerId(2)), None);
     }
 
     #[test]

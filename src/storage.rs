@@ -273,30 +273,45 @@ pub fn writeback_thread() -> io::Result<Sender<Written>> {
     std::thread::Builder::new()
         .name("writeback".into())
         .spawn(move || {
-            // Outputs written since their last sync, with when they were first written.
-            let mut dirty: Vec<(Arc<File>, Instant)> = Vec::new();
+            // Outputs written since their last sync: the output, a description of it of our
+            // own to sync through, and when it was first written.
+            let mut dirty: Vec<(Arc<File>, Option<File>, Instant)> = Vec::new();
             loop {
                 match rx.recv_timeout(SYNC_EVERY / 2) {
                     Ok((file, offset, len)) => {
                         start_writeback(&file, offset, len);
-                        if !dirty.iter().any(|(f, _)| Arc::ptr_eq(f, &file)) {
-                            dirty.push((file, Instant::now()));
+                        if !dirty.iter().any(|(f, _, _)| Arc::ptr_eq(f, &file)) {
+                            let own = reopen(&file);
+                            dirty.push((file, own, Instant::now()));
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
-                dirty.retain(|(f, since)| {
+                dirty.retain(|(_, own, since)| {
                     if since.elapsed() < SYNC_EVERY {
                         return true;
                     }
-                    // Best effort: an error shows again at the fsync before the rename.
-                    let _ = f.sync_data();
+                    // Best effort; a write error is reported to the output's own descriptor
+                    // too, at the fsync before the rename (see `reopen`).
+                    if let Some(f) = own {
+                        let _ = f.sync_data();
+                    }
                     false
                 });
             }
         })?;
     Ok(tx)
+}
+
+/// A new open file description of `file` (through /proc/self/fd), for the periodic syncs.
+/// Linux reports a writeback error once to each description that was open when it happened:
+/// synced through the output's own descriptor, the error would be taken here and dropped, and
+/// the fsync before the rename would succeed over data that never reached the disk. `None`
+/// (no /proc): the output is not synced periodically, only at the end.
+fn reopen(file: &File) -> Option<File> {
+    use std::os::fd::AsRawFd;
+    File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
 }
 
 /// Makes a verified `.part` durable and renames it to its final name. Runs off the reactor.
