@@ -196,13 +196,13 @@ impl Drop for HashPool {
     }
 }
 
+/// Where a worker hands each written range, to start its writeback elsewhere.
+type Flush = dyn Fn(&Arc<File>, u64, usize);
+
 /// Worker `index` > 0 takes work only when a full batch is waiting: helpers split a trickle of
 /// chunks into batches too small to fill the lanes, and on a machine shared by several nodes
 /// the extra threads only contend; under a real backlog (a node's own file at start, a fast
 /// network) they add a core.
-/// Where a worker hands each written range, to start its writeback elsewhere.
-type Flush = dyn Fn(&Arc<File>, u64, usize);
-
 fn worker(
     index: usize,
     shared: &(Mutex<Queue>, Condvar),

@@ -52,11 +52,11 @@ const UNSENT_PIECES: f64 = 2.0;
 const MAX_OWN_DELAY_US: f64 = 200_000.0;
 /// Candidates examined per file and request (see `pick_chunk`).
 const SCAN_LIMIT: usize = 128;
-/// Chunks from a file's first missing one that a relay is asked for before rarer ones (see
-/// `pick_chunk`).
-pub const PREFIX_WINDOW: u32 = 16;
+/// Chunks from a file's first missing one that are asked for before any other (see
+/// `pick_prefix`).
+const PREFIX_WINDOW: u32 = 16;
 /// An owner still sending its file is asked for prefix chunks only if its own-file time is at
-/// most this many times the least of the owners still sending (see `owner_uplink_scarce`).
+/// most this many times the least of the owners of wanted files (see `owner_uplink_scarce`).
 const PREFIX_OWNER_SLACK: f64 = 1.5;
 
 struct SFile {

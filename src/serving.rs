@@ -43,7 +43,7 @@ enum Queued {
 /// asking an owner for fresh chunks starved its own request by name there until the owner's
 /// file was all out: a chunk at the start of a file's missing range waited seconds, and with
 /// it that file's whole-file MD5, which then ran after the last chunk arrived.
-pub const MAX_OVERTAKEN: u8 = 2;
+const MAX_OVERTAKEN: u8 = 2;
 
 /// An own file: which chunks have left this node at least once.
 struct Seed {

@@ -239,7 +239,7 @@ pub fn check_space(dir: &Path, needed: u64) -> Result<(), StorageError> {
 /// chunks sit dirty in the page cache until the final fsync, which then waits seconds for the
 /// disk while nothing else is left to do; started early, the disk works during the transfer.
 /// Best effort: an error here only means the final fsync does the work.
-pub fn start_writeback(file: &File, offset: u64, len: usize) {
+fn start_writeback(file: &File, offset: u64, len: usize) {
     use std::os::fd::AsRawFd;
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),

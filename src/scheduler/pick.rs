@@ -148,10 +148,11 @@ impl Scheduler {
 
     /// From a peer that is no bottleneck: a chunk of another's file among the first
     /// `PREFIX_WINDOW` from where this node's held prefix of it ends, before any chunk of the
-    /// peer's own file and before any rarer one (a few requests per file: each is asked once). A file's whole-file MD5 is one sequential
-    /// stream that waits at its first missing chunk; rarest-first alone left such a chunk (held
-    /// by two relays, so never the rarest) missing until the end, and the MD5 of nearly the
-    /// whole file was left to do after the last chunk arrived.
+    /// peer's own file and before any rarer one (a few requests per file: each is asked once).
+    /// A file's whole-file MD5 is one sequential stream that waits at its first missing chunk;
+    /// rarest-first alone left such a chunk (held by two relays, so never the rarest) missing
+    /// until the end, and the MD5 of nearly the whole file was left to do after the last chunk
+    /// arrived.
     fn pick_prefix(&self, p: PeerId) -> Option<ChunkId> {
         if self.precious.contains(&p) || self.owner_uplink_scarce(p) {
             return None;
