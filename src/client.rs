@@ -14,7 +14,7 @@ use crate::hashpool::{Done, HashPool, Job};
 use crate::ids::{FileId, PeerId};
 use crate::logging::{self, LogSink, now_us};
 use crate::md5x::Md5State;
-use crate::storage::{Output, Source};
+use crate::storage::{Output, Source, Writeback};
 use log::{info, warn};
 use memmap2::Mmap;
 use mio::net::{TcpListener, TcpStream};
@@ -83,6 +83,9 @@ struct FileIo {
     /// Payload bytes of this file's pieces queued for peers (logged at exit as file_uploaded:
     /// the per-file split of bytes_sent, e.g. how often an owner sent its own file).
     sent: u64,
+    /// Bytes of this download handed to the writeback thread to drop from the page cache
+    /// (logged at exit as file_uncached).
+    uncached: u64,
 }
 
 struct Client {
@@ -93,6 +96,8 @@ struct Client {
     peers: Slab<PeerConn>,
     by_peer: BTreeMap<PeerId, usize>,
     pool: HashPool,
+    /// The writeback thread (`storage::writeback_thread`), which the pool's workers also feed.
+    writeback: Sender<Writeback>,
     bufs: BufPool,
     files: BTreeMap<FileId, FileIo>,
     sources: Vec<Source>,
@@ -208,11 +213,14 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Error::Usage(e.to_string()))?);
     let pool_waker = Arc::clone(&waker);
     let (finals_tx, finals_rx) = channel();
+    let writeback = crate::storage::writeback_thread()
+        .map_err(|e| Error::Usage(format!("cannot start the writeback thread: {e}")))?;
     let pool = HashPool::new(
         cfg.hash_threads,
         Arc::new(move || {
             let _ = pool_waker.wake();
         }),
+        writeback.clone(),
     )
     .map_err(|e| Error::Usage(format!("cannot start hash threads: {e}")))?;
     let mut server = Conn::new(TcpStream::from_std(std_stream), 0);
@@ -242,6 +250,7 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         peers: Slab::new(),
         by_peer: BTreeMap::new(),
         pool,
+        writeback,
         bufs: BufPool::default(),
         files: BTreeMap::new(),
         sources,
@@ -292,6 +301,12 @@ impl Client {
                             "uploaded event=file_uploaded file={} bytes={}",
                             slot.info.name, f.sent
                         );
+                        if !slot.owned {
+                            info!(
+                                "uncached event=file_uncached file={} bytes={}",
+                                slot.info.name, f.uncached
+                            );
+                        }
                     }
                 }
                 if code == 0 {
@@ -462,6 +477,7 @@ impl Client {
                     output: None,
                     stream_ctx: None,
                     sent: 0,
+                    uncached: 0,
                 },
             );
         }
@@ -563,6 +579,27 @@ impl Client {
                         finish,
                         own,
                     });
+                }
+                Action::Uncache { file, from, to } => {
+                    let Some(f) = self.files.get_mut(&file) else {
+                        continue;
+                    };
+                    let Some((out, map)) =
+                        f.output.as_ref().and_then(|o| Some((o, o.map.as_ref()?)))
+                    else {
+                        continue;
+                    };
+                    let (start, end) = (f.geo.offset(from), f.geo.offset(to).min(map.len() as u64));
+                    let Ok(len) = usize::try_from(end.saturating_sub(start)) else {
+                        continue;
+                    };
+                    f.uncached += len as u64;
+                    let _ = self.writeback.send(Writeback::Uncache(
+                        Arc::clone(&out.file),
+                        Arc::clone(map),
+                        start,
+                        len,
+                    ));
                 }
                 Action::Finalize { file } => {
                     // fsync takes a disk's time (about a second for 500 MB): never on the reactor.

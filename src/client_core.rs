@@ -4,6 +4,7 @@
 //! digests, the scheduler, and the decision of when a file is complete.
 
 use crate::auth::ClientMembership;
+use crate::bits::BitSet;
 use crate::codec::{FileDecl, FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo, VERSION};
 use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
@@ -15,6 +16,7 @@ use crate::summary::{ClientSummary, FileSummary, Summary};
 use log::{debug, info, warn};
 use std::collections::{BTreeMap, VecDeque};
 
+mod cache;
 mod files;
 mod member;
 mod peers;
@@ -64,6 +66,13 @@ pub enum Action {
         from: u32,
         to: u32,
     },
+    /// Chunks `from..to` of a download are spent here (see `cache`): have the kernel write
+    /// them back and drop them from the page cache.
+    Uncache {
+        file: FileId,
+        from: u32,
+        to: u32,
+    },
     /// The file verified whole: rename `.part` to its final name.
     Finalize {
         file: FileId,
@@ -109,6 +118,10 @@ pub struct FileSlot {
     computed: Option<Digest>,
     stream_pos: u32,
     stream_busy: bool,
+    /// Chunks handed to the shell to drop from the page cache, and the first one not (see
+    /// `cache`).
+    uncached: BitSet,
+    uncached_low: u32,
     /// The whole-file MD5 matched and the rename was asked for.
     finalizing: bool,
     /// Renamed to its final name: complete.
@@ -708,6 +721,8 @@ impl FileSlot {
             computed: None,
             stream_pos: 0,
             stream_busy: false,
+            uncached: BitSet::new(geo.chunk_count()),
+            uncached_low: 0,
             finalizing: false,
             done: false,
             out: if owned {

@@ -12,6 +12,7 @@
 use crate::geometry::Geometry;
 use crate::ids::{ChunkId, Digest, FileId, PeerId};
 use crate::md5x::{self, Md5State};
+use crate::storage::Writeback;
 use md5::{Digest as _, Md5};
 use memmap2::Mmap;
 use std::collections::VecDeque;
@@ -145,10 +146,10 @@ pub struct HashPool {
 pub type Wake = Arc<dyn Fn() + Send + Sync>;
 
 impl HashPool {
-    pub fn new(threads: usize, wake: Wake) -> std::io::Result<Self> {
+    /// `written` takes each range written (a `Writeback::Written`), to start its writeback.
+    pub fn new(threads: usize, wake: Wake, written: Sender<Writeback>) -> std::io::Result<Self> {
         let shared = Arc::new((Mutex::new(Queue::default()), Condvar::new()));
         let (tx, results) = channel();
-        let written = crate::storage::writeback_thread()?;
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let shared = Arc::clone(&shared);
@@ -156,7 +157,7 @@ impl HashPool {
             let wake = Arc::clone(&wake);
             let written = written.clone();
             let flush = move |out: &Arc<File>, offset, len| {
-                let _ = written.send((Arc::clone(out), offset, len));
+                let _ = written.send(Writeback::Written(Arc::clone(out), offset, len));
             };
             let h = std::thread::Builder::new()
                 .name(format!("md5-{i}"))
@@ -645,7 +646,12 @@ mod tests {
         let geo = Geometry::new(len as u64, CHUNK);
         let chunk = |i: u32| map[geo.offset(i) as usize..][..geo.chunk_len(i) as usize].to_vec();
         let wake: Wake = Arc::new(|| {});
-        let pool = HashPool::new(2, wake).expect("pool");
+        let pool = HashPool::new(
+            2,
+            wake,
+            crate::storage::writeback_thread().expect("writeback"),
+        )
+        .expect("pool");
         pool.submit(Job::HashChunks {
             file: FileId(0),
             map: Arc::clone(&map),

@@ -251,14 +251,21 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
-/// A written range of an output file, whose writeback is to start.
-pub type Written = (Arc<File>, u64, usize);
+/// What the writeback thread is asked to do with a range (offset, length) of an output file.
+pub enum Writeback {
+    /// The range was written: start its writeback.
+    Written(Arc<File>, u64, usize),
+    /// The range is spent (`client_core::cache`): write it back, wait for that, and drop its
+    /// pages from the page cache and from `map`, the output's map.
+    Uncache(Arc<File>, Arc<Mmap>, u64, usize),
+}
 
 /// How often the writeback thread makes what was written to an output durable (fdatasync).
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 
-/// Starts the writeback of written ranges (`start_writeback`) on a thread of its own, and
-/// every `SYNC_EVERY` makes each output written meanwhile durable.
+/// Starts the writeback of written ranges (`start_writeback`) on a thread of its own, every
+/// `SYNC_EVERY` makes each output written meanwhile durable, and drops spent ranges from the
+/// page cache (`uncache`).
 /// - Its own thread: `sync_file_range` blocks while the disk's request queue is full, for
 ///   seconds when a virtual disk flushes its cache, and in a hash worker that held up every
 ///   verification, and with them every transfer of the node (all four nodes stood still for
@@ -268,40 +275,88 @@ const SYNC_EVERY: Duration = Duration::from_millis(250);
 ///   which took 0.5 to 2.6 s after the last chunk; synced as it goes, little is left then.
 ///
 /// The thread ends when every sender is gone.
-pub fn writeback_thread() -> io::Result<Sender<Written>> {
-    let (tx, rx) = channel::<Written>();
+pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
+    let (tx, rx) = channel::<Writeback>();
     std::thread::Builder::new()
         .name("writeback".into())
         .spawn(move || {
-            // Outputs written since their last sync: the output, a description of it of our
-            // own to sync through, and when it was first written.
-            let mut dirty: Vec<(Arc<File>, Option<File>, Instant)> = Vec::new();
+            // Each output seen, with a description of it of our own to sync through, and when
+            // it was first written since its last sync.
+            let mut outs: Vec<(Arc<File>, Option<File>, Option<Instant>)> = Vec::new();
+            let slot = |outs: &mut Vec<(Arc<File>, Option<File>, Option<Instant>)>,
+                        file: Arc<File>| {
+                match outs.iter().position(|(f, _, _)| Arc::ptr_eq(f, &file)) {
+                    Some(i) => i,
+                    None => {
+                        let own = reopen(&file);
+                        outs.push((file, own, None));
+                        outs.len() - 1
+                    }
+                }
+            };
             loop {
                 match rx.recv_timeout(SYNC_EVERY / 2) {
-                    Ok((file, offset, len)) => {
+                    Ok(Writeback::Written(file, offset, len)) => {
                         start_writeback(&file, offset, len);
-                        if !dirty.iter().any(|(f, _, _)| Arc::ptr_eq(f, &file)) {
-                            let own = reopen(&file);
-                            dirty.push((file, own, Instant::now()));
+                        let i = slot(&mut outs, file);
+                        outs[i].2.get_or_insert_with(Instant::now);
+                    }
+                    Ok(Writeback::Uncache(file, map, offset, len)) => {
+                        let i = slot(&mut outs, file);
+                        if let Some(own) = &outs[i].1 {
+                            uncache(own, &map, offset, len);
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
-                dirty.retain(|(_, own, since)| {
-                    if since.elapsed() < SYNC_EVERY {
-                        return true;
+                for (_, own, since) in outs.iter_mut() {
+                    if since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) {
+                        // Best effort; a write error is reported to the output's own
+                        // descriptor too, at the fsync before the rename (see `reopen`).
+                        if let Some(f) = own {
+                            let _ = f.sync_data();
+                        }
+                        *since = None;
                     }
-                    // Best effort; a write error is reported to the output's own descriptor
-                    // too, at the fsync before the rename (see `reopen`).
-                    if let Some(f) = own {
-                        let _ = f.sync_data();
-                    }
-                    false
-                });
+                }
             }
         })?;
     Ok(tx)
+}
+
+/// Writes a spent range back, waits for it, and drops its pages from the page cache (a page
+/// still mapped by this process stays cached, so the range is first unmapped from `map`).
+/// `own` is a description of the output of our own (`reopen`): the wait takes any write error
+/// off the description it runs on. After an error nothing is dropped, and the fsync before the
+/// rename reports it. Best effort: at worst the pages stay cached.
+fn uncache(own: &File, map: &Mmap, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start.checked_add(len).is_none_or(|end| end > map.len()) {
+        return;
+    }
+    let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+        | libc::SYNC_FILE_RANGE_WRITE
+        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
+    if unsafe { libc::sync_file_range(own.as_raw_fd(), off, n, flags) } != 0 {
+        return;
+    }
+    // SAFETY: `map` is a read-only shared map of the output and the range lies inside it.
+    // MADV_DONTNEED on such a map only unmaps the pages: the next read faults them in again
+    // from the file, whose bytes in a spent range never change again.
+    let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
+    // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
+    let _ = unsafe { libc::posix_fadvise(own.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED) };
 }
 
 /// A new open file description of `file` (through /proc/self/fd), for the periodic syncs.
@@ -322,4 +377,49 @@ pub fn finalize(file: &File, part: &Path, dest: &Path) -> Result<(), StorageErro
     };
     file.sync_data().map_err(err)?;
     fs::rename(part, dest).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    /// Whether each page of `map` is in the page cache (mincore(2)).
+    fn resident(map: &Mmap) -> Vec<bool> {
+        // SAFETY: sysconf only reads its argument.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mut v = vec![0u8; map.len().div_ceil(page)];
+        // SAFETY: the map is page-aligned and `map.len()` bytes long; `v` has a byte per page.
+        let r = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), v.as_mut_ptr()) };
+        assert_eq!(r, 0, "mincore: {}", io::Error::last_os_error());
+        v.iter().map(|b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn uncache_drops_a_spent_range_from_the_page_cache_and_keeps_the_rest() {
+        // Under target/, on the disk: tmpfs keeps its pages whatever one advises.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("storage-test-{}", std::process::id()));
+        const LEN: usize = 4 << 20;
+        let (out, resumed) = Output::open(&dir, "f.bin", LEN as u64).expect("output");
+        assert!(!resumed);
+        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        out.file.write_all_at(&data, 0).expect("write");
+        let map = out.map.as_ref().expect("a map");
+        assert_eq!(&map[..], &data[..]);
+        assert!(
+            resident(map).iter().all(|&r| r),
+            "all cached after the write"
+        );
+        let own = reopen(&out.file).expect("/proc/self/fd");
+        uncache(&own, map, 0, LEN / 2);
+        let r = resident(map);
+        let half = r.len() / 2;
+        assert!(r[..half].iter().all(|&r| !r), "the spent half is dropped");
+        assert!(r[half..].iter().all(|&r| r), "the rest stays cached");
+        assert_eq!(&map[..], &data[..], "and reads back intact from the disk");
+        drop(out);
+        fs::remove_dir_all(&dir).expect("clean up");
+    }
 }

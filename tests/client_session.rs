@@ -18,12 +18,17 @@ fn started() -> ClientCore {
 
 /// As `started`, before the shell reports its outputs ready.
 fn joined() -> ClientCore {
+    joined_with(|_| 600_000)
+}
+
+/// As `joined`, file fI of `size(I)` bytes.
+fn joined_with(size: impl Fn(u32) -> u64) -> ClientCore {
     let mut c = ClientCore::new(
         String::new(),
         "127.0.0.1:2".into(),
         vec![FileDecl {
             name: "f2".into(),
-            size: 600_000,
+            size: size(2),
         }],
     );
     c.on_server_message(member(3), 0);
@@ -50,7 +55,7 @@ fn joined() -> ClientCore {
             id: FileId(i - 1),
             owner: PeerId(i),
             name: format!("f{i}"),
-            size: 600_000,
+            size: size(i),
         })
         .collect();
     c.on_server_message(Message::Start { peers, files }, 1);
@@ -533,4 +538,91 @@ fn a_client_with_a_token_exits_2_on_a_refusal_or_an_unproven_server() {
     );
     c.on_server_message(welcome(1, 2), 0);
     assert_eq!(exit_of(&mut c), None);
+}
+
+/// The `Uncache` actions among `a`, as (file, from, to).
+fn uncached(a: &[Action]) -> Vec<(u32, u32, u32)> {
+    a.iter()
+        .filter_map(|x| match x {
+            Action::Uncache { file, from, to } => Some((file.0, *from, *to)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_chunk_leaves_the_page_cache_once_streamed_and_held_by_every_other_member() {
+    // Client 2 downloads f1 (owner 1, 10 chunks) and f3 (owner 3) in a run of three; for f1
+    // the one other member that needs it is client 3.
+    let mut c = joined_with(|i| if i == 1 { 10 * 262_144 - 1000 } else { 600_000 });
+    let f1 = FileId(0);
+    let digests: Vec<[u8; 16]> = (0..10).map(|i| [i as u8; 16]).collect();
+    c.on_server_message(
+        Message::ChunkDigests {
+            file: f1,
+            first: 0,
+            digests: digests.clone(),
+        },
+        1,
+    );
+    // Every chunk of f1 found intact on disk (a resumed output): held without a transfer.
+    c.on_output_ready(f1, true, 2);
+    c.on_hashed(f1, 0, digests, 3);
+    for p in [1, 3] {
+        c.on_peer_connected(PeerId(p), 4);
+    }
+    let have = |c: &mut ClientCore, index| {
+        let m = Message::Have {
+            chunk: ChunkId { file: f1, index },
+        };
+        c.on_peer_message(PeerId(3), m, 5).expect("a have is fine");
+    };
+    for i in [0, 1, 2, 3, 4, 7] {
+        have(&mut c, i);
+    }
+    c.on_tick(6);
+    assert_eq!(
+        uncached(&drain(&mut c)),
+        vec![],
+        "nothing before the whole-file MD5 has read it"
+    );
+    c.on_stream(f1, 6, None);
+    c.on_tick(7);
+    assert_eq!(
+        uncached(&drain(&mut c)),
+        vec![(0, 0, 5)],
+        "0..5: streamed and held by client 3; 5 is not held there, 7 is not streamed"
+    );
+    have(&mut c, 5);
+    c.on_stream(f1, 10, Some([7; 16]));
+    c.on_tick(8);
+    assert_eq!(
+        uncached(&drain(&mut c)),
+        vec![],
+        "5, 6 and 7 alone are a run too short to drop"
+    );
+    // Client 3 disconnects: a chunk it lacks may be asked of this node when it is back.
+    c.on_peer_lost(PeerId(3), "test", 9);
+    have(&mut c, 8);
+    c.on_tick(10);
+    assert_eq!(uncached(&drain(&mut c)), vec![]);
+    c.on_peer_connected(PeerId(3), 11);
+    for i in 0..9 {
+        have(&mut c, i);
+    }
+    c.on_tick(12);
+    assert_eq!(
+        uncached(&drain(&mut c)),
+        vec![(0, 5, 9)],
+        "5..9 (chunk 9 is still needed by client 3)"
+    );
+    have(&mut c, 9);
+    c.on_tick(13);
+    assert_eq!(
+        uncached(&drain(&mut c)),
+        vec![(0, 9, 10)],
+        "a short run at the end once the whole-file MD5 is done; nothing twice, never the own file"
+    );
+    c.on_tick(14);
+    assert_eq!(uncached(&drain(&mut c)), vec![]);
 }

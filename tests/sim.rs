@@ -245,14 +245,26 @@ fn ratio_with(name: &str, latency_us: u64, hash_us_per_chunk: u64, in_kernel: us
         .map(|(h, u)| format!("{:.2}", *u as f64 / h.file as f64))
         .collect();
     let dup: u64 = sim.wasted.iter().sum();
+    // Share of each client's downloaded chunks it dropped from its page cache by the end.
+    let chunks = |h: &simnet::Host| h.file.div_ceil(CHUNK as u64);
+    let all: u64 = hosts.iter().map(chunks).sum();
+    let uncached: Vec<f64> = (0..hosts.len())
+        .map(|i| sim.uncached[i] as f64 / (all - chunks(&hosts[i])) as f64)
+        .collect();
     eprintln!(
-        "{name} rtt {} ms, hashing {hash_us_per_chunk} us/chunk, {in_kernel} unsent: total {total:.3} s, T_lb {bound:.3} s, ratio {:.3}; own file sent x [{}], duplicates {:.1} MiB",
+        "{name} rtt {} ms, hashing {hash_us_per_chunk} us/chunk, {in_kernel} unsent: total {total:.3} s, T_lb {bound:.3} s, ratio {:.3}; own file sent x [{}], duplicates {:.1} MiB, uncached {:.2?}",
         2 * latency_us / 1000,
         total / bound,
         own.join(" "),
-        dup as f64 / MIB as f64
+        dup as f64 / MIB as f64,
+        uncached
     );
     report(&sim);
+    // Almost every downloaded chunk is spent before the run ends (the rest: the last ones).
+    assert!(
+        uncached.iter().all(|&u| u >= 0.9),
+        "{name}: shares of the downloads dropped from the page cache {uncached:.2?}"
+    );
     let owner_time = |i: usize| hosts[i].file as f64 / hosts[i].up;
     let slowest = (0..hosts.len())
         .max_by(|&a, &b| owner_time(a).total_cmp(&owner_time(b)))

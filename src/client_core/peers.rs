@@ -315,6 +315,7 @@ impl ClientCore {
             }
         }
         self.serving.on_tick(now);
+        self.uncache_spent();
         let before = self.sched.precious().clone();
         let withdrawn = self
             .sched

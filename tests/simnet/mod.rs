@@ -151,6 +151,8 @@ pub struct Sim {
     pub timeline: Vec<Vec<u64>>,
     /// When each client held every file (µs).
     pub done_at: Vec<Option<u64>>,
+    /// Chunks each client dropped from its (unsimulated) page cache: `Action::Uncache`.
+    pub uncached: Vec<u64>,
     /// The server is gone: messages to and from it are lost.
     server_dead: bool,
     /// Time (µs) an owner's hash pool spends on one chunk of its own file: its jobs run one
@@ -204,6 +206,7 @@ impl Sim {
             received: vec![0; n],
             timeline: vec![Vec::new(); n],
             done_at: vec![None; n],
+            uncached: vec![0; n],
             server_dead: false,
             hash_us_per_chunk: 0,
             hash_free_at: vec![0; n],
@@ -292,6 +295,18 @@ impl Sim {
                         .map_or(0, |f| f.geo.chunk_count());
                     let md5 = (to == count).then(|| whole_label(file));
                     self.clients[i].on_stream(file, to, md5);
+                }
+                Action::Uncache { file, from, to } => {
+                    // No page cache here, but the rule: what a node drops, no other needs.
+                    for j in (0..self.n()).filter(|&j| j != i) {
+                        for index in from..to {
+                            assert!(
+                                self.clients[j].holds(ChunkId { file, index }),
+                                "client {i} dropped {file:?}#{index}, which client {j} lacks"
+                            );
+                        }
+                    }
+                    self.uncached[i] += (to - from) as u64;
                 }
                 Action::Finalize { file } => self.clients[i].on_finalized(file, now),
                 Action::Exit { code, .. } => self.exits[i] = Some(code),
