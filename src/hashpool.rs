@@ -290,7 +290,7 @@ fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>) {
             _ => None,
         })
         .collect();
-    cap_streams(&mut jobs);
+    let narrow = pace_streams(&mut jobs);
     let mut states: Vec<Md5State> = Vec::new();
     for j in jobs.iter_mut() {
         match j {
@@ -322,7 +322,11 @@ fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>) {
             }
         }
         let mut items: Vec<(&mut Md5State, &[u8])> = states.iter_mut().zip(slices).collect();
-        md5x::update_many(&mut items);
+        if narrow {
+            md5x::update_many_narrow(&mut items);
+        } else {
+            md5x::update_many(&mut items);
+        }
     }
     let mut states = states.into_iter();
     let mut out = Vec::with_capacity(jobs.len());
@@ -408,40 +412,57 @@ const OWN_STREAM_FLOOR: u32 = 4;
 /// Chunks a stream advances in a batch without chunk work (about 20 ms of one lane).
 const STREAM_SOLO: u32 = 32;
 
-/// Shortens whole-file jobs to the length of the batch's chunk work in the other lanes (at
-/// least `STREAM_FLOOR` chunks; `STREAM_SOLO` without chunk work): a stream that runs on alone
-/// after the other lanes are done runs at one lane's speed while the CPU could do eight or
-/// sixteen, and holds back the results of its whole batch. The rest of a shortened job goes to
-/// the front of the queue with its state (`run_batch`), so it rides along in every batch until
-/// it is done instead of waiting behind every chunk queued meanwhile: a node's own whole-file
-/// MD5, which every peer waits for at the end, trailed the last chunk by about 4 s that way.
-/// (A/B, 4 x 500 MiB, 4 runs each: client CPU median 21.2 -> 20.5 s with the gathering above,
-/// against twice the chunk length and a floor of 8.)
-fn cap_streams(jobs: &mut [Job]) {
+/// Paces whole-file jobs to the batch's chunk work, and says whether to run the batch in one
+/// group of 8 lanes (`md5x::update_many_narrow`).
+///
+/// A stream is serial: it advances one chunk per round, however many lanes run beside it, and
+/// every chunk verified must later pass through its file's stream. With up to 7 streams, each
+/// is cut to `k` chunks, the fewest rounds in which the batch's chunk work fills the 8 lanes
+/// beside the streams (chunks + the streams' chunks <= 8 k), and the batch runs in 8 lanes, so
+/// the chunk work is spread over all `k` rounds. The streams then keep pace with the chunks
+/// verified. Cut to the length of the chunk work in 16 lanes, as before, they advanced 3 chunks
+/// a batch against 30 verified, fell behind by thousands of chunks, and ran alone, 4 lanes of
+/// 8, for the last 2.8 s of a 4 x 500 MiB run on loopback (a log line per batch: 1258 stream
+/// chunks in 284 batches with chunk work, 6742 in 62 without).
+///
+/// Without chunk work, streams advance `STREAM_SOLO` chunks, so that work queued meanwhile
+/// waits little. The rest of a shortened job goes to the front of the queue with its state
+/// (`run_batch`), so it rides along in every batch until it is done instead of waiting behind
+/// every chunk queued meanwhile: a node's own whole-file MD5, which every peer waits for at the
+/// end, trailed the last chunk by about 4 s that way.
+fn pace_streams(jobs: &mut [Job]) -> bool {
     let chunks: usize = jobs
         .iter()
         .filter(|j| !matches!(j, Job::Stream { .. }))
         .map(Job::weight)
         .sum();
-    let streams = jobs.len()
-        - jobs
-            .iter()
-            .filter(|j| !matches!(j, Job::Stream { .. }))
-            .count();
-    if streams == 0 {
-        return;
+    let lens: Vec<u32> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Stream { from, to, .. } => Some(to - from),
+            _ => None,
+        })
+        .collect();
+    if lens.is_empty() {
+        return false;
     }
-    // md5x runs 16 lanes (two groups of 8) when more than 8 messages are waiting.
-    let lanes = if chunks + streams > md5x::LANES {
-        2 * md5x::LANES
-    } else {
-        md5x::LANES
-    };
-    let free = lanes.saturating_sub(streams).max(1);
+    let narrow = lens.len() < md5x::LANES;
     let cap = if chunks == 0 {
-        // Streams alone: a bounded step, so that work queued meanwhile waits little.
         STREAM_SOLO
+    } else if narrow {
+        let fits = |k: u32| {
+            let streamed: u64 = lens.iter().map(|&l| u64::from(l.min(k))).sum();
+            chunks as u64 + streamed <= md5x::LANES as u64 * u64::from(k)
+        };
+        // Terminates: with fewer streams than lanes, each round adds a free lane at least.
+        let mut k = 1;
+        while !fits(k) {
+            k += 1;
+        }
+        k
     } else {
+        // As many streams as lanes: 16 lanes, each stream as long as the chunk work.
+        let free = (2 * md5x::LANES).saturating_sub(lens.len()).max(1);
         chunks.div_ceil(free).max(STREAM_FLOOR) as u32
     };
     for j in jobs.iter_mut() {
@@ -460,6 +481,7 @@ fn cap_streams(jobs: &mut [Job]) {
             }
         }
     }
+    narrow
 }
 
 /// Compares a received chunk's MD5 with the expected one and, if they match, writes it and
@@ -602,11 +624,11 @@ mod tests {
             own: false,
         };
         let mut jobs = vec![stream(0, 100, Box::default())];
-        jobs.extend((0..4).map(|i| verify(&out, i, chunk(i), md5(&chunk(i)))));
+        jobs.extend((0..14).map(|i| verify(&out, i, chunk(i), md5(&chunk(i)))));
         let (done, again) = run_batch(jobs, &|_, _, _| {});
-        // The verifications are done; the stream advanced STREAM_FLOOR chunks beside them and
-        // comes back for the rest, not as a result.
-        assert_eq!(done.len(), 4);
+        // The verifications are done; they fill the 7 lanes beside the stream for 2 rounds, so
+        // the stream advanced 2 chunks and comes back for the rest, not as a result.
+        assert_eq!(done.len(), 14);
         assert!(
             done.iter()
                 .all(|d| matches!(d, Done::Verified { ok: true, .. }))
@@ -614,7 +636,7 @@ mod tests {
         let [Job::Stream { from, to, .. }] = again.as_slice() else {
             panic!("one stream comes back");
         };
-        assert_eq!((*from, *to), (STREAM_FLOOR as u32, 100));
+        assert_eq!((*from, *to), (2, 100));
         // Alone, it runs STREAM_SOLO chunks a batch, and its MD5 is the whole file's at the end.
         let mut job = again.into_iter().next().expect("the stream");
         let md5_of_all = loop {
@@ -632,6 +654,71 @@ mod tests {
             }
         };
         assert_eq!(md5_of_all, md5(&map));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn streams_are_cut_to_the_rounds_their_chunk_work_fills_in_8_lanes() {
+        let (path, out, map) = mapped("pace", 100 * CHUNK as usize);
+        let geo = Geometry::new(map.len() as u64, CHUNK);
+        let stream = |from: u32, to: u32, own: bool| Job::Stream {
+            file: FileId(0),
+            map: Some(Arc::clone(&map)),
+            geo,
+            from,
+            to,
+            ctx: Box::default(),
+            finish: true,
+            own,
+        };
+        let spans = |jobs: &[Job]| -> Vec<u32> {
+            jobs.iter()
+                .filter_map(|j| match j {
+                    Job::Stream { from, to, .. } => Some(to - from),
+                    _ => None,
+                })
+                .collect()
+        };
+        let verifies = |n: u32| -> Vec<Job> {
+            (0..n)
+                .map(|i| verify(&out, i, vec![0; CHUNK as usize], [0; 16]))
+                .collect()
+        };
+        // 30 verifications beside 4 long streams: 8 rounds of 4 + 4 lanes.
+        let mut jobs = verifies(30);
+        jobs.extend([
+            stream(0, 100, true),
+            stream(0, 50, false),
+            stream(10, 60, false),
+        ]);
+        jobs.push(stream(0, 90, false));
+        assert!(pace_streams(&mut jobs));
+        assert_eq!(spans(&jobs), [8, 8, 8, 8]);
+        // A short stream leaves its lane to the chunk work: 30 + 2 in 5 lanes of 8 over 7 rounds.
+        let mut jobs = verifies(30);
+        jobs.extend([
+            stream(0, 2, false),
+            stream(0, 100, false),
+            stream(0, 100, false),
+        ]);
+        jobs.push(stream(0, 100, false));
+        assert!(pace_streams(&mut jobs));
+        assert_eq!(spans(&jobs), [2, 7, 7, 7]);
+        // The own file's stream goes at least OWN_STREAM_FLOOR chunks beside a little work.
+        let mut jobs = verifies(3);
+        jobs.extend([stream(0, 100, true), stream(0, 100, false)]);
+        assert!(pace_streams(&mut jobs));
+        assert_eq!(spans(&jobs), [OWN_STREAM_FLOOR, 1]);
+        // Streams alone: STREAM_SOLO each.
+        let mut jobs = vec![stream(0, 100, false), stream(0, 20, false)];
+        pace_streams(&mut jobs);
+        assert_eq!(spans(&jobs), [STREAM_SOLO, 20]);
+        // As many streams as lanes: 16 lanes, each as long as the chunk work (at least
+        // STREAM_FLOOR).
+        let mut jobs = verifies(16);
+        jobs.extend((0..8).map(|_| stream(0, 100, false)));
+        assert!(!pace_streams(&mut jobs));
+        assert_eq!(spans(&jobs), [STREAM_FLOOR as u32; 8]);
         let _ = std::fs::remove_file(path);
     }
 

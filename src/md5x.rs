@@ -332,6 +332,13 @@ pub fn update_many(items: &mut [(&mut Md5State, &[u8])]) {
     update_many_impl(items, Path::Lanes16);
 }
 
+/// `update_many` in at most 8 lanes at once (one group, `compress8`): for a batch whose longest
+/// jobs set its number of rounds anyway, so that the short jobs fill the lanes beside them in
+/// every round instead of crowding into the first few rounds of 16.
+pub fn update_many_narrow(items: &mut [(&mut Md5State, &[u8])]) {
+    update_many_impl(items, Path::Lanes8);
+}
+
 /// MD5 of each input (any lengths, need not be equal), using lanes where possible.
 pub fn digest_many(inputs: &[&[u8]]) -> Vec<Digest> {
     digest_many_impl(inputs, Path::Lanes16)
@@ -342,8 +349,7 @@ pub fn digest_many(inputs: &[&[u8]]) -> Vec<Digest> {
 enum Path {
     /// One job at a time, scalar.
     Scalar,
-    /// AVX2 lanes, at most one group of 8 per round (only tests and the benchmark force this).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// AVX2 lanes, at most one group of 8 per round.
     Lanes8,
     /// AVX2 lanes, two interleaved groups of 8 per round when more than 8 jobs are in flight.
     Lanes16,
