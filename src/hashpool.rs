@@ -446,7 +446,11 @@ fn pace_streams(jobs: &mut [Job]) -> bool {
     if lens.is_empty() {
         return false;
     }
-    let narrow = lens.len() < md5x::LANES;
+    // Narrow only where the streams would set the number of rounds in 16 lanes too (a stream's
+    // last chunk beside a full batch takes no more rounds than the batch).
+    let longest = lens.iter().copied().max().unwrap_or(0) as usize;
+    let wide_rounds = (chunks + lens.len()).div_ceil(2 * md5x::LANES);
+    let narrow = lens.len() < md5x::LANES && longest > wide_rounds;
     let cap = if chunks == 0 {
         STREAM_SOLO
     } else if narrow {
@@ -461,7 +465,8 @@ fn pace_streams(jobs: &mut [Job]) -> bool {
         }
         k
     } else {
-        // As many streams as lanes: 16 lanes, each stream as long as the chunk work.
+        // 16 lanes (as many streams as lanes, or short ones): each stream as long as the
+        // chunk work.
         let free = (2 * md5x::LANES).saturating_sub(lens.len()).max(1);
         chunks.div_ceil(free).max(STREAM_FLOOR) as u32
     };
@@ -709,6 +714,11 @@ mod tests {
         jobs.extend([stream(0, 100, true), stream(0, 100, false)]);
         assert!(pace_streams(&mut jobs));
         assert_eq!(spans(&jobs), [OWN_STREAM_FLOOR, 1]);
+        // A stream's last chunk beside a full batch: 16 lanes, as the batch alone would run.
+        let mut jobs = verifies(32);
+        jobs.push(stream(0, 1, false));
+        assert!(!pace_streams(&mut jobs));
+        assert_eq!(spans(&jobs), [1]);
         // Streams alone: STREAM_SOLO each.
         let mut jobs = vec![stream(0, 100, false), stream(0, 20, false)];
         pace_streams(&mut jobs);

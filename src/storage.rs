@@ -263,6 +263,18 @@ pub enum Writeback {
 /// How often the writeback thread makes what was written to an output durable (fdatasync).
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 
+/// An output as the writeback thread knows it.
+struct Synced {
+    file: Arc<File>,
+    /// A description of it of our own to sync through (`reopen`).
+    own: Option<File>,
+    /// When it was first written since its last sync.
+    since: Option<Instant>,
+    /// A sync of it failed: nothing of it is dropped from the page cache any more (pages
+    /// whose writeback failed are left clean in the cache, and dropped they would be gone).
+    failed: bool,
+}
+
 /// Starts the writeback of written ranges (`start_writeback`) on a thread of its own, every
 /// `SYNC_EVERY` makes each output written meanwhile durable, and drops spent ranges from the
 /// page cache (`uncache`).
@@ -280,18 +292,21 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
     std::thread::Builder::new()
         .name("writeback".into())
         .spawn(move || {
-            // Each output seen, with a description of it of our own to sync through, and when
-            // it was first written since its last sync.
-            let mut outs: Vec<(Arc<File>, Option<File>, Option<Instant>)> = Vec::new();
-            let slot = |outs: &mut Vec<(Arc<File>, Option<File>, Option<Instant>)>,
-                        file: Arc<File>| {
-                match outs.iter().position(|(f, _, _)| Arc::ptr_eq(f, &file)) {
-                    Some(i) => i,
-                    None => {
-                        let own = reopen(&file);
-                        outs.push((file, own, None));
-                        outs.len() - 1
-                    }
+            let mut outs: Vec<Synced> = Vec::new();
+            let slot = |outs: &mut Vec<Synced>, file: Arc<File>| match outs
+                .iter()
+                .position(|o| Arc::ptr_eq(&o.file, &file))
+            {
+                Some(i) => i,
+                None => {
+                    let own = reopen(&file);
+                    outs.push(Synced {
+                        file,
+                        own,
+                        since: None,
+                        failed: false,
+                    });
+                    outs.len() - 1
                 }
             };
             loop {
@@ -299,25 +314,27 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
                     Ok(Writeback::Written(file, offset, len)) => {
                         start_writeback(&file, offset, len);
                         let i = slot(&mut outs, file);
-                        outs[i].2.get_or_insert_with(Instant::now);
+                        outs[i].since.get_or_insert_with(Instant::now);
                     }
                     Ok(Writeback::Uncache(file, map, offset, len)) => {
                         let i = slot(&mut outs, file);
-                        if let Some(own) = &outs[i].1 {
-                            uncache(own, &map, offset, len);
+                        let o = &mut outs[i];
+                        if let (Some(own), false) = (&o.own, o.failed) {
+                            o.failed = !uncache(own, &map, offset, len);
                         }
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
-                for (_, own, since) in outs.iter_mut() {
-                    if since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) {
-                        // Best effort; a write error is reported to the output's own
-                        // descriptor too, at the fsync before the rename (see `reopen`).
-                        if let Some(f) = own {
-                            let _ = f.sync_data();
+                for o in outs.iter_mut() {
+                    if o.since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) {
+                        // A write error is reported to the output's own descriptor too, at
+                        // the fsync before the rename (see `reopen`); here it only stops the
+                        // drops from the page cache, which would throw away the only copy.
+                        if let Some(f) = &o.own {
+                            o.failed |= f.sync_data().is_err();
                         }
-                        *since = None;
+                        o.since = None;
                     }
                 }
             }
@@ -328,28 +345,31 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
 /// Writes a spent range back, waits for it, and drops its pages from the page cache (a page
 /// still mapped by this process stays cached, so the range is first unmapped from `map`).
 /// `own` is a description of the output of our own (`reopen`): the wait takes any write error
-/// off the description it runs on. After an error nothing is dropped, and the fsync before the
-/// rename reports it. Best effort: at worst the pages stay cached.
-fn uncache(own: &File, map: &Mmap, offset: u64, len: usize) {
+/// off the description it runs on, so the caller must not drop anything of this output again
+/// once a sync through it failed. Returns false if the writeback failed (nothing is dropped;
+/// the fsync before the rename reports the error). Best effort otherwise: at worst the pages
+/// stay cached.
+fn uncache(own: &File, map: &Mmap, offset: u64, len: usize) -> bool {
     use std::os::fd::AsRawFd;
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
         libc::off64_t::try_from(len),
     ) else {
-        return;
+        return true;
     };
     let Ok(start) = usize::try_from(offset) else {
-        return;
+        return true;
     };
-    if start.checked_add(len).is_none_or(|end| end > map.len()) {
-        return;
+    // A length of 0 would mean "to the end of the file" to both calls below.
+    if len == 0 || start.checked_add(len).is_none_or(|end| end > map.len()) {
+        return true;
     }
     let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
         | libc::SYNC_FILE_RANGE_WRITE
         | libc::SYNC_FILE_RANGE_WAIT_AFTER;
     // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open.
     if unsafe { libc::sync_file_range(own.as_raw_fd(), off, n, flags) } != 0 {
-        return;
+        return false;
     }
     // SAFETY: `map` is a read-only shared map of the output and the range lies inside it.
     // MADV_DONTNEED on such a map only unmaps the pages: the next read faults them in again
@@ -357,6 +377,7 @@ fn uncache(own: &File, map: &Mmap, offset: u64, len: usize) {
     let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
     // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
     let _ = unsafe { libc::posix_fadvise(own.as_raw_fd(), off, n, libc::POSIX_FADV_DONTNEED) };
+    true
 }
 
 /// A new open file description of `file` (through /proc/self/fd), for the periodic syncs.
@@ -413,7 +434,9 @@ mod tests {
             "all cached after the write"
         );
         let own = reopen(&out.file).expect("/proc/self/fd");
-        uncache(&own, map, 0, LEN / 2);
+        assert!(uncache(&own, map, 0, LEN / 2));
+        // A length of 0 drops nothing (to the kernel it would mean "to the end").
+        assert!(uncache(&own, map, LEN as u64 / 2, 0));
         let r = resident(map);
         let half = r.len() / 2;
         assert!(r[..half].iter().all(|&r| !r), "the spent half is dropped");

@@ -594,35 +594,60 @@ fn a_chunk_leaves_the_page_cache_once_streamed_and_held_by_every_other_member() 
         "0..5: streamed and held by client 3; 5 is not held there, 7 is not streamed"
     );
     have(&mut c, 5);
-    c.on_stream(f1, 10, Some([7; 16]));
+    c.on_stream(f1, 9, None);
     c.on_tick(8);
     assert_eq!(
         uncached(&drain(&mut c)),
         vec![],
-        "5, 6 and 7 alone are a run too short to drop"
+        "5, 6 and 7 alone are a run too short to drop while the MD5 goes on"
     );
     // Client 3 disconnects: a chunk it lacks may be asked of this node when it is back.
     c.on_peer_lost(PeerId(3), "test", 9);
-    have(&mut c, 8);
+    c.on_stream(f1, 10, None);
     c.on_tick(10);
     assert_eq!(uncached(&drain(&mut c)), vec![]);
     c.on_peer_connected(PeerId(3), 11);
-    for i in 0..9 {
+    for i in (0..10).filter(|&i| i != 5) {
         have(&mut c, i);
     }
     c.on_tick(12);
     assert_eq!(
         uncached(&drain(&mut c)),
-        vec![(0, 5, 9)],
-        "5..9 (chunk 9 is still needed by client 3)"
+        vec![(0, 6, 10)],
+        "6..10 (chunk 5 is still needed by client 3)"
     );
-    have(&mut c, 9);
+    have(&mut c, 5);
     c.on_tick(13);
     assert_eq!(
         uncached(&drain(&mut c)),
-        vec![(0, 9, 10)],
-        "a short run at the end once the whole-file MD5 is done; nothing twice, never the own file"
+        vec![(0, 5, 6)],
+        "a short run that fills a gap goes at once; nothing twice, never the own file"
     );
     c.on_tick(14);
     assert_eq!(uncached(&drain(&mut c)), vec![]);
+    // A short run at the end once the file's MD5 is done: f3 (3 chunks) in one go.
+    let f3 = FileId(2);
+    let d3: Vec<[u8; 16]> = (0..3).map(|i| [100 + i as u8; 16]).collect();
+    c.on_server_message(
+        Message::ChunkDigests {
+            file: f3,
+            first: 0,
+            digests: d3.clone(),
+        },
+        15,
+    );
+    c.on_output_ready(f3, true, 15);
+    c.on_hashed(f3, 0, d3, 16);
+    for index in 0..3 {
+        let m = Message::Have {
+            chunk: ChunkId { file: f3, index },
+        };
+        c.on_peer_message(PeerId(1), m, 16).expect("a have is fine");
+    }
+    c.on_stream(f3, 2, None);
+    c.on_tick(17);
+    assert_eq!(uncached(&drain(&mut c)), vec![], "2 chunks: too short");
+    c.on_stream(f3, 3, Some([9; 16]));
+    c.on_tick(18);
+    assert_eq!(uncached(&drain(&mut c)), vec![(2, 0, 3)]);
 }

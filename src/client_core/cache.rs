@@ -4,11 +4,14 @@
 //! and holds it (so no peer will ask this node for it). The shell then has the kernel write the
 //! range back and drop its pages ([`Action::Uncache`]).
 //!
+//! While some member other than the owner is not connected (not yet, lost, or banned), no
+//! chunk of that file is spent: it may ask this node for any of them.
+//!
 //! Why: on a VM that hands free memory back to its host, every page the page cache takes for
 //! the first time costs a host fault, about 5x the cost of a page freed moments ago (Readme
 //! section 11.4); a node that keeps every byte it downloads in the cache pays that for all of
 //! them. Dropping spent chunks as the run goes lets the kernel reuse their pages for the next
-//! chunks, and bounds the cache a node needs on a small VM to the chunks still in demand.
+//! chunks, and on a small VM leaves room for the chunks still in demand.
 
 use super::*;
 
@@ -17,7 +20,7 @@ pub const UNCACHE_MIN_RUN: u32 = 4;
 
 impl ClientCore {
     /// Emits an [`Action::Uncache`] for each new run of at least `UNCACHE_MIN_RUN` spent
-    /// chunks, in every download, and for the rest of a file whose stream is done.
+    /// chunks in every download (shorter ones where they fill a gap, or once the MD5 is done).
     pub(super) fn uncache_spent(&mut self) {
         if self.phase == Phase::Hello {
             return;
@@ -57,8 +60,10 @@ impl ClientCore {
                 while i < end && !f.uncached.get(i) && spent(i) {
                     i += 1;
                 }
-                // A shorter run waits for its neighbours, unless the stream is done with it.
-                if i - from >= UNCACHE_MIN_RUN || (i == end && f.computed.is_some()) {
+                // A shorter run waits for its neighbours, unless it fills a gap before a run
+                // already dropped or the file's MD5 is done (no more neighbours to wait for).
+                let gap = i < end && f.uncached.get(i);
+                if i - from >= UNCACHE_MIN_RUN || gap || f.computed.is_some() {
                     for k in from..i {
                         f.uncached.set(k);
                     }
