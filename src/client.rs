@@ -83,9 +83,6 @@ struct FileIo {
     /// Payload bytes of this file's pieces queued for peers (logged at exit as file_uploaded:
     /// the per-file split of bytes_sent, e.g. how often an owner sent its own file).
     sent: u64,
-    /// Bytes of this download handed to the writeback thread to drop from the page cache
-    /// (logged at exit as file_uncached).
-    uncached: u64,
 }
 
 struct Client {
@@ -304,7 +301,8 @@ impl Client {
                         if !slot.owned {
                             info!(
                                 "uncached event=file_uncached file={} bytes={}",
-                                slot.info.name, f.uncached
+                                slot.info.name,
+                                slot.uncached_bytes()
                             );
                         }
                     }
@@ -477,7 +475,6 @@ impl Client {
                     output: None,
                     stream_ctx: None,
                     sent: 0,
-                    uncached: 0,
                 },
             );
         }
@@ -581,7 +578,7 @@ impl Client {
                     });
                 }
                 Action::Uncache { file, from, to } => {
-                    let Some(f) = self.files.get_mut(&file) else {
+                    let Some(f) = self.files.get(&file) else {
                         continue;
                     };
                     let Some((out, map)) =
@@ -593,7 +590,6 @@ impl Client {
                     let Ok(len) = usize::try_from(end.saturating_sub(start)) else {
                         continue;
                     };
-                    f.uncached += len as u64;
                     let _ = self.writeback.send(Writeback::Uncache(
                         Arc::clone(&out.file),
                         Arc::clone(map),

@@ -711,6 +711,14 @@ impl ClientCore {
 }
 
 impl FileSlot {
+    /// Bytes of its chunks handed to the shell to drop from the page cache (`Action::Uncache`).
+    pub fn uncached_bytes(&self) -> u64 {
+        self.uncached
+            .iter_ones()
+            .map(|i| u64::from(self.geo.chunk_len(i)))
+            .sum()
+    }
+
     fn new(info: FileInfo, geo: Geometry, owned: bool) -> Self {
         FileSlot {
             info,
