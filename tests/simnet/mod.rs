@@ -98,6 +98,12 @@ enum Ev {
         first: u32,
         count: u32,
     },
+    /// A whole-file MD5 job of client `i` reached chunk `to` (`stream_us_per_chunk`).
+    Streamed {
+        i: usize,
+        file: FileId,
+        to: u32,
+    },
     Tick,
 }
 
@@ -161,6 +167,10 @@ pub struct Sim {
     pub hash_us_per_chunk: u64,
     /// Per client, when its hash pool is free again.
     hash_free_at: Vec<u64>,
+    /// Time (µs) a whole-file MD5 stream takes per chunk. A node's streams run side by side
+    /// (lanes), each one job at a time; a file is complete only once its stream has passed its
+    /// last chunk, so chunks held beyond the verified prefix are work left for the end. 0: at once.
+    pub stream_us_per_chunk: u64,
     /// Pieces the kernel's send buffer of one connection holds unsent ([`IN_KERNEL`]; the
     /// reactor's queue adds 2, see [`COMMITTED`]). Linux grows a busy connection's buffer up to
     /// 4 MiB (net.ipv4.tcp_wmem): 16 pieces.
@@ -210,6 +220,7 @@ impl Sim {
             server_dead: false,
             hash_us_per_chunk: 0,
             hash_free_at: vec![0; n],
+            stream_us_per_chunk: 0,
             in_kernel: IN_KERNEL,
         };
         for i in 0..n {
@@ -251,6 +262,15 @@ impl Sim {
         self.hosts.len()
     }
 
+    /// Client `i`'s whole-file MD5 of `file` reached chunk `to` (the MD5 is done at the end).
+    fn streamed(&mut self, i: usize, file: FileId, to: u32) {
+        let count = self.clients[i]
+            .file(file)
+            .map_or(0, |f| f.geo.chunk_count());
+        let md5 = (to == count).then(|| whole_label(file));
+        self.clients[i].on_stream(file, to, md5);
+    }
+
     fn client_actions(&mut self, i: usize) {
         while let Some(a) = self.clients[i].poll_action() {
             let (now, lat) = (self.now, self.latency_us);
@@ -289,13 +309,11 @@ impl Sim {
                     );
                 }
                 Action::Hash { file, first, count } => self.hashed(i, file, first, count),
-                Action::Stream { file, to, .. } => {
-                    let count = self.clients[i]
-                        .file(file)
-                        .map_or(0, |f| f.geo.chunk_count());
-                    let md5 = (to == count).then(|| whole_label(file));
-                    self.clients[i].on_stream(file, to, md5);
+                Action::Stream { file, from, to } if self.stream_us_per_chunk > 0 => {
+                    let t = now + u64::from(to - from) * self.stream_us_per_chunk;
+                    self.at(t, Ev::Streamed { i, file, to });
                 }
+                Action::Stream { file, to, .. } => self.streamed(i, file, to),
                 Action::Uncache { file, from, to } => {
                     // No page cache here, but the rule: what a node drops, no other needs.
                     for j in (0..self.n()).filter(|&j| j != i) {
@@ -627,6 +645,10 @@ impl Sim {
                 count,
             } => {
                 self.hashed(i, file, first, count);
+                self.client_actions(i);
+            }
+            Ev::Streamed { i, file, to } => {
+                self.streamed(i, file, to);
                 self.client_actions(i);
             }
             Ev::Tick => {
