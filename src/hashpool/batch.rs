@@ -175,8 +175,10 @@ const STREAM_SOLO: u32 = 32;
 /// every chunk verified must later pass through its file's stream. With up to 7 streams, each
 /// is cut to `k` chunks, the fewest rounds in which the batch's chunk work fills the 8 lanes
 /// beside the streams (chunks + the streams' chunks <= 8 k), and the batch runs in 8 lanes, so
-/// the chunk work is spread over all `k` rounds. The streams then keep pace with the chunks
-/// verified. Cut to the length of the chunk work in 16 lanes, as before, they advanced 3 chunks
+/// the chunk work is spread over all `k` rounds. With 4 or more streams they then keep pace
+/// with the chunks verified; with fewer, or with chunks arriving one or two a batch (net-sym),
+/// they do not: a stream advanced about 64 chunks/s against 160 arriving, and streams given
+/// more did not end runs sooner (Readme section 7, where net-sym still loses). Cut to the length of the chunk work in 16 lanes, as before, they advanced 3 chunks
 /// a batch against 30 verified, fell behind by thousands of chunks, and ran alone, 4 lanes of
 /// 8, for the last 2.8 s of a 4 x 500 MiB run on loopback (a log line per batch: 1258 stream
 /// chunks in 284 batches with chunk work, 6742 in 62 without).
@@ -368,8 +370,8 @@ mod tests {
             stream(0, 100, true),
             stream(0, 50, false),
             stream(10, 60, false),
+            stream(0, 90, false),
         ]);
-        jobs.push(stream(0, 90, false));
         assert!(pace_streams(&mut jobs));
         assert_eq!(spans(&jobs), [8, 8, 8, 8]);
         // A short stream leaves its lane to the chunk work: 30 + 2 in 5 lanes of 8 over 7 rounds.
@@ -378,8 +380,8 @@ mod tests {
             stream(0, 2, false),
             stream(0, 100, false),
             stream(0, 100, false),
+            stream(0, 100, false),
         ]);
-        jobs.push(stream(0, 100, false));
         assert!(pace_streams(&mut jobs));
         assert_eq!(spans(&jobs), [2, 7, 7, 7]);
         // The own file's stream goes at least OWN_STREAM_FLOOR chunks beside a little work.
