@@ -153,6 +153,8 @@ pub struct ClientCore {
     sched: Scheduler,
     serving: Serving,
     last_load: u64,
+    /// When `peer_windows` was last logged (debug only).
+    last_windows: u64,
     actions: VecDeque<Action>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
@@ -198,6 +200,7 @@ impl ClientCore {
             sched: Scheduler::new(PeerId(0), 0),
             serving: Serving::default(),
             last_load: 0,
+            last_windows: 0,
             actions: VecDeque::new(),
             bytes_received: 0,
             bytes_sent: 0,

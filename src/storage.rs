@@ -251,6 +251,22 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
+/// A call on an output file that blocks this long (or longer) is logged (`io_slow`, debug).
+const SLOW_IO: Duration = Duration::from_millis(20);
+
+/// Logs `call` (at `offset`) as slow if it took `SLOW_IO` or more since `t0` (debug). A write
+/// held up in a hash worker holds up every verification after it; with enough of them the
+/// node stops asking for chunks (the cap on requests plus chunks being verified).
+pub fn log_if_slow(call: &str, t0: Instant, offset: u64) {
+    let took = t0.elapsed();
+    if took >= SLOW_IO {
+        log::debug!(
+            "io_slow event=io_slow call={call} offset={offset} ms={:.1}",
+            took.as_secs_f64() * 1000.0
+        );
+    }
+}
+
 /// What the writeback thread is asked to do with a range (offset, length) of an output file.
 pub enum Writeback {
     /// The range was written: start its writeback.
@@ -312,7 +328,9 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
             loop {
                 match rx.recv_timeout(SYNC_EVERY / 2) {
                     Ok(Writeback::Written(file, offset, len)) => {
+                        let t0 = Instant::now();
                         start_writeback(&file, offset, len);
+                        log_if_slow("sync_file_range", t0, offset);
                         let i = slot(&mut outs, file);
                         outs[i].since.get_or_insert_with(Instant::now);
                     }
@@ -332,7 +350,9 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
                         // the fsync before the rename (see `reopen`); here it only stops the
                         // drops from the page cache, which would throw away the only copy.
                         if let Some(f) = &o.own {
+                            let t0 = Instant::now();
                             o.failed |= f.sync_data().is_err();
+                            log_if_slow("fdatasync", t0, 0);
                         }
                         o.since = None;
                     }

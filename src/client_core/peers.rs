@@ -326,6 +326,12 @@ impl ClientCore {
         if self.last_load == 0 || now.saturating_sub(self.last_load) >= LOAD_EVERY_US {
             self.send_load(now);
         }
+        if log::log_enabled!(log::Level::Debug)
+            && now.saturating_sub(self.last_windows) >= LOAD_EVERY_US
+        {
+            self.last_windows = now;
+            self.log_windows();
+        }
         for (p, c) in self.sched.on_tick(now) {
             warn!(
                 "request_timeout event=request_timeout peer={} chunk={c}",
@@ -393,6 +399,38 @@ impl ClientCore {
             self.actions
                 .push_back(Action::ToPeer(p, Message::Cancel { chunk }));
         }
+    }
+
+    /// Logs what each connected peer's request window is made of (debug): the window, the
+    /// requests in flight there, the delivery rate and the least latency it is sized from.
+    /// A window that stays full while the rate falls is a flow slower than its window (a
+    /// TCP flow whose slow start ended early); one held at its margin while the peer's uplink
+    /// has room is a window sized from a round trip far below the one its requests see.
+    fn log_windows(&self) {
+        let mut peers = String::new();
+        for (p, slot) in &self.peers {
+            if let (true, Some((rate, min_lat, inflight))) =
+                (slot.connected, self.sched.peer_stats(*p))
+            {
+                let lat = if min_lat == u64::MAX {
+                    "-".to_string()
+                } else {
+                    format!("{:.1}", min_lat as f64 / 1000.0)
+                };
+                peers += &format!(
+                    "{}{}:{}/{}/{:.1}/{lat}",
+                    if peers.is_empty() { "" } else { "," },
+                    slot.info.name,
+                    self.sched.window_of(*p),
+                    inflight,
+                    rate,
+                );
+            }
+        }
+        debug!(
+            "peer_windows event=peer_windows outstanding={} peers={peers}",
+            self.sched.outstanding()
+        );
     }
 
     /// Tells every connected peer this node's `Load` (once its upload rate is measured).

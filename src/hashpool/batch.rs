@@ -7,6 +7,7 @@ use super::{Done, Flush, Job};
 use crate::geometry::Geometry;
 use crate::ids::Digest;
 use crate::md5x::{self, Md5State};
+use crate::storage::log_if_slow;
 use md5::{Digest as _, Md5};
 use memmap2::Mmap;
 use std::os::unix::fs::FileExt;
@@ -264,7 +265,9 @@ fn finish_verify(j: Job, got: Digest, flush: &Flush) -> Option<Done> {
     };
     let ok = got == digest;
     let write_error = if ok {
+        let t0 = std::time::Instant::now();
         let r = out.write_all_at(&data, offset);
+        log_if_slow("write", t0, offset);
         if r.is_ok() {
             flush(&out, offset, data.len());
         }
