@@ -66,12 +66,14 @@ impl Rate {
         }
     }
 
-    fn per_sec(&self) -> f64 {
+    /// Bytes per second over the window; `None` until two observations span some time (a
+    /// client's line first drawn after it joined: "0.0 MiB/s" there would be a guess).
+    fn per_sec(&self) -> Option<f64> {
         match (self.0.front(), self.0.back()) {
             (Some(a), Some(b)) if b.0 > a.0 => {
-                b.1.saturating_sub(a.1) as f64 * 1e6 / (b.0 - a.0) as f64
+                Some(b.1.saturating_sub(a.1) as f64 * 1e6 / (b.0 - a.0) as f64)
             }
-            _ => 0.0,
+            _ => None,
         }
     }
 }
@@ -98,22 +100,25 @@ pub fn fmt_eta(secs: Option<f64>) -> String {
 }
 
 /// What one line says after the bar: "123.4/500.0 MiB  110.2 MiB/s  ETA 3.4 s".
-pub fn describe(held: u64, need: u64, rate: f64, done: bool) -> String {
-    let eta = if done || held >= need {
-        Some(0.0)
-    } else if rate > 0.0 {
-        Some((need - held) as f64 / rate)
-    } else {
-        None
+pub fn describe(held: u64, need: u64, rate: Option<f64>, done: bool) -> String {
+    let eta = match rate {
+        _ if done || held >= need => Some(0.0),
+        Some(r) if r > 0.0 => Some((need - held) as f64 / r),
+        _ => None,
     };
     format!(
-        "{:.1}/{:.1} MiB  {:.1} MiB/s  ETA {}{}",
+        "{:.1}/{:.1} MiB  {} MiB/s  ETA {}{}",
         held as f64 / MIB,
         need as f64 / MIB,
-        rate / MIB,
+        fmt_rate(rate),
         fmt_eta(eta),
         if done { "  done" } else { "" }
     )
+}
+
+/// MiB/s with one decimal, or "-" while it cannot be known.
+fn fmt_rate(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".into(), |r| format!("{:.1}", r / MIB))
 }
 
 fn percent(held: u64, need: u64) -> f64 {
@@ -252,10 +257,10 @@ impl Progress {
             } else {
                 let _ = write!(
                     plain,
-                    "  {} {:.0}% {:.1} MiB/s;",
+                    "  {} {:.0}% {} MiB/s;",
                     r.name,
                     percent(r.held, r.need),
-                    rate / MIB
+                    fmt_rate(rate)
                 );
             }
         }
@@ -321,29 +326,34 @@ mod tests {
     #[test]
     fn rate_over_the_window() {
         let mut r = Rate::default();
-        assert_eq!(r.per_sec(), 0.0);
+        assert_eq!(r.per_sec(), None);
         r.push(0, 0);
+        assert_eq!(r.per_sec(), None, "one observation is no rate");
         r.push(1_000_000, 10 * 1048576);
-        assert_eq!(r.per_sec(), 10.0 * MIB);
+        assert_eq!(r.per_sec(), Some(10.0 * MIB));
         // Old observations leave the window: after a stall the rate drops to the recent one.
         r.push(4_000_000, 10 * 1048576);
         r.push(5_000_000, 10 * 1048576);
-        assert_eq!(r.per_sec(), 0.0);
+        assert_eq!(r.per_sec(), Some(0.0));
     }
 
     #[test]
     fn lines_say_share_rate_and_eta() {
         assert_eq!(
-            describe(100 * 1048576, 500 * 1048576, 40.0 * MIB, false),
+            describe(100 * 1048576, 500 * 1048576, Some(40.0 * MIB), false),
             "100.0/500.0 MiB  40.0 MiB/s  ETA 10.0 s"
         );
         assert_eq!(
-            describe(0, 500 * 1048576, 0.0, false),
+            describe(0, 500 * 1048576, Some(0.0), false),
             "0.0/500.0 MiB  0.0 MiB/s  ETA -"
         );
         assert_eq!(
-            describe(5, 5, 0.0, true),
-            "0.0/0.0 MiB  0.0 MiB/s  ETA 0.0 s  done"
+            describe(0, 500 * 1048576, None, false),
+            "0.0/500.0 MiB  - MiB/s  ETA -"
+        );
+        assert_eq!(
+            describe(5, 5, None, true),
+            "0.0/0.0 MiB  - MiB/s  ETA 0.0 s  done"
         );
         assert_eq!(fmt_eta(Some(65.0)), "1m05s");
         assert_eq!(fmt_eta(Some(7322.0)), "2h02m");
