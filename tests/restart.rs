@@ -9,7 +9,6 @@ mod common;
 
 use common::{CHUNK, Group, Hosts, TestDir, client_cmd, gen_file, start_server_on};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,12 +24,35 @@ fn signal(g: &mut Group, i: usize, sig: &str) {
     }
 }
 
-/// Waits until one of `parts` has at least one chunk's worth of blocks written (a chunk has
-/// landed there), polling every millisecond: the earliest sign that chunks of that file move.
-fn wait_first_chunk(g: &mut Group, parts: &[PathBuf], deadline: Instant) {
-    let written =
-        |p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.blocks().saturating_mul(512) >= CHUNK);
-    while !parts.iter().any(written) {
+/// Waits until one of `parts` holds the first bytes of one of its chunks, as in `srcs` (a
+/// chunk has landed there), polling every millisecond: the earliest sign that chunks of that
+/// file move. (The outputs' blocks are allocated at creation, so their size on disk says
+/// nothing.)
+fn wait_first_chunk(g: &mut Group, parts: &[PathBuf], srcs: &[PathBuf], deadline: Instant) {
+    use std::os::unix::fs::FileExt;
+    const HEAD: usize = 16;
+    let heads: Vec<Vec<[u8; HEAD]>> = srcs
+        .iter()
+        .map(|s| {
+            let data = fs::read(s).expect("source");
+            data.chunks(CHUNK as usize)
+                .filter(|c| c.len() >= HEAD)
+                .map(|c| c[..HEAD].try_into().expect("a head"))
+                .collect()
+        })
+        .collect();
+    let landed = |part: &PathBuf, heads: &[[u8; HEAD]]| {
+        let Ok(f) = fs::File::open(part) else {
+            return false;
+        };
+        heads.iter().enumerate().any(|(i, want)| {
+            let mut got = [0u8; HEAD];
+            *want != [0u8; HEAD]
+                && f.read_exact_at(&mut got, i as u64 * CHUNK).is_ok()
+                && got == *want
+        })
+    };
+    while !parts.iter().zip(&heads).any(|(p, h)| landed(p, h)) {
         if Instant::now() >= deadline {
             g.fail("no chunk was written in time");
         }
@@ -185,7 +207,8 @@ fn killed_client_resumes_and_refetches_a_chunk_corrupted_while_it_was_down() {
     let (mut r, c) = start("resume", &[size(1), size(2), 8 * CHUNK], &[]);
     let parts: Vec<PathBuf> = (1..=2).map(|o| r.out(3, o).1).collect();
     let deadline = r.deadline;
-    wait_first_chunk(&mut r.g, &parts, deadline);
+    let srcs: Vec<PathBuf> = r.srcs[..2].to_vec();
+    wait_first_chunk(&mut r.g, &parts, &srcs, deadline);
     signal(&mut r.g, c[0], "-STOP");
     signal(&mut r.g, c[1], "-STOP");
     signal(&mut r.g, c[2], "-KILL");
