@@ -464,12 +464,17 @@ mod tests {
         v.iter().map(|b| b & 1 == 1).collect()
     }
 
+    /// A directory of this test process under target/, on the disk (not a tmpfs).
+    fn disk_dir(tag: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target")
+            .join(format!("storage-{tag}-{}", std::process::id()))
+    }
+
     #[test]
     fn a_new_output_has_its_blocks_allocated_and_reads_as_zeros() {
         use std::os::unix::fs::MetadataExt;
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join(format!("storage-reserve-{}", std::process::id()));
+        let dir = disk_dir("reserve");
         const LEN: u64 = 3 << 20;
         // Whether this filesystem preallocates at all (tmpfs and ext4 do; some do not).
         fs::create_dir_all(&dir).expect("dir");
@@ -495,10 +500,8 @@ mod tests {
 
     #[test]
     fn uncache_drops_a_spent_range_from_the_page_cache_and_keeps_the_rest() {
-        // Under target/, on the disk: tmpfs keeps its pages whatever one advises.
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("target")
-            .join(format!("storage-test-{}", std::process::id()));
+        // On the disk: tmpfs keeps its pages whatever one advises.
+        let dir = disk_dir("test");
         const LEN: usize = 4 << 20;
         let (out, resumed) = Output::open(&dir, "f.bin", LEN as u64).expect("output");
         assert!(!resumed);
