@@ -1,9 +1,8 @@
 //! Files on disk: source files mapped read-only, and output files that are created as
-//! `NAME.part` at their full size, their blocks allocated (after a check that the disk has room
-//! for all of them), or
-//! kept from an earlier run of the node (to be checked chunk by chunk), filled chunk by chunk,
-//! mapped read-only for serving and whole-file hashing, and renamed to `NAME` only after their
-//! whole-file MD5 matched.
+//! `NAME.part` at their full size (after a check that the disk has room for all of them) or
+//! kept from an earlier run of the node (to be checked chunk by chunk), their blocks allocated,
+//! filled chunk by chunk, mapped read-only for serving and whole-file hashing, and renamed to
+//! `NAME` only after their whole-file MD5 matched.
 //!
 //! # Safety of the maps
 //! A memory map of a file that another process truncates turns reads past the new end into
@@ -170,8 +169,9 @@ impl Output {
     /// Opens `dir/NAME.part` for a download of `size` bytes. What an earlier run of this node
     /// left is kept: a `.part` of the right size, or a finished `NAME` of the right size (moved
     /// back to `.part`, to be checked again before it is called complete). The flag says
-    /// whether it was kept; otherwise the file is created empty at its full size. `name` must
-    /// have passed `check_file_name`.
+    /// whether it was kept; otherwise the file is created empty at its full size. Either way its
+    /// blocks are then allocated (`reserve`); a new file that cannot get them is removed again.
+    /// `name` must have passed `check_file_name`.
     pub fn open(dir: &Path, name: &str, size: u64) -> Result<(Output, bool), StorageError> {
         let create_err = |path: &Path| {
             let path = path.to_owned();
@@ -195,7 +195,13 @@ impl Output {
             .map_err(create_err(&part))?;
         if !resumed {
             file.set_len(size).map_err(create_err(&part))?;
-            reserve(&file, size).map_err(create_err(&part))?;
+        }
+        if let Err(e) = reserve(&file, size) {
+            // A new, empty .part would pass for an earlier run's progress next time.
+            if !resumed {
+                let _ = fs::remove_file(&part);
+            }
+            return Err(create_err(&part)(e));
         }
         let map = map_file(&file, size, &part)?;
         let out = Output {
@@ -208,22 +214,24 @@ impl Output {
     }
 }
 
-/// Allocates the blocks of a new output of `size` bytes now (fallocate): a disk that others
-/// fill meanwhile then fails the output at its creation, not with a write error in the middle
-/// of the run, and writeback no longer allocates an output's blocks chunk by chunk (ext4's
-/// delayed allocation). On net-sym the runs came out a little shorter, and so did the time
-/// from the last chunk to the last file complete (Readme section 7). A filesystem that cannot
-/// preallocate keeps the sparse file (`set_len`).
+/// Allocates the blocks of an output of `size` bytes now (fallocate; the holes of a kept one,
+/// whose data stays as it is): a disk that others fill meanwhile then fails the output at its
+/// creation, not with a write error in the middle of the run, and writeback no longer
+/// allocates an output's blocks chunk by chunk (ext4's delayed allocation). On net-sym the
+/// runs came out a little shorter, and so did the time from the last chunk to the last file
+/// complete (Readme section 7). A filesystem that cannot preallocate keeps the sparse file
+/// (`set_len`). Runs on the reactor: on a disk it takes milliseconds (extents, no zeroing);
+/// on a tmpfs it takes the memory at once.
 fn reserve(file: &File, size: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let Ok(len) = libc::off_t::try_from(size) else {
+    let Ok(len) = libc::off64_t::try_from(size) else {
         return Ok(());
     };
     if len == 0 {
         return Ok(());
     }
-    // SAFETY: fallocate only reads its integer arguments; the descriptor is open for writing.
-    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+    // SAFETY: fallocate64 only reads its integer arguments; the descriptor is open.
+    if unsafe { libc::fallocate64(file.as_raw_fd(), 0, 0, len) } == 0 {
         return Ok(());
     }
     let e = io::Error::last_os_error();
@@ -278,7 +286,8 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
-/// A call on an output file that blocks this long (or longer) is logged (`io_slow`, debug).
+/// A hash worker's write of a chunk, or the writeback thread's start of a range's writeback
+/// or periodic fdatasync, that blocks this long or longer is logged (`io_slow`, debug).
 const SLOW_IO: Duration = Duration::from_millis(20);
 
 /// Logs `call` (at `offset`) as slow if it took `SLOW_IO` or more since `t0` (debug). A write
@@ -495,6 +504,20 @@ mod tests {
         let map = out.map.as_ref().expect("a map");
         assert!(map.iter().all(|&b| b == 0));
         drop(out);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reservation_the_filesystem_refuses_is_an_error() {
+        let dir = disk_dir("refuse");
+        fs::create_dir_all(&dir).expect("dir");
+        let p = dir.join("ro");
+        fs::write(&p, b"x").expect("file");
+        // Open for reading only: fallocate fails with EBADF, which is no "cannot preallocate".
+        let ro = File::open(&p).expect("open");
+        let e = reserve(&ro, 4096).expect_err("a read-only descriptor cannot be reserved");
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+        assert!(reserve(&ro, 0).is_ok(), "nothing to reserve");
         let _ = fs::remove_dir_all(&dir);
     }
 
