@@ -290,10 +290,13 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
 /// or periodic fdatasync, that blocks this long or longer is logged (`io_slow`, debug).
 const SLOW_IO: Duration = Duration::from_millis(20);
 
-/// Logs `call` (at `offset`) as slow if it took `SLOW_IO` or more since `t0` (debug). A write
-/// held up in a hash worker holds up every verification after it; with enough of them the
-/// node stops asking for chunks (the cap on requests plus chunks being verified).
-pub fn log_if_slow(call: &str, t0: Instant, offset: u64) {
+/// Runs `f`, the call named `call` (at `offset`), and logs it as slow if it took `SLOW_IO` or
+/// more (debug). A write held up in a hash worker holds up every verification after it; with
+/// enough of them the node stops asking for chunks (the cap on requests plus chunks being
+/// verified).
+pub fn timed<T>(call: &str, offset: u64, f: impl FnOnce() -> T) -> T {
+    let t0 = Instant::now();
+    let r = f();
     let took = t0.elapsed();
     if took >= SLOW_IO {
         log::debug!(
@@ -301,6 +304,7 @@ pub fn log_if_slow(call: &str, t0: Instant, offset: u64) {
             took.as_secs_f64() * 1000.0
         );
     }
+    r
 }
 
 /// What the writeback thread is asked to do with a range (offset, length) of an output file.
@@ -364,9 +368,9 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
             loop {
                 match rx.recv_timeout(SYNC_EVERY / 2) {
                     Ok(Writeback::Written(file, offset, len)) => {
-                        let t0 = Instant::now();
-                        start_writeback(&file, offset, len);
-                        log_if_slow("sync_file_range", t0, offset);
+                        timed("sync_file_range", offset, || {
+                            start_writeback(&file, offset, len)
+                        });
                         let i = slot(&mut outs, file);
                         outs[i].since.get_or_insert_with(Instant::now);
                     }
@@ -386,9 +390,7 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
                         // the fsync before the rename (see `reopen`); here it only stops the
                         // drops from the page cache, which would throw away the only copy.
                         if let Some(f) = &o.own {
-                            let t0 = Instant::now();
-                            o.failed |= f.sync_data().is_err();
-                            log_if_slow("fdatasync", t0, 0);
+                            o.failed |= timed("fdatasync", 0, || f.sync_data()).is_err();
                         }
                         o.since = None;
                     }

@@ -7,7 +7,7 @@ use super::{Done, Flush, Job};
 use crate::geometry::Geometry;
 use crate::ids::Digest;
 use crate::md5x::{self, Md5State};
-use crate::storage::log_if_slow;
+use crate::storage::timed;
 use md5::{Digest as _, Md5};
 use memmap2::Mmap;
 use std::os::unix::fs::FileExt;
@@ -179,8 +179,9 @@ const STREAM_SOLO: u32 = 32;
 /// the chunk work is spread over all `k` rounds. With 4 or more streams they then keep pace
 /// with the chunks verified; with fewer, or with chunks arriving one or two a batch (net-sym),
 /// they do not: a stream advanced about 64 chunks/s against 160 arriving, and streams given
-/// more did not end runs sooner (Readme section 7, where net-sym still loses). Cut to the length of the chunk work in 16 lanes, as before, they advanced 3 chunks
-/// a batch against 30 verified, fell behind by thousands of chunks, and ran alone, 4 lanes of
+/// more did not end runs sooner (Readme section 7, where net-sym still loses). Cut to the
+/// length of the chunk work in 16 lanes, as before, they advanced 3 chunks a batch against 30
+/// verified, fell behind by thousands of chunks, and ran alone, 4 lanes of
 /// 8, for the last 2.8 s of a 4 x 500 MiB run on loopback (a log line per batch: 1258 stream
 /// chunks in 284 batches with chunk work, 6742 in 62 without).
 ///
@@ -265,9 +266,7 @@ fn finish_verify(j: Job, got: Digest, flush: &Flush) -> Option<Done> {
     };
     let ok = got == digest;
     let write_error = if ok {
-        let t0 = std::time::Instant::now();
-        let r = out.write_all_at(&data, offset);
-        log_if_slow("write", t0, offset);
+        let r = timed("write", offset, || out.write_all_at(&data, offset));
         if r.is_ok() {
             flush(&out, offset, data.len());
         }
