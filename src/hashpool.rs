@@ -21,7 +21,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 mod batch;
+mod stats;
 use batch::run_batch;
+use stats::Stats;
 
 pub enum Job {
     /// Digests of chunks `first..first+count` of a mapped file.
@@ -213,6 +215,7 @@ fn worker(
     flush: &Flush,
 ) {
     let (m, cv) = shared;
+    let mut stats = Stats::new(index);
     loop {
         let jobs = {
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -239,7 +242,13 @@ fn worker(
                 }
             }
         };
-        let (done, again) = run_batch(jobs, flush);
+        let counted = stats
+            .as_ref()
+            .map(|_| (Stats::start(), verifies(&jobs), streams(&jobs)));
+        let (done, again, cost) = run_batch(jobs, flush);
+        if let (Some(st), Some((started, verified, asked))) = (stats.as_mut(), counted) {
+            st.batch(started, verified, asked - streams(&again), cost);
+        }
         if !again.is_empty() {
             // Streams cut short ride along in the next batch, not behind the queue.
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,6 +264,23 @@ fn worker(
         }
         wake();
     }
+}
+
+/// Received chunks a batch verifies.
+fn verifies(jobs: &[Job]) -> u32 {
+    jobs.iter()
+        .filter(|j| matches!(j, Job::Verify { .. }))
+        .count() as u32
+}
+
+/// Whole-file chunks the streams among `jobs` ask for.
+fn streams(jobs: &[Job]) -> u32 {
+    jobs.iter()
+        .map(|j| match j {
+            Job::Stream { from, to, .. } => to - from,
+            _ => 0,
+        })
+        .sum()
 }
 
 #[cfg(test)]

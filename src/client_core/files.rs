@@ -52,6 +52,12 @@ impl ClientCore {
         };
         f.stream_busy = false;
         f.stream_pos = upto;
+        let held = self.sched.have_set(file).map_or(0, |b| b.count());
+        debug!(
+            "stream_progress event=stream_progress file={} upto={upto} held={held} chunks={}",
+            f.info.name,
+            f.geo.chunk_count()
+        );
         if let Some(d) = md5 {
             f.computed = Some(d);
             if f.owned {

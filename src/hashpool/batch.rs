@@ -3,6 +3,7 @@
 //! job: digests, a verified chunk written to its output (its range handed on for writeback),
 //! a stream's new state, or the rest of a stream cut short, to ride in the next batch.
 
+use super::stats::Cost;
 use super::{Done, Flush, Job};
 use crate::geometry::Geometry;
 use crate::ids::Digest;
@@ -29,15 +30,17 @@ fn chunk_range<'a>(map: &'a Option<Arc<Mmap>>, geo: &Geometry, from: u32, to: u3
     }
 }
 
-/// Runs a batch as one multi-buffer MD5 pass, then turns the states into results.
-pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>) {
+/// Runs a batch as one multi-buffer MD5 pass, then turns the states into results; also says
+/// what the pass cost (`Cost`).
+pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>, Cost) {
     if let [Job::Verify { data, .. }] = jobs.as_slice() {
         let got = md5(data);
+        let len = data.len() as u64;
         let done = jobs
             .into_iter()
             .filter_map(|j| finish_verify(j, got, flush))
             .collect();
-        return (done, Vec::new());
+        return (done, Vec::new(), cost(&[len], false));
     }
     // Each stream's asked-for end, and whether to finish its MD5 there.
     let ends: Vec<Option<(u32, bool)>> = jobs
@@ -48,6 +51,7 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
         })
         .collect();
     let narrow = pace_streams(&mut jobs);
+    let spent;
     let mut states: Vec<Md5State> = Vec::new();
     for j in jobs.iter_mut() {
         match j {
@@ -78,6 +82,8 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
                 } => slices.push(chunk_range(map, geo, *from, *to)),
             }
         }
+        let lens: Vec<u64> = slices.iter().map(|s| s.len() as u64).collect();
+        spent = cost(&lens, !narrow);
         let mut items: Vec<(&mut Md5State, &[u8])> = states.iter_mut().zip(slices).collect();
         if narrow {
             md5x::update_many_narrow(&mut items);
@@ -156,7 +162,23 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
             }
         }
     }
-    (out, again)
+    (out, again, spent)
+}
+
+/// What a pass over inputs of these lengths costs in lanes: their bytes, and the bytes its
+/// rounds could have hashed. `md5x` runs up to 8 inputs as one group a round, more as two
+/// interleaved groups when `wide`, and a lone input as a scalar pass (about one round's cost).
+fn cost(lens: &[u64], wide: bool) -> Cost {
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let lanes_a_round = if wide && lens.len() > md5x::LANES {
+        2 * md5x::LANES
+    } else {
+        md5x::LANES
+    };
+    Cost {
+        lanes: lens.iter().sum(),
+        slots: longest * lanes_a_round as u64,
+    }
 }
 
 /// Chunks a stream advances per batch at least, so that streams keep up with verification.
@@ -307,7 +329,7 @@ mod tests {
         };
         let mut jobs = vec![stream(0, 100, Box::default())];
         jobs.extend((0..14).map(|i| verify(&out, i, chunk(i), md5(&chunk(i)))));
-        let (done, again) = run_batch(jobs, &|_, _, _| {});
+        let (done, again, _) = run_batch(jobs, &|_, _, _| {});
         // The verifications are done; they fill the 7 lanes beside the stream for 2 rounds, so
         // the stream advanced 2 chunks and comes back for the rest, not as a result.
         assert_eq!(done.len(), 14);
@@ -322,7 +344,7 @@ mod tests {
         // Alone, it runs STREAM_SOLO chunks a batch, and its MD5 is the whole file's at the end.
         let mut job = again.into_iter().next().expect("the stream");
         let md5_of_all = loop {
-            let (mut done, again) = run_batch(vec![job], &|_, _, _| {});
+            let (mut done, again, _) = run_batch(vec![job], &|_, _, _| {});
             match again.into_iter().next() {
                 Some(j) => job = j,
                 None => match done.pop() {
@@ -336,6 +358,49 @@ mod tests {
             }
         };
         assert_eq!(md5_of_all, md5(&map));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn a_pass_costs_its_longest_input_in_every_lane_of_its_rounds() {
+        // Three inputs in one group of 8: 6 of 8 x 4 slots filled.
+        assert_eq!(
+            cost(&[4, 1, 1], false),
+            Cost {
+                lanes: 6,
+                slots: 32
+            }
+        );
+        // Ten inputs, two interleaved groups: 16 lanes a round; narrow, one group of 8.
+        assert_eq!(
+            cost(&[2; 10], true),
+            Cost {
+                lanes: 20,
+                slots: 32
+            }
+        );
+        assert_eq!(
+            cost(&[2; 10], false),
+            Cost {
+                lanes: 20,
+                slots: 16
+            }
+        );
+        // A lone input is a scalar pass, about the price of a round of 8 lanes.
+        let (path, out, map) = mapped("cost", 4 * CHUNK as usize);
+        let data = map[..CHUNK as usize].to_vec();
+        let (done, again, spent) = run_batch(
+            vec![verify(&out, 0, data.clone(), md5(&data))],
+            &|_, _, _| {},
+        );
+        assert!(matches!(done.as_slice(), [Done::Verified { ok: true, .. }]) && again.is_empty());
+        assert_eq!(
+            spent,
+            Cost {
+                lanes: u64::from(CHUNK),
+                slots: 8 * u64::from(CHUNK)
+            }
+        );
         let _ = std::fs::remove_file(path);
     }
 
