@@ -5,7 +5,7 @@
 #
 #   scripts/bench_net.sh SCENARIO [--runs R (3)] [--size-mb M (200)] [--work DIR (data)]
 #                        [--bin PATH (build target/release/p2pshare)] [--port P (9100)] [--baseline]
-#                        [--disk] [-- EXTRA CLIENT FLAGS]
+#                        [-- EXTRA CLIENT FLAGS]
 # SCENARIO (4 clients; rates in Mbit/s, up and down, client 1 first):
 #   net-sym        up 1000,1000,1000,1000   down 1000 each
 #   net-slow-up    up  250,1000,1000,1000   down 1000 each
@@ -14,10 +14,6 @@
 # --baseline: after each run, a raw copy of the same files between the same hosts through the same
 # shaping (scripts/raw_copy.py: every owner sends its file to every other host with sendfile; no
 # protocol, no MD5), and its ratio to T_lb.
-# --disk: after each run, the disk's floor: N writers at once (as the clients write), each writing
-# (N-1) x M MiB with dd and fdatasync in the same file system, timed until the last is durable.
-# Every client makes its downloads durable before it calls them complete, so no run ends sooner;
-# on a shared virtual disk this floor moves from run to run, and can lie above the target.
 # Also printed per run: the clients' CPU seconds, how busy the whole machine was (other users
 # too), and how many times each owner uploaded its own file (file_uploaded in the client logs). Needs root, iproute2 (installed if missing) and, for --baseline,
 # python3.
@@ -25,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 die() { echo "bench_net.sh: $*" >&2; exit 2; }
-[[ $# -ge 1 ]] || { sed -n '2,20p' "$0"; exit 2; }
+[[ $# -ge 1 ]] || { sed -n '2,/^set /{/^#/p}' "$0"; exit 2; }
 scenario=$1
 shift
 case "$scenario" in
@@ -33,10 +29,10 @@ case "$scenario" in
   net-slow-up) ups=250,1000,1000,1000 downs=1000,1000,1000,1000 ;;
   net-slow-down) ups=1000,1000,1000,1000 downs=1000,250,1000,1000 ;;
   net-mixed) ups=1000,500,250,100 downs=1000,1000,1000,1000 ;;
-  -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
   *) die "unknown scenario $scenario (net-sym, net-slow-up, net-slow-down, net-mixed)" ;;
 esac
-clients=4 runs=3 size_mb=200 work=data bin="" port=9100 baseline=0 disk=0 extra=()
+clients=4 runs=3 size_mb=200 work=data bin="" port=9100 baseline=0 extra=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --runs) runs="$2"; shift 2 ;;
@@ -45,13 +41,13 @@ while [[ $# -gt 0 ]]; do
     --bin) bin="$2"; shift 2 ;;
     --port) port="$2"; shift 2 ;;
     --baseline) baseline=1; shift ;;
-    --disk) disk=1; shift ;;
     --) shift; extra=("$@"); break ;;
     *) die "unknown argument $1" ;;
   esac
 done
 [[ "$runs" =~ ^[0-9]+$ && "$runs" -ge 1 ]] || die "--runs must be a positive number"
 [[ "$size_mb" =~ ^[0-9]+$ && "$size_mb" -ge 1 ]] || die "--size-mb must be a positive number"
+size_mb=$((10#$size_mb)) # 010 is ten, not octal
 [[ -x /usr/bin/time ]] || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 if [[ -z "$bin" ]]; then
   cargo build --release --quiet
@@ -103,7 +99,7 @@ read -r tlb t_down t_own t_all < <(t_lb "$(IFS=,; echo "${sizes[*]}")" "$ups" "$
 echo "scenario $scenario: $clients clients x $size_mb MiB, up $ups Mbit/s, down $downs Mbit/s"
 echo "T_lb = ${tlb} s  (downloads ${t_down} s, own file once ${t_own} s, all uplinks ${t_all} s)"
 
-totals=() raws=() disks=()
+totals=() raws=()
 for r in $(seq 1 "$runs"); do
   out="$work/bench_net/run$r"
   scripts/netem.sh swarm "$prefix" --clients "$clients" --size-mb "$size_mb" --work "$work" --out "$out" \
@@ -130,27 +126,10 @@ for r in $(seq 1 "$runs"); do
     echo "run $r: raw copy ${raw} s, ratio to T_lb $(ratio "$raw" "$tlb"); raw copy cpu ${rawcpu} s"
     raws+=("$raw")
   fi
-  if [[ $disk -eq 1 ]]; then
-    mkdir -p "$work/bench_net/disk"
-    t0=$(date +%s.%N)
-    for i in $(seq 1 "$clients"); do
-      dd if=/dev/zero of="$work/bench_net/disk/w$i" bs=1M count=$(((clients - 1) * size_mb)) \
-        conv=fdatasync status=none &
-    done
-    wait
-    t1=$(date +%s.%N); rm -rf "$work/bench_net/disk"
-    dsec=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.3f", b - a}')
-    echo "run $r: disk floor ${dsec} s ($clients writers x $(((clients - 1) * size_mb)) MiB, fdatasync), ratio to T_lb $(ratio "$dsec" "$tlb")"
-    disks+=("$dsec")
-  fi
 done
 mtot=$(printf '%s\n' "${totals[@]}" | median)
 echo "median total: ${mtot} s over $runs runs; T_lb ${tlb} s; median total / T_lb: $(ratio "$mtot" "$tlb")"
 if [[ $baseline -eq 1 ]]; then
   mraw=$(printf '%s\n' "${raws[@]}" | median)
   echo "median raw copy: ${mraw} s; raw copy / T_lb: $(ratio "$mraw" "$tlb"); p2pshare / raw copy: $(ratio "$mtot" "$mraw")"
-fi
-if [[ $disk -eq 1 ]]; then
-  mdisk=$(printf '%s\n' "${disks[@]}" | median)
-  echo "median disk floor: ${mdisk} s; disk floor / T_lb: $(ratio "$mdisk" "$tlb")"
 fi

@@ -400,8 +400,33 @@ fn compress_jobs(jobs: &mut [(&mut [u32; 4], &[u8])], path: Path) {
         return;
     }
     for (state, data) in jobs.iter_mut() {
-        compress_scalar(state, data);
+        scalar(state, data);
     }
+}
+
+thread_local! {
+    /// Bytes the rounds run on this thread could have hashed (see `take_slot_bytes`).
+    static SLOT_BYTES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a pass of `bytes` per lane over `lanes` lanes.
+fn count_slots(bytes: usize, lanes: usize) {
+    SLOT_BYTES.with(|c| c.set(c.get() + (bytes * lanes) as u64));
+}
+
+/// The bytes the block compressions of `update_many` and `digest_many` run on this thread
+/// since the last call could have hashed (a final block's padding is left out): 8
+/// lanes a round of one group, 16 of two interleaved groups, and a scalar pass counted as 8
+/// lanes of its length (it takes about as long as a round of one group). Set against the bytes
+/// actually hashed, it says how full the lanes were.
+pub fn take_slot_bytes() -> u64 {
+    SLOT_BYTES.with(|c| c.replace(0))
+}
+
+/// `compress_scalar`, counted (`take_slot_bytes`).
+fn scalar(state: &mut [u32; 4], data: &[u8]) {
+    count_slots(data.len() / BLOCK * BLOCK, LANES);
+    compress_scalar(state, data);
 }
 
 /// The lane scheduler. Up to 16 slots (8 unless `wide`) each hold a job that still has blocks;
@@ -440,7 +465,7 @@ fn compress_jobs_lanes(jobs: &mut [(&mut [u32; 4], &[u8])], wide: bool) {
         if active < MIN_SIMD_LANES && next >= jobs.len() {
             for &j in live {
                 let (state, data) = &mut jobs[j];
-                compress_scalar(state, data);
+                scalar(state, data);
             }
             return;
         }
@@ -461,6 +486,7 @@ fn compress_jobs_lanes(jobs: &mut [(&mut [u32; 4], &[u8])], wide: bool) {
         }
         #[cfg(test)]
         tests::count_round(active > LANES);
+        count_slots(take, if active > LANES { 2 * LANES } else { LANES });
         if active > LANES {
             // SAFETY: `compress_jobs` only calls this after `has_avx2()` confirmed at run time
             // that the CPU supports AVX2, the only target feature `compress16` enables.

@@ -35,12 +35,17 @@ fn chunk_range<'a>(map: &'a Option<Arc<Mmap>>, geo: &Geometry, from: u32, to: u3
 pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Job>, Cost) {
     if let [Job::Verify { data, .. }] = jobs.as_slice() {
         let got = md5(data);
+        // md-5's scalar pass: about the price of 8 lanes of its length (`md5x::take_slot_bytes`).
         let len = data.len() as u64;
         let done = jobs
             .into_iter()
             .filter_map(|j| finish_verify(j, got, flush))
             .collect();
-        return (done, Vec::new(), cost(&[len], false));
+        let spent = Cost {
+            lanes: len,
+            slots: len * md5x::LANES as u64,
+        };
+        return (done, Vec::new(), spent);
     }
     // Each stream's asked-for end, and whether to finish its MD5 there.
     let ends: Vec<Option<(u32, bool)>> = jobs
@@ -82,14 +87,18 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
                 } => slices.push(chunk_range(map, geo, *from, *to)),
             }
         }
-        let lens: Vec<u64> = slices.iter().map(|s| s.len() as u64).collect();
-        spent = cost(&lens, !narrow);
+        let lanes: u64 = slices.iter().map(|s| s.len() as u64).sum();
         let mut items: Vec<(&mut Md5State, &[u8])> = states.iter_mut().zip(slices).collect();
+        let _ = md5x::take_slot_bytes();
         if narrow {
             md5x::update_many_narrow(&mut items);
         } else {
             md5x::update_many(&mut items);
         }
+        spent = Cost {
+            lanes,
+            slots: md5x::take_slot_bytes(),
+        };
     }
     let mut states = states.into_iter();
     let mut out = Vec::with_capacity(jobs.len());
@@ -163,22 +172,6 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
         }
     }
     (out, again, spent)
-}
-
-/// What a pass over inputs of these lengths costs in lanes: their bytes, and the bytes its
-/// rounds could have hashed. `md5x` runs up to 8 inputs as one group a round, more as two
-/// interleaved groups when `wide`, and a lone input as a scalar pass (about one round's cost).
-fn cost(lens: &[u64], wide: bool) -> Cost {
-    let longest = lens.iter().copied().max().unwrap_or(0);
-    let lanes_a_round = if wide && lens.len() > md5x::LANES {
-        2 * md5x::LANES
-    } else {
-        md5x::LANES
-    };
-    Cost {
-        lanes: lens.iter().sum(),
-        slots: longest * lanes_a_round as u64,
-    }
 }
 
 /// Chunks a stream advances per batch at least, so that streams keep up with verification.
@@ -362,43 +355,35 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_costs_its_longest_input_in_every_lane_of_its_rounds() {
-        // Three inputs in one group of 8: 6 of 8 x 4 slots filled.
-        assert_eq!(
-            cost(&[4, 1, 1], false),
-            Cost {
-                lanes: 6,
-                slots: 32
-            }
-        );
-        // Ten inputs, two interleaved groups: 16 lanes a round; narrow, one group of 8.
-        assert_eq!(
-            cost(&[2; 10], true),
-            Cost {
-                lanes: 20,
-                slots: 32
-            }
-        );
-        assert_eq!(
-            cost(&[2; 10], false),
-            Cost {
-                lanes: 20,
-                slots: 16
-            }
-        );
-        // A lone input is a scalar pass, about the price of a round of 8 lanes.
-        let (path, out, map) = mapped("cost", 4 * CHUNK as usize);
-        let data = map[..CHUNK as usize].to_vec();
+    fn a_batch_reports_the_bytes_it_hashed_and_the_lane_bytes_its_rounds_took() {
+        let (path, out, map) = mapped("cost", 16 * CHUNK as usize);
+        let chunk = |i: usize| map[i * CHUNK as usize..][..CHUNK as usize].to_vec();
+        let len = u64::from(CHUNK);
+        // A lone verification is md-5's scalar pass: counted as 8 lanes of its length.
         let (done, again, spent) = run_batch(
-            vec![verify(&out, 0, data.clone(), md5(&data))],
+            vec![verify(&out, 0, chunk(0), md5(&chunk(0)))],
             &|_, _, _| {},
         );
         assert!(matches!(done.as_slice(), [Done::Verified { ok: true, .. }]) && again.is_empty());
         assert_eq!(
             spent,
             Cost {
-                lanes: u64::from(CHUNK),
-                slots: 8 * u64::from(CHUNK)
+                lanes: len,
+                slots: 8 * len
+            }
+        );
+        // Ten: one round of two interleaved groups (16 lanes), or ten scalar passes.
+        let jobs = (0..10)
+            .map(|i| verify(&out, i as u32, chunk(i), md5(&chunk(i))))
+            .collect();
+        let (done, _, spent) = run_batch(jobs, &|_, _, _| {});
+        assert_eq!(done.len(), 10);
+        let slots = if md5x::has_avx2() { 16 * len } else { 80 * len };
+        assert_eq!(
+            spent,
+            Cost {
+                lanes: 10 * len,
+                slots
             }
         );
         let _ = std::fs::remove_file(path);

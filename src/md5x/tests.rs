@@ -470,3 +470,21 @@ fn throughput() {
         many16 / oracle_rate
     );
 }
+
+#[test]
+fn the_slot_count_is_the_rounds_times_their_lanes() {
+    let data = vec![7u8; 2 * BLOCK];
+    let mut states: Vec<Md5State> = (0..10).map(|_| Md5State::new()).collect();
+    let mut items: Vec<(&mut Md5State, &[u8])> =
+        states.iter_mut().map(|s| (s, data.as_slice())).collect();
+    let _ = take_slot_bytes();
+    update_many_narrow(&mut items);
+    let expect = if has_avx2() {
+        // 8 jobs in one group for 2 blocks, then the other 2 in another round of 8 lanes.
+        2 * (2 * BLOCK * LANES)
+    } else {
+        10 * 2 * BLOCK * LANES
+    };
+    assert_eq!(take_slot_bytes(), expect as u64);
+    assert_eq!(take_slot_bytes(), 0, "taken");
+}
