@@ -4,7 +4,9 @@
 use crate::auth::Token;
 use crate::client::{self, ClientConfig};
 use crate::error::Error;
-use crate::geometry::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::geometry::{
+    CHUNK_ALIGN, DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, chunk_size_ok,
+};
 use crate::server::{self, ServerConfig};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -167,9 +169,9 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                     "--clients must be between 1 and 1000, not {clients}"
                 )));
             }
-            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            if !chunk_size_ok(chunk_size) {
                 return Err(Error::Usage(format!(
-                    "--chunk-size must be between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes, not {chunk_size}"
+                    "--chunk-size must be a multiple of {CHUNK_ALIGN} between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes, not {chunk_size}"
                 )));
             }
             let listen = parse_addr("--listen", &listen)?;

@@ -13,7 +13,6 @@ use crate::geometry::Geometry;
 use crate::hashpool::{Done, HashPool, Job};
 use crate::ids::{FileId, PeerId};
 use crate::logging::{self, LogSink, now_us};
-use crate::md5x::Md5State;
 use crate::storage::{Output, Source, Writeback};
 use log::{info, warn};
 use memmap2::Mmap;
@@ -74,12 +73,11 @@ struct PeerConn {
     since: Instant,
 }
 
-/// Where a file's bytes are read from when serving and whole-file hashing.
+/// Where a file's bytes are read from when serving and hashing.
 struct FileIo {
     map: Option<Arc<Mmap>>,
     geo: Geometry,
     output: Option<Output>,
-    stream_ctx: Option<Box<Md5State>>,
     /// Payload bytes of this file's pieces queued for peers (logged at exit as file_uploaded:
     /// the per-file split of bytes_sent, e.g. how often an owner sent its own file).
     sent: u64,
@@ -422,11 +420,16 @@ impl Client {
         while let Some(done) = self.pool.try_recv() {
             let now = now_us();
             match done {
-                Done::Hashed {
+                Done::Checked {
                     file,
                     first,
-                    digests,
-                } => self.core.on_hashed(file, first, digests, now),
+                    values,
+                } => self.core.on_checked(file, first, values, now),
+                Done::Chained {
+                    file,
+                    first,
+                    values,
+                } => self.core.on_chained(file, first, values),
                 Done::Verified {
                     peer,
                     chunk,
@@ -441,17 +444,6 @@ impl Client {
                         return;
                     }
                     self.core.on_verified(peer, chunk, ok, requested_at, now);
-                }
-                Done::Streamed {
-                    file,
-                    upto,
-                    ctx,
-                    md5,
-                } => {
-                    if let Some(f) = self.files.get_mut(&file) {
-                        f.stream_ctx = ctx;
-                    }
-                    self.core.on_stream(file, upto, md5);
                 }
             }
         }
@@ -473,7 +465,6 @@ impl Client {
                     map,
                     geo,
                     output: None,
-                    stream_ctx: None,
                     sent: 0,
                 },
             );
@@ -543,38 +534,33 @@ impl Client {
                         Err(e) => self.exit = Some((2, e.to_string())),
                     }
                 }
-                Action::Hash { file, first, count } => {
+                Action::Check { file, first, prevs } => {
                     let Some(f) = self.file_io(file) else {
                         continue;
                     };
                     if let Some(map) = f.map.clone() {
                         let geo = f.geo;
-                        self.pool.submit(Job::HashChunks {
+                        self.pool.submit(Job::Check {
                             file,
                             map,
                             geo,
                             first,
-                            count,
+                            prevs,
                         });
                     }
                 }
-                Action::Stream { file, from, to } => {
+                Action::Chain { file } => {
                     let Some(f) = self.file_io(file) else {
                         continue;
                     };
-                    let ctx = f.stream_ctx.take().unwrap_or_default();
-                    let finish = to == f.geo.chunk_count();
                     let (map, geo) = (f.map.clone(), f.geo);
-                    let own = self.core.file(file).is_some_and(|s| s.owned);
-                    self.pool.submit(Job::Stream {
+                    self.pool.submit(Job::Chain {
                         file,
                         map,
                         geo,
-                        from,
-                        to,
-                        ctx,
-                        finish,
-                        own,
+                        from: 0,
+                        to: geo.chunk_count(),
+                        ctx: Box::default(),
                     });
                 }
                 Action::Uncache { file, from, to } => {

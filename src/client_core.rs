@@ -6,8 +6,9 @@
 use crate::auth::ClientMembership;
 use crate::bits::BitSet;
 use crate::codec::{FileDecl, FileInfo, MAX_DIGESTS_PER_FRAME, Message, PeerInfo, VERSION};
-use crate::geometry::{Geometry, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::geometry::{Geometry, chunk_size_ok};
 use crate::ids::{ChunkId, Digest, FileId, PeerId, check_file_name, hex};
+use crate::md5x;
 use crate::redial::{AfterFailure, Redial};
 use crate::scheduler::{Ask, PieceOutcome, Scheduler};
 pub use crate::serving::MAX_SERVE_QUEUE;
@@ -22,10 +23,6 @@ mod member;
 mod peers;
 mod resume;
 
-/// Chunks per own-file hashing job (one round of eight MD5 lanes): digests reach peers early.
-pub const HASH_BATCH: u32 = 8;
-/// Chunks per whole-file hashing job of a download (an own file is one job, see `files`).
-pub const STREAM_BATCH: u32 = 32;
 /// Least time between two progress reports to the server (µs).
 pub const PROGRESS_EVERY_US: u64 = 250_000;
 /// How often this node tells its peers its `Load` (µs).
@@ -52,19 +49,19 @@ pub enum Action {
     CreateOutput {
         file: FileId,
     },
-    /// Compute the digests of chunks `first..first+count` of a mapped file: an own file, or a
-    /// `.part` left by an earlier run (to find the chunks it already holds); then call
-    /// [`ClientCore::on_hashed`].
-    Hash {
+    /// Compute the chain values (`md5x::link`) of chunks `first..first + prevs.len()` of a
+    /// `.part` an earlier run left, chunk `first + k` from `prevs[k]` (its owner's chain value of
+    /// the chunk before), to find the chunks it already holds; then call
+    /// [`ClientCore::on_checked`].
+    Check {
         file: FileId,
         first: u32,
-        count: u32,
+        prevs: Vec<Option<Digest>>,
     },
-    /// Feed chunks `from..to` of a file into its whole-file MD5 (finish it when `to` is the end).
-    Stream {
+    /// Compute the chain of an own file, chunk after chunk, and call
+    /// [`ClientCore::on_chained`] as its values come (the last one is the file's MD5).
+    Chain {
         file: FileId,
-        from: u32,
-        to: u32,
     },
     /// Chunks `from..to` of a download are spent here (see `cache`): have the kernel write
     /// them back and drop them from the page cache.
@@ -87,9 +84,13 @@ pub enum Action {
 /// What the shell must do with an arriving piece.
 #[derive(Debug, PartialEq, Eq)]
 pub enum PieceVerdict {
-    /// Hash it against `digest` on the pool; write it at `offset` if it matches.
+    /// Check it on the pool: its chain value from `prev` (the owner's chain value of the chunk
+    /// before it; `None` for chunk 0) must be `expect` (the file's MD5 for its `last` chunk);
+    /// write it at `offset` if it is.
     Verify {
-        digest: Digest,
+        prev: Option<Digest>,
+        expect: Digest,
+        last: bool,
         offset: u64,
         requested_at: u64,
     },
@@ -115,9 +116,9 @@ pub struct FileSlot {
     pub owned: bool,
     digests: Vec<Digest>,
     whole: Option<Digest>,
+    /// The file's MD5 as computed here: an own file's chain ended, or every chunk of a
+    /// download held (`files`).
     computed: Option<Digest>,
-    stream_pos: u32,
-    stream_busy: bool,
     /// Chunks handed to the shell to drop from the page cache, and the first one not (see
     /// `cache`).
     uncached: BitSet,
@@ -367,9 +368,7 @@ impl ClientCore {
             );
             return;
         }
-        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
-            || files.len() != self.decls.len()
-        {
+        if !chunk_size_ok(chunk_size) || files.len() != self.decls.len() {
             self.exit(
                 1,
                 format!(
@@ -401,17 +400,11 @@ impl ClientCore {
             self.files.insert(*fid, FileSlot::new(info, geo, true));
             self.serving.add_own(*fid, count, chunk_size);
             self.own_hashed.insert(*fid, 0);
-            let mut first = 0;
-            while first < count {
-                let n = HASH_BATCH.min(count - first);
-                self.actions.push_back(Action::Hash {
-                    file: *fid,
-                    first,
-                    count: n,
-                });
-                first += n;
+            if count == 0 {
+                self.own_md5_done(*fid, md5x::link(None, 0, &[], true));
+            } else {
+                self.actions.push_back(Action::Chain { file: *fid });
             }
-            self.maybe_stream(*fid);
         }
     }
 
@@ -440,7 +433,7 @@ impl ClientCore {
             self.files
                 .insert(f.id, FileSlot::new(f.clone(), geo, false));
             self.actions.push_back(Action::CreateOutput { file: f.id });
-            self.maybe_stream(f.id);
+            self.maybe_complete(f.id);
         }
         for p in peers {
             if p.id == self.id {
@@ -730,8 +723,6 @@ impl FileSlot {
             digests: Vec::new(),
             whole: None,
             computed: None,
-            stream_pos: 0,
-            stream_busy: false,
             uncached: BitSet::new(geo.chunk_count()),
             uncached_low: 0,
             finalizing: false,

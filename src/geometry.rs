@@ -7,6 +7,14 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 pub const MAX_CHUNK_SIZE: u32 = 16 * 1024 * 1024;
 /// Smallest chunk size accepted.
 pub const MIN_CHUNK_SIZE: u32 = 1024;
+/// Every chunk size is a multiple of this (one MD5 block): chained chunk digests
+/// (`md5x::link`) carry a file's MD5 state from one chunk to the next, which needs whole blocks.
+pub const CHUNK_ALIGN: u32 = 64;
+
+/// Whether `n` is a chunk size this program accepts: within the bounds, whole MD5 blocks.
+pub fn chunk_size_ok(n: u32) -> bool {
+    (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&n) && n.is_multiple_of(CHUNK_ALIGN)
+}
 
 /// Most chunks in one file (2 TiB at 256 KiB chunks): every node keeps a few bytes of state
 /// per chunk, and a file's bitfield must fit in one control frame (1 MiB).

@@ -1,13 +1,14 @@
-//! The MD5 helper pool: a few threads that hash own-file chunks, verify received chunks (and
-//! write the good ones to their output file, starting their writeback on a thread of its own),
-//! and advance whole-file MD5s, so the reactor never hashes. Each result is sent back on a
-//! channel and the reactor is woken through its mio `Waker`.
+//! The MD5 helper pool: a few threads that compute an own file's chained chunk digests,
+//! verify received chunks (and write the good ones to their output file, starting their
+//! writeback on a thread of its own), and check the chunks of a `.part` an earlier run left, so
+//! the reactor never hashes. Each result is sent back on a channel and the reactor is woken
+//! through its mio `Waker`.
 //!
-//! All three kinds of work are MD5 over some bytes, so a worker takes a mixed batch from one
-//! FIFO queue and runs it as one multi-buffer pass (`batch`, through md5x): chunk digests start
-//! from a fresh state, whole-file MD5s continue from their saved state, and all of them share
-//! the lanes. A whole-file MD5 is inherently one sequential stream; riding in a lane
-//! beside chunk work is what makes it nearly free, instead of a scalar pass at the end.
+//! All three kinds of work are MD5 over chunks (`md5x::link`: a chunk's chain value, from the
+//! one before it), so a worker takes a mixed batch from one FIFO queue and runs it as one
+//! multi-buffer pass (`batch`, through md5x). Checks of received chunks are independent of each
+//! other and fill the lanes; an own file's chain is one serial stream, which rides in a lane
+//! beside them, one chunk a round.
 
 use crate::geometry::Geometry;
 use crate::ids::{ChunkId, Digest, FileId, PeerId};
@@ -26,35 +27,39 @@ use batch::run_batch;
 use stats::Stats;
 
 pub enum Job {
-    /// Digests of chunks `first..first+count` of a mapped file.
-    HashChunks {
+    /// Chain values of chunks `first..first + prevs.len()` of a mapped file, chunk `first + k`
+    /// started from `prevs[k]`, its owner's chain value of the chunk before it (`None` for
+    /// chunk 0): a `.part` an earlier run of this node left, checked chunk by chunk.
+    Check {
         file: FileId,
         map: Arc<Mmap>,
         geo: Geometry,
         first: u32,
-        count: u32,
+        prevs: Vec<Option<Digest>>,
     },
-    /// Check a received chunk against its digest and, if it matches, write it at `offset`.
+    /// Check a received chunk: its chain value, started from `prev` (the chain value of the
+    /// chunk before it; `None` for chunk 0), must be `expect` (for the file's `last` chunk, the
+    /// file's MD5); if it is, write it at `offset`.
     Verify {
         peer: PeerId,
         chunk: ChunkId,
         data: Vec<u8>,
-        digest: Digest,
+        prev: Option<Digest>,
+        expect: Digest,
+        last: bool,
         out: Arc<File>,
         offset: u64,
         requested_at: u64,
     },
-    /// Feed chunks `from..to` of a mapped file into `ctx`; finish it if `finish`.
-    Stream {
+    /// An own file's chain: chunks `from..to` fed into `ctx` one after another (`None` map: an
+    /// empty file), each chunk's chain value reported in order (`Done::Chained`).
+    Chain {
         file: FileId,
         map: Option<Arc<Mmap>>,
         geo: Geometry,
         from: u32,
         to: u32,
         ctx: Box<Md5State>,
-        finish: bool,
-        /// A node's own file, whose MD5 every peer waits for (see `OWN_STREAM_FLOOR`).
-        own: bool,
     },
 }
 
@@ -62,20 +67,21 @@ impl Job {
     /// Work in chunks, for sizing batches.
     fn weight(&self) -> usize {
         match self {
-            Job::HashChunks { count, .. } => *count as usize,
+            Job::Check { prevs, .. } => prevs.len(),
             Job::Verify { .. } => 1,
-            // A stream occupies one lane; its length hardly adds to the batch's time as long as
+            // A chain occupies one lane; its length hardly adds to the batch's time as long as
             // other lanes have work beside it.
-            Job::Stream { .. } => 1,
+            Job::Chain { .. } => 1,
         }
     }
 }
 
 pub enum Done {
-    Hashed {
+    /// The chain values of chunks `first..` of a `.part` as found on disk (a `Job::Check`).
+    Checked {
         file: FileId,
         first: u32,
-        digests: Vec<Digest>,
+        values: Vec<Digest>,
     },
     Verified {
         peer: PeerId,
@@ -85,11 +91,11 @@ pub enum Done {
         requested_at: u64,
         write_error: Option<String>,
     },
-    Streamed {
+    /// The chain values of own-file chunks `first..`; the file's last one is its MD5.
+    Chained {
         file: FileId,
-        upto: u32,
-        ctx: Option<Box<Md5State>>,
-        md5: Option<Digest>,
+        first: u32,
+        values: Vec<Digest>,
     },
 }
 
@@ -112,11 +118,10 @@ impl Queue {
         self.jobs.iter().map(Job::weight).sum()
     }
 
-    /// The next batch, up to the batch size (always at least one job): received chunks and
-    /// whole-file streams first, in FIFO order, then the node's own chunk digests. A received
-    /// chunk waits for its check before it counts, is written or is served; behind a node's
-    /// whole own file (seconds of hashing at start) nothing it received would count, and its
-    /// downloads would stall at the in-flight cap while its disk sat idle.
+    /// The next batch, up to the batch size (always at least one job): received chunks and own
+    /// files' chains first, in FIFO order, then the checks of a resumed `.part`. A received
+    /// chunk waits for its check before it counts, is written or is served, and every peer
+    /// waits for an own file's chain values before it may ask for its chunks.
     fn pop(&mut self) -> Vec<Job> {
         let mut out = Vec::new();
         let mut w = 0;
@@ -124,7 +129,7 @@ impl Queue {
             let mut i = 0;
             while i < self.jobs.len() {
                 let j = &self.jobs[i];
-                if matches!(j, Job::HashChunks { .. }) != own {
+                if matches!(j, Job::Check { .. }) != own {
                     i += 1;
                     continue;
                 }
@@ -244,13 +249,13 @@ fn worker(
         };
         let counted = stats
             .as_ref()
-            .map(|_| (Stats::start(), verifies(&jobs), streams(&jobs)));
+            .map(|_| (Stats::start(), verifies(&jobs), chained(&jobs)));
         let (done, again, cost) = run_batch(jobs, flush);
         if let (Some(st), Some((started, verified, asked))) = (stats.as_mut(), counted) {
-            st.batch(started, verified, asked - streams(&again), cost);
+            st.batch(started, verified, asked - chained(&again), cost);
         }
         if !again.is_empty() {
-            // Streams cut short ride along in the next batch, not behind the queue.
+            // Chains cut short ride along in the next batch, not behind the queue.
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
             for j in again.into_iter().rev() {
                 q.jobs.push_front(j);
@@ -273,11 +278,11 @@ fn verifies(jobs: &[Job]) -> u32 {
         .count() as u32
 }
 
-/// Whole-file chunks the streams among `jobs` ask for.
-fn streams(jobs: &[Job]) -> u32 {
+/// Own-file chunks the chains among `jobs` ask for.
+fn chained(jobs: &[Job]) -> u32 {
     jobs.iter()
         .map(|j| match j {
-            Job::Stream { from, to, .. } => to - from,
+            Job::Chain { from, to, .. } => to - from,
             _ => 0,
         })
         .sum()
@@ -285,8 +290,8 @@ fn streams(jobs: &[Job]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::batch::md5;
     use super::*;
+    use crate::md5x;
     use std::io::Write;
 
     pub(super) const CHUNK: u32 = 1024;
@@ -310,7 +315,9 @@ mod tests {
         (path, Arc::new(f), Arc::new(map))
     }
 
-    pub(super) fn verify(out: &Arc<File>, index: u32, data: Vec<u8>, digest: Digest) -> Job {
+    /// The check of chunk `index` (of `CHUNK` bytes but the file's last) with `data`, against
+    /// the chain `chain` of the file.
+    pub(super) fn verify(out: &Arc<File>, index: u32, data: Vec<u8>, chain: &[Digest]) -> Job {
         Job::Verify {
             peer: PeerId(1),
             chunk: ChunkId {
@@ -318,7 +325,9 @@ mod tests {
                 index,
             },
             data,
-            digest,
+            prev: index.checked_sub(1).map(|k| chain[k as usize]),
+            expect: chain[index as usize],
+            last: index as usize + 1 == chain.len(),
             out: Arc::clone(out),
             offset: u64::from(index * CHUNK),
             requested_at: 0,
@@ -326,55 +335,54 @@ mod tests {
     }
 
     #[test]
-    fn received_chunks_and_streams_go_before_own_digests() {
+    fn received_chunks_and_chains_go_before_resume_checks() {
         let (path, out, map) = mapped("order", 64 * CHUNK as usize);
         let geo = Geometry::new(map.len() as u64, CHUNK);
-        let hash = |first| Job::HashChunks {
+        let chain = md5x::chain(&map, CHUNK as usize);
+        let check = |first| Job::Check {
             file: FileId(0),
             map: Arc::clone(&map),
             geo,
             first,
-            count: 8,
+            prevs: vec![None; 8],
         };
         let mut q = Queue::default();
-        q.jobs.push_back(hash(0));
-        q.jobs.push_back(verify(&out, 1, vec![0; 4], [0; 16]));
-        q.jobs.push_back(hash(8));
-        q.jobs.push_back(Job::Stream {
+        q.jobs.push_back(check(0));
+        q.jobs.push_back(verify(&out, 1, vec![0; 4], &chain));
+        q.jobs.push_back(check(8));
+        q.jobs.push_back(Job::Chain {
             file: FileId(0),
             map: Some(Arc::clone(&map)),
             geo,
             from: 0,
             to: 4,
             ctx: Box::default(),
-            finish: false,
-            own: false,
         });
-        q.jobs.push_back(verify(&out, 2, vec![0; 4], [0; 16]));
+        q.jobs.push_back(verify(&out, 2, vec![0; 4], &chain));
         for first in [16, 24, 32] {
-            q.jobs.push_back(hash(first));
+            q.jobs.push_back(check(first));
         }
         let kinds = |jobs: &[Job]| -> Vec<String> {
             jobs.iter()
                 .map(|j| match j {
-                    Job::HashChunks { first, .. } => format!("hash{first}"),
+                    Job::Check { first, .. } => format!("check{first}"),
                     Job::Verify { chunk, .. } => format!("verify{}", chunk.index),
-                    Job::Stream { .. } => "stream".into(),
+                    Job::Chain { .. } => "chain".into(),
                 })
                 .collect()
         };
-        // 3 chunks of received and stream work, then own digests up to 32 chunks in all.
+        // 3 chunks of received and chain work, then resume checks up to 32 chunks in all.
         assert_eq!(
             kinds(&q.pop()),
-            ["verify1", "stream", "verify2", "hash0", "hash8", "hash16"]
+            ["verify1", "chain", "verify2", "check0", "check8", "check16"]
         );
-        assert_eq!(kinds(&q.pop()), ["hash24", "hash32"]);
+        assert_eq!(kinds(&q.pop()), ["check24", "check32"]);
         assert!(q.pop().is_empty());
         let _ = std::fs::remove_file(path);
     }
 
     #[test]
-    fn the_pool_hashes_verifies_writes_and_streams() {
+    fn the_pool_chains_verifies_writes_and_checks() {
         let len = 20 * CHUNK as usize + 77;
         let (path, _, map) = mapped("src", len);
         let (out_path, out, _) = mapped("out", len);
@@ -382,6 +390,7 @@ mod tests {
         out.set_len(0).expect("truncate");
         out.set_len(len as u64).expect("size");
         let geo = Geometry::new(len as u64, CHUNK);
+        let want = md5x::chain(&map, CHUNK as usize);
         let chunk = |i: u32| map[geo.offset(i) as usize..][..geo.chunk_len(i) as usize].to_vec();
         let wake: Wake = Arc::new(|| {});
         let pool = HashPool::new(
@@ -390,28 +399,26 @@ mod tests {
             crate::storage::writeback_thread().expect("writeback"),
         )
         .expect("pool");
-        pool.submit(Job::HashChunks {
-            file: FileId(0),
-            map: Arc::clone(&map),
-            geo,
-            first: 0,
-            count: geo.chunk_count(),
-        });
-        pool.submit(Job::Stream {
+        pool.submit(Job::Chain {
             file: FileId(0),
             map: Some(Arc::clone(&map)),
             geo,
             from: 0,
             to: geo.chunk_count(),
             ctx: Box::default(),
-            finish: true,
-            own: true,
         });
-        pool.submit(verify(&out, 3, chunk(3), md5(&chunk(3))));
-        pool.submit(verify(&out, 4, chunk(4), md5(&chunk(5))));
-        let (mut hashed, mut streamed, mut verified) = (None, None, Vec::new());
+        pool.submit(Job::Check {
+            file: FileId(0),
+            map: Arc::clone(&map),
+            geo,
+            first: 18,
+            prevs: vec![Some(want[17]), Some(want[18]), None],
+        });
+        pool.submit(verify(&out, 3, chunk(3), &want));
+        pool.submit(verify(&out, 4, chunk(5), &want));
+        let (mut chained, mut checked, mut verified) = (Vec::new(), None, Vec::new());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while hashed.is_none() || streamed.is_none() || verified.len() < 2 {
+        while chained.len() < want.len() || checked.is_none() || verified.len() < 2 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the pool did not finish"
@@ -420,31 +427,21 @@ mod tests {
                 .results
                 .recv_timeout(std::time::Duration::from_secs(20))
             {
-                Ok(Done::Hashed { digests, .. }) => hashed = Some(digests),
-                Ok(Done::Streamed { md5: Some(d), .. }) => streamed = Some(d),
-                // Shortened beside the chunk work: ask for the rest, as the client does.
-                Ok(Done::Streamed {
-                    upto,
-                    ctx: Some(ctx),
-                    ..
-                }) => pool.submit(Job::Stream {
-                    file: FileId(0),
-                    map: Some(Arc::clone(&map)),
-                    geo,
-                    from: upto,
-                    to: geo.chunk_count(),
-                    ctx,
-                    finish: true,
-                    own: true,
-                }),
-                Ok(Done::Streamed { .. }) => panic!("a stream ended without its state"),
+                Ok(Done::Chained { first, values, .. }) => {
+                    assert_eq!(first as usize, chained.len(), "chain values in order");
+                    chained.extend(values);
+                }
+                Ok(Done::Checked { first, values, .. }) => checked = Some((first, values)),
                 Ok(Done::Verified { chunk, ok, .. }) => verified.push((chunk.index, ok)),
                 Err(e) => panic!("no result: {e}"),
             }
         }
-        let want: Vec<Digest> = (0..geo.chunk_count()).map(|i| md5(&chunk(i))).collect();
-        assert_eq!(hashed, Some(want));
-        assert_eq!(streamed, Some(md5(&map)));
+        assert_eq!(chained, want);
+        // The last chunk checked from a wrong value (None) does not give the file's MD5.
+        let (first, values) = checked.expect("checked");
+        assert_eq!(first, 18);
+        assert_eq!(values[..2], want[18..20]);
+        assert_ne!(values[2], want[20]);
         verified.sort_unstable();
         assert_eq!(verified, [(3, true), (4, false)]);
         // The good chunk was written at its offset, the bad one not at all.

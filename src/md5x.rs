@@ -256,6 +256,25 @@ impl Md5State {
         }
     }
 
+    /// The state after a file's first `offset` bytes, whose chain value there is `at` (`None`:
+    /// the start, MD5's initial value); see [`link`]. `offset` must be a multiple of 64.
+    pub fn resume(at: Option<&Digest>, offset: u64) -> Self {
+        let mut s = Self::new();
+        if let Some(d) = at {
+            for (w, bytes) in s.state.iter_mut().zip(d.chunks_exact(4)) {
+                *w = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            }
+        }
+        s.len = offset;
+        s
+    }
+
+    /// The chain value here: the state words in digest byte order (bytes buffered since the
+    /// last whole block are not in it; between chunks there are none).
+    pub fn chain_value(&self) -> Digest {
+        to_digest(&self.state)
+    }
+
     /// Absorbs `data` with the scalar compression.
     pub fn update(&mut self, data: &[u8]) {
         let (body, tail) = self.absorb(data);
@@ -297,6 +316,41 @@ impl Md5State {
         self.buf[self.buf_len..self.buf_len + n].copy_from_slice(&tail[..n]);
         self.buf_len += n;
     }
+}
+
+/// The chain value of one chunk of a file (chained chunk digests): the MD5 state after the
+/// file's first `offset` bytes and `data`, started from `prev`, the chain value of the chunk
+/// before (`None` for the first chunk, which starts from MD5's initial value). The last chunk's
+/// chain value (`last`) is the file's MD5. `offset` must be a multiple of 64, and so must the
+/// length of every chunk but the last, so that no partial block is left between chunks.
+///
+/// Why chained: a file's chain values are what its owner computes anyway while it takes the MD5
+/// of the whole file, and with them every chunk can be checked on its own, in any order and in
+/// any lane, and the checks of all chunks together are the MD5 of the whole file. A receiver
+/// hashes each byte once (instead of once per chunk digest and once more for the file's MD5,
+/// which is one serial stream that can only follow the held prefix of the file).
+pub fn link(prev: Option<&Digest>, offset: u64, data: &[u8], last: bool) -> Digest {
+    let mut s = Md5State::resume(prev, offset);
+    s.update(data);
+    if last { s.finalize() } else { s.chain_value() }
+}
+
+/// Every chain value of `data` cut into chunks of `chunk` bytes (a multiple of 64); the last
+/// one is the MD5 of `data`. An empty `data` has no chunks.
+pub fn chain(data: &[u8], chunk: usize) -> Vec<Digest> {
+    let mut s = Md5State::new();
+    let n = data.len().div_ceil(chunk.max(BLOCK));
+    data.chunks(chunk.max(BLOCK))
+        .enumerate()
+        .map(|(i, c)| {
+            s.update(c);
+            if i + 1 == n {
+                s.clone().finalize()
+            } else {
+                s.chain_value()
+            }
+        })
+        .collect()
 }
 
 /// Messages hashed at once by the multi-buffer path.

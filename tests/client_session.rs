@@ -152,7 +152,9 @@ fn requested_piece_is_verified_then_announced() {
     assert_eq!(
         c.on_piece(PeerId(3), chunk, 262_144, 5),
         PieceVerdict::Verify {
-            digest: [1; 16],
+            prev: None,
+            expect: [1; 16],
+            last: false,
             offset: 0,
             requested_at: 3
         }
@@ -369,10 +371,10 @@ fn a_resumed_output_is_checked_and_only_what_it_lacks_is_requested() {
     );
     let a = drain(&mut c);
     assert!(
-        a.contains(&Action::Hash {
+        a.contains(&Action::Check {
             file: FileId(2),
             first: 0,
-            count: 3
+            prevs: vec![None, Some([1; 16]), Some([2; 16])]
         }),
         "{a:?}"
     );
@@ -382,7 +384,7 @@ fn a_resumed_output_is_checked_and_only_what_it_lacks_is_requested() {
         "nothing of f3 is requested before the check: {a:?}"
     );
     // On disk: chunks 0 and 2 intact, chunk 1 not.
-    c.on_hashed(FileId(2), 0, vec![[1; 16], [9; 16], [3; 16]], 4);
+    c.on_checked(FileId(2), 0, vec![[1; 16], [9; 16], [3; 16]], 4);
     let chunk = |index| ChunkId {
         file: FileId(2),
         index,
@@ -551,7 +553,7 @@ fn uncached(a: &[Action]) -> Vec<(u32, u32, u32)> {
 }
 
 #[test]
-fn a_chunk_leaves_the_page_cache_once_streamed_and_held_by_every_other_member() {
+fn a_chunk_leaves_the_page_cache_once_held_here_and_by_every_other_member() {
     // Client 2 downloads f1 (owner 1, 10 chunks) and f3 (owner 3) in a run of three; for f1
     // the one other member that needs it is client 3.
     let mut c = joined_with(|i| if i == 1 { 10 * 262_144 - 1000 } else { 600_000 });
@@ -565,9 +567,9 @@ fn a_chunk_leaves_the_page_cache_once_streamed_and_held_by_every_other_member() 
         },
         1,
     );
-    // Every chunk of f1 found intact on disk (a resumed output): held without a transfer.
+    // A resumed output: chunks 0..8 are found intact first, 8 and 9 later.
     c.on_output_ready(f1, true, 2);
-    c.on_hashed(f1, 0, digests, 3);
+    c.on_checked(f1, 0, digests[..8].to_vec(), 3);
     for p in [1, 3] {
         c.on_peer_connected(PeerId(p), 4);
     }
@@ -577,33 +579,25 @@ fn a_chunk_leaves_the_page_cache_once_streamed_and_held_by_every_other_member() 
         };
         c.on_peer_message(PeerId(3), m, 5).expect("a have is fine");
     };
-    for i in [0, 1, 2, 3, 4, 7] {
+    for i in [0, 1, 2, 3, 4, 7, 8] {
         have(&mut c, i);
     }
     c.on_tick(6);
     assert_eq!(
         uncached(&drain(&mut c)),
-        vec![],
-        "nothing before the whole-file MD5 has read it"
-    );
-    c.on_stream(f1, 6, None);
-    c.on_tick(7);
-    assert_eq!(
-        uncached(&drain(&mut c)),
         vec![(0, 0, 5)],
-        "0..5: streamed and held by client 3; 5 is not held there, 7 is not streamed"
+        "0..5: held here and by client 3; 5 and 6 are not at client 3, 7 is alone, 8 not here"
     );
     have(&mut c, 5);
-    c.on_stream(f1, 9, None);
     c.on_tick(8);
     assert_eq!(
         uncached(&drain(&mut c)),
         vec![],
-        "5, 6 and 7 alone are a run too short to drop while the MD5 goes on"
+        "5 alone is a run too short to drop while the file is incomplete"
     );
     // Client 3 disconnects: a chunk it lacks may be asked of this node when it is back.
     c.on_peer_lost(PeerId(3), "test", 9);
-    c.on_stream(f1, 10, None);
+    c.on_checked(f1, 8, digests[8..].to_vec(), 9);
     c.on_tick(10);
     assert_eq!(uncached(&drain(&mut c)), vec![]);
     c.on_peer_connected(PeerId(3), 11);
@@ -625,7 +619,7 @@ fn a_chunk_leaves_the_page_cache_once_streamed_and_held_by_every_other_member() 
     );
     c.on_tick(14);
     assert_eq!(uncached(&drain(&mut c)), vec![]);
-    // A short run at the end once the file's MD5 is done: f3 (3 chunks) in one go.
+    // A short run at the end once the file is complete: f3 (3 chunks) in one go.
     let f3 = FileId(2);
     let d3: Vec<[u8; 16]> = (0..3).map(|i| [100 + i as u8; 16]).collect();
     c.on_server_message(
@@ -637,17 +631,16 @@ fn a_chunk_leaves_the_page_cache_once_streamed_and_held_by_every_other_member() 
         15,
     );
     c.on_output_ready(f3, true, 15);
-    c.on_hashed(f3, 0, d3, 16);
+    c.on_checked(f3, 0, d3[..2].to_vec(), 16);
     for index in 0..3 {
         let m = Message::Have {
             chunk: ChunkId { file: f3, index },
         };
         c.on_peer_message(PeerId(1), m, 16).expect("a have is fine");
     }
-    c.on_stream(f3, 2, None);
     c.on_tick(17);
     assert_eq!(uncached(&drain(&mut c)), vec![], "2 chunks: too short");
-    c.on_stream(f3, 3, Some([9; 16]));
+    c.on_checked(f3, 2, d3[2..].to_vec(), 18);
     c.on_tick(18);
     assert_eq!(uncached(&drain(&mut c)), vec![(2, 0, 3)]);
 }

@@ -227,23 +227,15 @@ fn report(sim: &Sim) {
 /// Runs one scenario; returns total / T_lb. The owner whose uplink sets T_lb must send its file
 /// once (1 % slack: at the very end a duplicate no longer delays anything).
 fn ratio_of(name: &str, latency_us: u64, hash_us_per_chunk: u64) -> f64 {
-    ratio_with(name, latency_us, hash_us_per_chunk, simnet::IN_KERNEL, 0)
+    ratio_with(name, latency_us, hash_us_per_chunk, simnet::IN_KERNEL)
 }
 
-/// `ratio_of`, with `in_kernel` pieces unsent in the kernel per connection and whole-file MD5
-/// streams that take `stream_us` per chunk.
-fn ratio_with(
-    name: &str,
-    latency_us: u64,
-    hash_us_per_chunk: u64,
-    in_kernel: usize,
-    stream_us: u64,
-) -> f64 {
+/// `ratio_of`, with `in_kernel` pieces unsent in the kernel per connection.
+fn ratio_with(name: &str, latency_us: u64, hash_us_per_chunk: u64, in_kernel: usize) -> f64 {
     let hosts = scenario(name);
     let mut sim = Sim::new(hosts.clone(), latency_us);
     sim.hash_us_per_chunk = hash_us_per_chunk;
     sim.in_kernel = in_kernel;
-    sim.stream_us_per_chunk = stream_us;
     let total = sim.run(600_000_000);
     sim.check_complete();
     let bound = t_lb(&hosts);
@@ -260,7 +252,7 @@ fn ratio_with(
         .map(|i| sim.uncached[i] as f64 / (all - chunks(&hosts[i])) as f64)
         .collect();
     eprintln!(
-        "{name} rtt {} ms, hashing {hash_us_per_chunk} us/chunk, {in_kernel} unsent, streams {stream_us} us/chunk: total {total:.3} s, T_lb {bound:.3} s, ratio {:.3}; own file sent x [{}], duplicates {:.1} MiB, uncached {:.2?}",
+        "{name} rtt {} ms, hashing {hash_us_per_chunk} us/chunk, {in_kernel} unsent: total {total:.3} s, T_lb {bound:.3} s, ratio {:.3}; own file sent x [{}], duplicates {:.1} MiB, uncached {:.2?}",
         2 * latency_us / 1000,
         total / bound,
         own.join(" "),
@@ -360,7 +352,7 @@ fn net_slow_up_with_four_pieces_unsent_per_connection() {
     // A request of the slow host waits behind its own pieces, on every connection: the windows
     // must cover that wait, which the least latency (measured while its uplink was idle) does
     // not. 1.30 x T_lb with windows from the least latency alone, 1.001 with the wait.
-    let r = ratio_with("net-slow-up", 250, 0, 4, 0);
+    let r = ratio_with("net-slow-up", 250, 0, 4);
     assert!(r <= 1.02, "total / T_lb = {r:.3}");
 }
 
@@ -402,20 +394,4 @@ fn sixteen_clients_with_random_rates() {
         total < 1.3 * bound,
         "total {total:.3} s vs T_lb {bound:.3} s"
     );
-}
-
-/// Whole-file MD5s that take 2 ms per chunk (130 MB/s, a stream's share of a busy core): a
-/// file is complete only when its MD5 has passed its last chunk, so a held prefix that lags what
-/// is held shows up as time after the last chunk. The scheduler asks for the lowest missing
-/// chunks first (a file's prefix, then the lowest index among equally rare ones); with the
-/// highest index among equals and no prefix rule, net-sym took 1.32 x T_lb here.
-#[test]
-fn whole_file_md5_that_takes_time_adds_little() {
-    for name in ["net-sym", "net-slow-up"] {
-        let r = ratio_with(name, 250, 0, simnet::IN_KERNEL, 2000);
-        assert!(
-            r <= 1.01,
-            "{name} with whole-file MD5 at 2 ms per chunk: total / T_lb = {r:.3}"
-        );
-    }
 }

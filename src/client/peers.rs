@@ -115,7 +115,9 @@ impl Client {
                 let out = Arc::clone(&out.file);
                 match self.core.on_piece(p, chunk, data.len(), now) {
                     PieceVerdict::Verify {
-                        digest,
+                        prev,
+                        expect,
+                        last,
                         offset,
                         requested_at,
                     } => {
@@ -123,7 +125,9 @@ impl Client {
                             peer: p,
                             chunk,
                             data,
-                            digest,
+                            prev,
+                            expect,
+                            last,
                             out,
                             offset,
                             requested_at,

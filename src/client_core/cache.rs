@@ -1,7 +1,7 @@
 //! Which received chunks the page cache may drop: those that are spent here. A chunk of a
-//! download is spent when its whole-file MD5 stream has passed it (so this node holds it and
-//! will not read it again for the MD5) and every other member but the file's owner is connected
-//! and holds it (so no peer will ask this node for it). The shell then has the kernel write the
+//! download is spent when this node holds it (checked and written: nothing reads it here again)
+//! and every other member but the file's owner is connected and holds it (so no peer will ask
+//! this node for it). The shell then has the kernel write the
 //! range back and drop its pages ([`Action::Uncache`]).
 //!
 //! While some member other than the owner is not connected (not yet, lost, or banned), no
@@ -20,14 +20,16 @@ pub const UNCACHE_MIN_RUN: u32 = 4;
 
 impl ClientCore {
     /// Emits an [`Action::Uncache`] for each new run of at least `UNCACHE_MIN_RUN` spent
-    /// chunks in every download (shorter ones where they fill a gap, or once the MD5 is done).
+    /// chunks in every download (shorter ones where they fill a gap, or once the file is
+    /// complete).
     pub(super) fn uncache_spent(&mut self) {
         if self.phase == Phase::Hello {
             return;
         }
         let me = self.id;
         for (id, f) in self.files.iter_mut() {
-            if f.owned || f.stream_pos <= f.uncached_low {
+            let end = f.geo.chunk_count();
+            if f.owned || end <= f.uncached_low {
                 continue;
             }
             let owner = f.info.owner;
@@ -44,12 +46,12 @@ impl ClientCore {
                 continue;
             }
             let spent = |i: u32| {
-                self.sched.avail(ChunkId {
+                let c = ChunkId {
                     file: *id,
                     index: i,
-                }) >= needed
+                };
+                self.sched.have(c) && self.sched.avail(c) >= needed
             };
-            let end = f.stream_pos;
             let mut i = f.uncached_low;
             while i < end {
                 if f.uncached.get(i) || !spent(i) {
@@ -61,7 +63,7 @@ impl ClientCore {
                     i += 1;
                 }
                 // A shorter run waits for its neighbours, unless it fills a gap before a run
-                // already dropped or the file's MD5 is done (no more neighbours to wait for).
+                // already dropped or the file is complete (no more neighbours to wait for).
                 let gap = i < end && f.uncached.get(i);
                 if i - from >= UNCACHE_MIN_RUN || gap || f.computed.is_some() {
                     for k in from..i {

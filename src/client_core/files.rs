@@ -1,31 +1,32 @@
-//! A file's hashing results, on the client's side: its own files' chunk digests (sent to the
-//! server in order), the whole-file MD5 streams (an own file's goes to the server and the
-//! peers; a download's is checked against its owner's), the rename of a verified download,
-//! and when this node holds every file.
+//! A file's hashing results, on the client's side: its own files' chained chunk digests
+//! (`md5x::link`; sent to the server in order, and the last of them, the file's MD5, to the
+//! server and the peers), the end of a download (every chunk held, each checked against its
+//! owner's chain: the file's MD5 is then the chain's last value, and it must agree with the one
+//! the server or the owner sent), the rename of a verified download, and when this node holds
+//! every file.
 
 use super::*;
 
 impl ClientCore {
-    /// Digests of chunks `first..` of a file are ready (an [`Action::Hash`] is done).
-    pub fn on_hashed(&mut self, file: FileId, first: u32, digests: Vec<Digest>, now: u64) {
-        match self.files.get(&file) {
-            Some(f) if f.owned => self.on_own_digests(file, first, digests),
-            Some(_) => self.on_checked(file, first, digests, now),
-            None => {}
-        }
-    }
-
-    /// Digests of own-file chunks `first..` are ready. Jobs finish out of order on the pool;
-    /// digests go to the server in order, as soon as the prefix before them is complete.
-    pub(super) fn on_own_digests(&mut self, file: FileId, first: u32, digests: Vec<Digest>) {
+    /// Chain values of own-file chunks `first..` are ready (an [`Action::Chain`] went that
+    /// far). They go to the server in order, as soon as the prefix before them is complete; the
+    /// file's last one is its MD5.
+    pub fn on_chained(&mut self, file: FileId, first: u32, values: Vec<Digest>) {
         let Some(f) = self.files.get_mut(&file) else {
             return;
         };
+        if !f.owned {
+            return;
+        }
         let count = f.geo.chunk_count();
         let pending = self.own_pending.entry(file).or_default();
-        pending.insert(first, digests);
+        pending.insert(first, values);
         let sent = self.own_hashed.entry(file).or_insert(0);
+        let mut md5 = None;
         while let Some(batch) = pending.remove(sent) {
+            if batch.is_empty() {
+                continue;
+            }
             for (k, d) in batch.chunks(MAX_DIGESTS_PER_FRAME).enumerate() {
                 let at = *sent + (k * MAX_DIGESTS_PER_FRAME) as u32;
                 self.actions
@@ -41,69 +42,55 @@ impl ClientCore {
                     "md5_sent event=chunk_md5_sent file={} chunks={count}",
                     f.info.name
                 );
+                md5 = batch.last().copied();
             }
+        }
+        if let Some(d) = md5 {
+            self.own_md5_done(file, d);
         }
     }
 
-    /// A whole-file hashing job ended at chunk `upto`; `md5` is set when the file is finished.
-    pub fn on_stream(&mut self, file: FileId, upto: u32, md5: Option<Digest>) {
+    /// An own file's MD5 is known: it goes to the server and to every connected peer.
+    pub(super) fn own_md5_done(&mut self, file: FileId, d: Digest) {
         let Some(f) = self.files.get_mut(&file) else {
             return;
         };
-        f.stream_busy = false;
-        f.stream_pos = upto;
-        let held = self.sched.have_set(file).map_or(0, |b| b.count());
-        debug!(
-            "stream_progress event=stream_progress file={} upto={upto} held={held} chunks={}",
+        f.computed = Some(d);
+        info!(
+            "md5_sent event=file_md5_sent file={} md5={}",
             f.info.name,
-            f.geo.chunk_count()
+            hex(&d)
         );
-        if let Some(d) = md5 {
-            f.computed = Some(d);
-            if f.owned {
-                info!(
-                    "md5_sent event=file_md5_sent file={} md5={}",
-                    f.info.name,
-                    hex(&d)
-                );
+        self.actions
+            .push_back(Action::ToServer(Message::FileDigest { file, md5: d }));
+        for (q, slot) in &self.peers {
+            if slot.connected {
                 self.actions
-                    .push_back(Action::ToServer(Message::FileDigest { file, md5: d }));
-                for (q, slot) in &self.peers {
-                    if slot.connected {
-                        self.actions
-                            .push_back(Action::ToPeer(*q, Message::FileDigest { file, md5: d }));
-                    }
-                }
-            } else {
-                self.maybe_finish(file);
+                    .push_back(Action::ToPeer(*q, Message::FileDigest { file, md5: d }));
             }
         }
-        self.maybe_stream(file);
     }
 
-    pub(super) fn maybe_stream(&mut self, file: FileId) {
+    /// A download is verified whole once every chunk is held (each checked against its
+    /// owner's chain) and its chain is known to its end: the chain's last value is then the MD5
+    /// of the file this node holds (an empty file's is the MD5 of nothing).
+    pub(super) fn maybe_complete(&mut self, file: FileId) {
         let Some(f) = self.files.get_mut(&file) else {
             return;
         };
         let count = f.geo.chunk_count();
-        if f.stream_busy || f.computed.is_some() || (self.phase == Phase::Hello) {
+        if f.owned || f.computed.is_some() || f.digests.len() as u32 != count {
             return;
         }
-        let held = |i: u32| f.owned || self.sched.have(ChunkId { file, index: i });
-        let mut to = f.stream_pos;
-        // An own file in one job: the pool keeps a stream riding in its batches until the job
-        // is done (see hashpool), and every peer waits for this MD5 at the end.
-        while to < count && (f.owned || to - f.stream_pos < STREAM_BATCH) && held(to) {
-            to += 1;
+        let held = self.sched.have_set(file).map_or(0, |b| b.count());
+        if held < count {
+            return;
         }
-        if to > f.stream_pos || count == 0 {
-            f.stream_busy = true;
-            self.actions.push_back(Action::Stream {
-                file,
-                from: f.stream_pos,
-                to,
-            });
-        }
+        f.computed = Some(match f.digests.last() {
+            Some(d) => *d,
+            None => md5x::link(None, 0, &[], true),
+        });
+        self.maybe_finish(file);
     }
 
     pub(super) fn maybe_finish(&mut self, file: FileId) {
@@ -121,7 +108,7 @@ impl ClientCore {
             self.actions.push_back(Action::Finalize { file });
         } else {
             let reason = format!(
-                "{}: every chunk matched its digest but the whole file's MD5 is {} instead of {}",
+                "{}: every chunk matched its owner's chain, which ends in the MD5 {}, but the file's announced MD5 is {}",
                 f.info.name,
                 hex(&c),
                 hex(&w)

@@ -233,14 +233,22 @@ impl ClientCore {
             ));
         }
         // A digest not yet known means the chunk was never requested: a violation, not a panic.
-        let Some(&digest) = f.digests.get(c.index as usize) else {
+        // Digests arrive in order, so the one before it is known too.
+        let Some(&expect) = f.digests.get(c.index as usize) else {
             return PieceVerdict::Violation(format!("piece {c} whose digest is not known yet"));
         };
+        let prev = c
+            .index
+            .checked_sub(1)
+            .and_then(|k| f.digests.get(k as usize).copied());
+        let last = c.index + 1 == f.geo.chunk_count();
         let offset = f.geo.offset(c.index);
         debug!("piece event=piece_arrived peer={} chunk={c}", p.0);
         match self.sched.on_piece(p, c, now) {
             PieceOutcome::Verify { requested_at } => PieceVerdict::Verify {
-                digest,
+                prev,
+                expect,
+                last,
                 offset,
                 requested_at,
             },
@@ -277,7 +285,7 @@ impl ClientCore {
                         .push_back(Action::ToPeer(*q, Message::Have { chunk: c }));
                 }
             }
-            self.maybe_stream(c.file);
+            self.maybe_complete(c.file);
         } else {
             warn!(
                 "chunk_failed event=chunk_md5_failed file={} index={} from={from} bytes={len}",

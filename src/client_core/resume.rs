@@ -69,18 +69,25 @@ impl ClientCore {
         let known = f.digests.len() as u32;
         while *next < known {
             let count = CHECK_BATCH.min(known - *next);
-            self.actions.push_back(Action::Hash {
+            let prevs = (*next..*next + count)
+                .map(|i| {
+                    i.checked_sub(1)
+                        .and_then(|k| f.digests.get(k as usize).copied())
+                })
+                .collect();
+            self.actions.push_back(Action::Check {
                 file,
                 first: *next,
-                count,
+                prevs,
             });
             *next += count;
         }
     }
 
-    /// The digests of chunks `first..` of a resumed `.part` as found on disk: those that match
-    /// are held (and announced); the others are fetched like any missing chunk.
-    pub(super) fn on_checked(&mut self, file: FileId, first: u32, found: Vec<Digest>, now: u64) {
+    /// The chain values of chunks `first..` of a resumed `.part` as found on disk (each from
+    /// its owner's value of the chunk before): those that match the owner's are held (and
+    /// announced); the others are fetched like any missing chunk.
+    pub fn on_checked(&mut self, file: FileId, first: u32, found: Vec<Digest>, now: u64) {
         let Some(f) = self.files.get_mut(&file) else {
             return;
         };
@@ -124,7 +131,7 @@ impl ClientCore {
         }
         self.sched.set_known(file, first, n);
         self.progress_dirty |= !good.is_empty();
-        self.maybe_stream(file);
+        self.maybe_complete(file);
         self.fill_all(now);
     }
 

@@ -1,13 +1,13 @@
 //! What one MD5 worker did with its time, logged as `hash_load` after a batch once `EVERY` has
 //! passed since its last line, when debug logging is on (and not measured otherwise): batches
 //! run, their wall and CPU time (hashing and writing the verified chunks), how long the thread
-//! waited for a CPU while it was runnable over the whole span, chunks verified and whole-file
-//! chunks streamed, and how full the lanes were (`md5x::take_slot_bytes`). An idle worker logs
-//! nothing, and the last span before exit is not logged.
+//! waited for a CPU while it was runnable over the whole span, chunks verified, own-file chunks
+//! chained, and how full the lanes were (`md5x::take_slot_bytes`). An idle worker logs nothing,
+//! and the last span before exit is not logged.
 //!
-//! It answers why a whole-file MD5 trails a file's last chunk: on a busy machine a worker
-//! spends most of a batch runnable but not running (net-sym on 2 cores: 110 to 200 ms of each
-//! 250 ms waiting for a CPU, 40 to 100 ms on one).
+//! It answers where the hashing time goes: on a busy machine a worker spends most of a batch
+//! runnable but not running (net-sym on 2 cores, with the whole-file MD5 streams of before the
+//! chained digests: 110 to 200 ms of each 250 ms waiting for a CPU, 40 to 100 ms on one).
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,7 @@ pub(super) struct Stats {
     wall: Duration,
     cpu_ns: u64,
     verifies: u32,
-    streamed: u32,
+    chained: u32,
     cost: Cost,
     runq_ns: Option<u64>,
 }
@@ -53,7 +53,7 @@ impl Stats {
             wall: Duration::ZERO,
             cpu_ns: 0,
             verifies: 0,
-            streamed: 0,
+            chained: 0,
             cost: Cost::default(),
             runq_ns,
         }
@@ -64,12 +64,12 @@ impl Stats {
     }
 
     /// Counts one batch and logs the accounting once `EVERY` has passed.
-    pub(super) fn batch(&mut self, started: Started, verifies: u32, streamed: u32, cost: Cost) {
+    pub(super) fn batch(&mut self, started: Started, verifies: u32, chained: u32, cost: Cost) {
         self.batches += 1;
         self.wall += started.0.elapsed();
         self.cpu_ns += thread_cpu_ns().saturating_sub(started.1);
         self.verifies += verifies;
-        self.streamed += streamed;
+        self.chained += chained;
         self.cost.lanes += cost.lanes;
         self.cost.slots += cost.slots;
         if self.since.elapsed() < EVERY {
@@ -86,14 +86,14 @@ impl Stats {
             self.cost.lanes as f64 / self.cost.slots as f64
         };
         log::debug!(
-            "hash_load event=hash_load worker={} span_ms={:.0} batches={} wall_ms={:.1} cpu_ms={:.1} runq_ms={waited} verified={} streamed={} lane_fill={fill:.2}",
+            "hash_load event=hash_load worker={} span_ms={:.0} batches={} wall_ms={:.1} cpu_ms={:.1} runq_ms={waited} verified={} chained={} lane_fill={fill:.2}",
             self.index,
             self.since.elapsed().as_secs_f64() * 1e3,
             self.batches,
             self.wall.as_secs_f64() * 1e3,
             self.cpu_ns as f64 / 1e6,
             self.verifies,
-            self.streamed,
+            self.chained,
         );
         *self = Self::fresh(self.index, now);
     }

@@ -488,3 +488,53 @@ fn the_slot_count_is_the_rounds_times_their_lanes() {
     assert_eq!(take_slot_bytes(), expect as u64);
     assert_eq!(take_slot_bytes(), 0, "taken");
 }
+
+/// The last chain value is the file's MD5; each chunk checks on its own, in any order, from the
+/// value before it, in lanes too; a changed byte changes its chunk's value and no other.
+#[test]
+fn chained_chunk_digests_check_each_chunk_and_end_in_the_files_md5() {
+    for (len, chunk) in [
+        (10 * 1024 + 17, 1024),
+        (8 * 1024, 1024),
+        (1000, 1024),
+        (64, 64),
+    ] {
+        let data = fill(len as u64, len);
+        let values = chain(&data, chunk);
+        assert_eq!(values.len(), len.div_ceil(chunk), "len {len}");
+        assert_eq!(values.last().copied(), Some(oracle(&data)), "len {len}");
+        let pieces: Vec<&[u8]> = data.chunks(chunk).collect();
+        // Backwards, each from the value before it.
+        for (i, piece) in pieces.iter().enumerate().rev() {
+            let prev = i.checked_sub(1).map(|k| &values[k]);
+            let last = i + 1 == pieces.len();
+            assert_eq!(
+                link(prev, (i * chunk) as u64, piece, last),
+                values[i],
+                "chunk {i}"
+            );
+        }
+        // All at once, in lanes.
+        let mut states: Vec<Md5State> = (0..pieces.len())
+            .map(|i| Md5State::resume(i.checked_sub(1).map(|k| &values[k]), (i * chunk) as u64))
+            .collect();
+        let mut items: Vec<(&mut Md5State, &[u8])> =
+            states.iter_mut().zip(pieces.iter().copied()).collect();
+        update_many(&mut items);
+        for (i, s) in states.into_iter().enumerate() {
+            let got = if i + 1 == pieces.len() {
+                s.finalize()
+            } else {
+                s.chain_value()
+            };
+            assert_eq!(got, values[i], "lane {i}");
+        }
+    }
+    let mut bad = fill(5, 4096);
+    let good = chain(&bad, 1024);
+    bad[2048 + 100] ^= 1;
+    let after = chain(&bad, 1024);
+    assert_eq!(good[..2], after[..2]);
+    assert_ne!(link(Some(&good[1]), 2048, &bad[2048..3072], false), good[2]);
+    assert!(chain(&[], 1024).is_empty());
+}

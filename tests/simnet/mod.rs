@@ -38,6 +38,8 @@ pub const COMMITTED: usize = 4;
 /// Of those, the pieces a control frame must wait for: the reactor queues control frames ahead
 /// of its own pieces (conn.rs), but not of what the kernel already holds.
 pub const IN_KERNEL: usize = 2;
+/// Chain values an owner's hash pool reports at once (`hash_us_per_chunk` > 0).
+const CHAIN_BATCH: u32 = 8;
 
 /// One emulated host: rates in bytes per second, and the size of the file it shares (0: none).
 #[derive(Clone, Copy, Debug)]
@@ -91,18 +93,12 @@ enum Ev {
         link: usize,
         ver: u64,
     },
-    /// A job of the owner's hash pool is done: the digests of `count` chunks from `first`.
+    /// A batch of an owner's chain is done: the chain values of `count` chunks from `first`.
     Hashed {
         i: usize,
         file: FileId,
         first: u32,
         count: u32,
-    },
-    /// A whole-file MD5 job of client `i` reached chunk `to` (`stream_us_per_chunk`).
-    Streamed {
-        i: usize,
-        file: FileId,
-        to: u32,
     },
     Tick,
 }
@@ -161,16 +157,12 @@ pub struct Sim {
     pub uncached: Vec<u64>,
     /// The server is gone: messages to and from it are lost.
     server_dead: bool,
-    /// Time (µs) an owner's hash pool spends on one chunk of its own file: its jobs run one
-    /// after another, so a peer learns the digests (and may ask for the chunks) in order, over
-    /// file chunks x this. 0: all at once.
+    /// Time (µs) an owner's hash pool spends on one chunk of its own file's chain: a peer
+    /// learns the chain values (and may ask for the chunks) in order, in batches of
+    /// `CHAIN_BATCH`, over file chunks x this. 0: all at once.
     pub hash_us_per_chunk: u64,
     /// Per client, when its hash pool is free again.
     hash_free_at: Vec<u64>,
-    /// Time (µs) a whole-file MD5 stream takes per chunk. A node's streams run side by side
-    /// (lanes), each one job at a time; a file is complete only once its stream has passed its
-    /// last chunk, so chunks held beyond the verified prefix are work left for the end. 0: at once.
-    pub stream_us_per_chunk: u64,
     /// Pieces the kernel's send buffer of one connection holds unsent ([`IN_KERNEL`]; the
     /// reactor's queue adds 2, see [`COMMITTED`]). Linux grows a busy connection's buffer up to
     /// 4 MiB (net.ipv4.tcp_wmem): 16 pieces.
@@ -220,7 +212,6 @@ impl Sim {
             server_dead: false,
             hash_us_per_chunk: 0,
             hash_free_at: vec![0; n],
-            stream_us_per_chunk: 0,
             in_kernel: IN_KERNEL,
         };
         for i in 0..n {
@@ -262,15 +253,6 @@ impl Sim {
         self.hosts.len()
     }
 
-    /// Client `i`'s whole-file MD5 of `file` reached chunk `to` (the MD5 is done at the end).
-    fn streamed(&mut self, i: usize, file: FileId, to: u32) {
-        let count = self.clients[i]
-            .file(file)
-            .map_or(0, |f| f.geo.chunk_count());
-        let md5 = (to == count).then(|| whole_label(file));
-        self.clients[i].on_stream(file, to, md5);
-    }
-
     fn client_actions(&mut self, i: usize) {
         while let Some(a) = self.clients[i].poll_action() {
             let (now, lat) = (self.now, self.latency_us);
@@ -295,25 +277,34 @@ impl Sim {
                     }
                 }
                 Action::CreateOutput { file } => self.clients[i].on_output_ready(file, false, now),
-                Action::Hash { file, first, count } if self.hash_us_per_chunk > 0 => {
-                    let t = self.hash_free_at[i].max(now) + count as u64 * self.hash_us_per_chunk;
-                    self.hash_free_at[i] = t;
-                    self.at(
-                        t,
-                        Ev::Hashed {
-                            i,
-                            file,
-                            first,
-                            count,
-                        },
-                    );
+                Action::Chain { file } => {
+                    let count = self.clients[i]
+                        .file(file)
+                        .map_or(0, |f| f.geo.chunk_count());
+                    if self.hash_us_per_chunk == 0 {
+                        self.hashed(i, file, 0, count);
+                    } else {
+                        let mut first = 0;
+                        while first < count {
+                            let n = CHAIN_BATCH.min(count - first);
+                            let t =
+                                self.hash_free_at[i].max(now) + n as u64 * self.hash_us_per_chunk;
+                            self.hash_free_at[i] = t;
+                            self.at(
+                                t,
+                                Ev::Hashed {
+                                    i,
+                                    file,
+                                    first,
+                                    count: n,
+                                },
+                            );
+                            first += n;
+                        }
+                    }
                 }
-                Action::Hash { file, first, count } => self.hashed(i, file, first, count),
-                Action::Stream { file, from, to } if self.stream_us_per_chunk > 0 => {
-                    let t = now + u64::from(to - from) * self.stream_us_per_chunk;
-                    self.at(t, Ev::Streamed { i, file, to });
-                }
-                Action::Stream { file, to, .. } => self.streamed(i, file, to),
+                // No resumed outputs here (`on_output_ready(file, false)`).
+                Action::Check { .. } => panic!("client {i}: a resume check in the simulator"),
                 Action::Uncache { file, from, to } => {
                     // No page cache here, but the rule: what a node drops, no other needs.
                     for j in (0..self.n()).filter(|&j| j != i) {
@@ -339,10 +330,23 @@ impl Sim {
 
     fn hashed(&mut self, i: usize, file: FileId, first: u32, count: u32) {
         let d = (first..first + count)
-            .map(|index| label(ChunkId { file, index }))
+            .map(|index| self.chain_label(ChunkId { file, index }))
             .collect();
-        let now = self.now;
-        self.clients[i].on_hashed(file, first, d, now);
+        self.clients[i].on_chained(file, first, d);
+    }
+
+    /// A chunk's chain value here: a label, and the file's for its last chunk.
+    fn chain_label(&self, c: ChunkId) -> Digest {
+        let count = self
+            .clients
+            .iter()
+            .find_map(|cl| cl.file(c.file))
+            .map_or(0, |f| f.geo.chunk_count());
+        if c.index + 1 == count {
+            whole_label(c.file)
+        } else {
+            label(c)
+        }
     }
 
     fn server_actions(&mut self) {
@@ -616,11 +620,11 @@ impl Sim {
                 let p = self.id(from);
                 match self.clients[to].on_piece(p, chunk, len as usize, t) {
                     PieceVerdict::Verify {
-                        digest,
+                        expect,
                         requested_at,
                         ..
                     } => {
-                        let ok = digest == label(chunk);
+                        let ok = expect == self.chain_label(chunk);
                         if ok {
                             self.received[to] += len as u64;
                             let b = (t / 250_000) as usize;
@@ -645,10 +649,6 @@ impl Sim {
                 count,
             } => {
                 self.hashed(i, file, first, count);
-                self.client_actions(i);
-            }
-            Ev::Streamed { i, file, to } => {
-                self.streamed(i, file, to);
                 self.client_actions(i);
             }
             Ev::Tick => {
