@@ -88,6 +88,12 @@ enum Cmd {
         /// Seconds to keep retrying the server at start.
         #[arg(long, default_value_t = 20)]
         connect_timeout: u64,
+        /// Rename a verified download without waiting for the disk (no fdatasync before the
+        /// rename, none while it downloads). Faster where the disk is slower than the network,
+        /// but after a power loss or a kernel crash (not a crash of this program) a file may
+        /// read as zeros in parts under its final name.
+        #[arg(long)]
+        no_fsync: bool,
         /// Show this client's progress on stderr (a bar on a terminal, a line every few
         /// seconds otherwise).
         #[arg(long)]
@@ -202,6 +208,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
             log_dir,
             hash_threads,
             connect_timeout,
+            no_fsync,
             progress,
             token: tok,
         } => {
@@ -235,6 +242,7 @@ fn dispatch(cmd: Cmd) -> Result<i32, Error> {
                 log_dir,
                 hash_threads,
                 connect_for: Duration::from_secs(connect_timeout),
+                durable: !no_fsync,
                 progress,
                 token,
             })

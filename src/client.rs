@@ -57,6 +57,8 @@ pub struct ClientConfig {
     pub progress: bool,
     /// The run's token (--token or P2PSHARE_TOKEN), if it has one.
     pub token: Option<crate::auth::Token>,
+    /// Make each download durable (fdatasync) before its rename (`--no-fsync` turns it off).
+    pub durable: bool,
 }
 
 struct PeerConn {
@@ -107,6 +109,8 @@ struct Client {
     waker: Arc<Waker>,
     /// Results of finalizations (fsync and rename), which run on their own threads.
     finals_tx: Sender<(FileId, Result<(), String>)>,
+    /// `ClientConfig::durable`.
+    durable: bool,
     finals_rx: Receiver<(FileId, Result<(), String>)>,
 }
 
@@ -208,7 +212,7 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         Arc::new(Waker::new(poll.registry(), WAKER).map_err(|e| Error::Usage(e.to_string()))?);
     let pool_waker = Arc::clone(&waker);
     let (finals_tx, finals_rx) = channel();
-    let writeback = crate::storage::writeback_thread()
+    let writeback = crate::storage::writeback_thread(cfg.durable)
         .map_err(|e| Error::Usage(format!("cannot start the writeback thread: {e}")))?;
     let pool = HashPool::new(
         cfg.hash_threads,
@@ -257,6 +261,7 @@ pub fn run(cfg: ClientConfig) -> Result<i32, Error> {
         exit: None,
         waker,
         finals_tx,
+        durable: cfg.durable,
         finals_rx,
     };
     c.run_loop()
@@ -592,11 +597,12 @@ impl Client {
                     let (f, part, dest) =
                         (Arc::clone(&out.file), out.part.clone(), out.dest.clone());
                     let (tx, waker) = (self.finals_tx.clone(), Arc::clone(&self.waker));
+                    let durable = self.durable;
                     let spawned =
                         std::thread::Builder::new()
                             .name("finalize".into())
                             .spawn(move || {
-                                let r = crate::storage::finalize(&f, &part, &dest)
+                                let r = crate::storage::finalize(&f, &part, &dest, durable)
                                     .map_err(|e| e.to_string());
                                 let _ = tx.send((file, r));
                                 let _ = waker.wake();

@@ -123,7 +123,7 @@ pub struct FileSlot {
     /// `cache`).
     uncached: BitSet,
     uncached_low: u32,
-    /// The whole-file MD5 matched and the rename was asked for.
+    /// The file's MD5 (its chain's end) matched the announced one and the rename was asked for.
     finalizing: bool,
     /// Renamed to its final name: complete.
     done: bool,

@@ -19,7 +19,9 @@ pub const MAGIC: [u8; 4] = *b"P2PS";
 /// 3: stuck and rejoined (crash and restart).
 /// 4: membership (see `auth`): hello's token flag, challenge, auth, member, peer_hello's nonce
 /// and peer_auth. An older node cannot prove membership, so it is stopped at the hello.
-pub const VERSION: u16 = 4;
+/// 5: chained chunk digests (`md5x::link`): chunk_digests carries each chunk's chain value,
+/// not its own MD5. An older node would fail every chunk check, so it is stopped at the hello.
+pub const VERSION: u16 = 5;
 /// Largest control frame (everything but `Piece`), kind byte included.
 pub const MAX_CONTROL_FRAME: u32 = 1 << 20;
 /// Length prefix plus kind byte.

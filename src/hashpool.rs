@@ -396,7 +396,7 @@ mod tests {
         let pool = HashPool::new(
             2,
             wake,
-            crate::storage::writeback_thread().expect("writeback"),
+            crate::storage::writeback_thread(true).expect("writeback"),
         )
         .expect("pool");
         pool.submit(Job::Chain {

@@ -380,7 +380,7 @@ pub fn critical_path(tl: &Timeline) -> Option<Vec<String>> {
     let log = tl.clients.get(who)?;
     if let Some((_, t)) = log.files_done.iter().find(|(f, _)| *f == last.file) {
         out.push(format!(
-            "then: {who} completed {} at {} ({:.1} ms after the chunk: whole-file MD5, fsync, \
+            "then: {who} completed {} at {} ({:.1} ms after the chunk: fsync and \
              rename)",
             last.file,
             s(*t),

@@ -467,17 +467,23 @@ impl ServerCore {
             return self.close(conn, format!("digests for file {} it does not own", file.0));
         };
         let f = &mut self.files[fi];
-        let n = digests.len() as u32;
         let known = f.digests.len();
-        if (first as usize) < known {
+        let (first, digests) = if (first as usize) < known {
             // A rejoined owner hashes its file again: what it sends must be what it sent before.
+            // Its batches need not end where the first life's did: the rest is new.
             let end = (first as usize + digests.len()).min(known);
             if f.digests[first as usize..end] != digests[..end - first as usize] {
                 let reason = format!("the digests of {} changed since it joined", f.info.name);
                 return self.close(conn, reason);
             }
-            return;
-        }
+            if end == first as usize + digests.len() {
+                return;
+            }
+            (known as u32, digests[end - first as usize..].to_vec())
+        } else {
+            (first, digests)
+        };
+        let n = digests.len() as u32;
         if first as usize != known || first.checked_add(n).is_none_or(|e| e > f.chunks) {
             return self.close(conn, format!("digests {first}+{n} out of order or range"));
         }

@@ -41,8 +41,8 @@ enum Queued {
 
 /// Fresh requests that may go ahead of one request by name. Unbounded, a requester that keeps
 /// asking an owner for fresh chunks starved its own request by name there until the owner's
-/// file was all out: a chunk at the start of a file's missing range waited seconds, and with
-/// it that file's whole-file MD5, which then ran after the last chunk arrived.
+/// file was all out: a chunk at the start of a file's missing range waited seconds (and, with
+/// the whole-file MD5 stream of before the chained digests, that file's MD5 with it).
 const MAX_OVERTAKEN: u8 = 2;
 
 /// An own file: which chunks have left this node at least once.

@@ -1,8 +1,9 @@
 //! Files on disk: source files mapped read-only, and output files that are created as
 //! `NAME.part` at their full size (after a check that the disk has room for all of them) or
 //! kept from an earlier run of the node (to be checked chunk by chunk), their blocks allocated,
-//! filled chunk by chunk, mapped read-only for serving and whole-file hashing, and renamed to
-//! `NAME` only after their whole-file MD5 matched.
+//! filled chunk by chunk, mapped read-only for serving and resume checks, and renamed to
+//! `NAME` only once every chunk passed its check against its owner's chain, whose last value is
+//! the file's MD5.
 //!
 //! # Safety of the maps
 //! A memory map of a file that another process truncates turns reads past the new end into
@@ -332,8 +333,9 @@ struct Synced {
 }
 
 /// Starts the writeback of written ranges (`start_writeback`) on a thread of its own, every
-/// `SYNC_EVERY` makes each output written meanwhile durable, and drops spent ranges from the
-/// page cache (`uncache`).
+/// `SYNC_EVERY` makes each output written meanwhile durable (if `durable`; not with
+/// `--no-fsync`, where no rename waits for the disk), and drops spent ranges from the page
+/// cache (`uncache`).
 /// - Its own thread: `sync_file_range` blocks while the disk's request queue is full, for
 ///   seconds when a virtual disk flushes its cache, and in a hash worker that held up every
 ///   verification, and with them every transfer of the node (all four nodes stood still for
@@ -343,7 +345,7 @@ struct Synced {
 ///   which took 0.5 to 2.6 s after the last chunk; synced as it goes, little is left then.
 ///
 /// The thread ends when every sender is gone.
-pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
+pub fn writeback_thread(durable: bool) -> io::Result<Sender<Writeback>> {
     let (tx, rx) = channel::<Writeback>();
     std::thread::Builder::new()
         .name("writeback".into())
@@ -384,7 +386,7 @@ pub fn writeback_thread() -> io::Result<Sender<Writeback>> {
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
                 }
-                for o in outs.iter_mut() {
+                for o in outs.iter_mut().filter(|_| durable) {
                     if o.since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) {
                         // A write error is reported to the output's own descriptor too, at
                         // the fsync before the rename (see `reopen`); here it only stops the
@@ -448,13 +450,16 @@ fn reopen(file: &File) -> Option<File> {
     File::open(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
 }
 
-/// Makes a verified `.part` durable and renames it to its final name. Runs off the reactor.
-pub fn finalize(file: &File, part: &Path, dest: &Path) -> Result<(), StorageError> {
+/// Makes a verified `.part` durable (unless not `durable`: `--no-fsync`) and renames it to its
+/// final name. Runs off the reactor.
+pub fn finalize(file: &File, part: &Path, dest: &Path, durable: bool) -> Result<(), StorageError> {
     let err = |err| StorageError::Rename {
         from: part.to_owned(),
         err,
     };
-    file.sync_data().map_err(err)?;
+    if durable {
+        file.sync_data().map_err(err)?;
+    }
     fs::rename(part, dest).map_err(err)
 }
 

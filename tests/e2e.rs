@@ -27,6 +27,15 @@ fn four_clients_share_everything() {
     eprintln!("four clients: {:?}", run.elapsed);
 }
 
+/// `--no-fsync`: the same files, byte-identical, renamed without waiting for the disk.
+#[test]
+fn clients_that_do_not_wait_for_the_disk_share_everything() {
+    let dir = TestDir::new("no_fsync");
+    let sizes = [Some(2 * MIB + 4_321), Some(MIB + 65), Some(262_144)];
+    let run = run_swarm_args(&dir, &sizes, 400, &["--no-fsync".to_string()]);
+    check_run(&dir, &run);
+}
+
 #[test]
 fn eight_clients() {
     let dir = TestDir::new("eight_clients");
@@ -227,6 +236,9 @@ fn cli_server_absurd_chunk_size() {
         &["--listen", "127.0.0.1:0", "--chunk-size", "4294967295"],
     );
     expect_usage_error(&dir, &a, &["--chunk-size"]);
+    // Chained digests carry MD5 states from chunk to chunk: whole 64-byte blocks only.
+    let a = server_args(&dir, &["--listen", "127.0.0.1:0", "--chunk-size", "262145"]);
+    expect_usage_error(&dir, &a, &["--chunk-size", "multiple of 64"]);
 }
 
 #[test]

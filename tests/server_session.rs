@@ -335,6 +335,92 @@ fn a_lost_client_rejoins_its_slot_and_the_others_learn_its_new_address() {
     );
 }
 
+/// A rejoined owner computes its chain again, in batches cut where its first life's were not:
+/// what overlaps must match, and what goes beyond is taken and relayed.
+#[test]
+fn a_rejoined_owners_digests_may_straddle_what_the_server_holds() {
+    let mut s = ServerCore::new(2, 1024);
+    s.on_connect(0, "x");
+    s.on_connect(1, "x");
+    let big = |name: &str| {
+        let mut h = hello("", name);
+        if let Message::Hello { files, .. } = &mut h {
+            files[0].size = 10 * 1024;
+        }
+        h
+    };
+    s.on_message(0, big("a"), 1);
+    s.on_message(1, big("b"), 2);
+    let digests =
+        |first: u8, n: u8| -> Vec<[u8; 16]> { (first..first + n).map(|i| [i; 16]).collect() };
+    let send = |s: &mut ServerCore, conn, first: u8, n: u8, now| {
+        s.on_message(
+            conn,
+            Message::ChunkDigests {
+                file: FileId(0),
+                first: u32::from(first),
+                digests: digests(first, n),
+            },
+            now,
+        );
+    };
+    send(&mut s, 0, 0, 3, 3);
+    drain(&mut s);
+    s.on_disconnect(0, 10);
+    s.on_connect(6, "x");
+    s.on_message(6, big("a"), 12);
+    drain(&mut s);
+    // 0..4 again: 0..3 as before, chunk 3 new; then 4..10.
+    send(&mut s, 6, 0, 4, 13);
+    let a = drain(&mut s);
+    assert!(
+        a.contains(&ServerAction::Send(
+            1,
+            Message::ChunkDigests {
+                file: FileId(0),
+                first: 3,
+                digests: digests(3, 1)
+            }
+        )),
+        "{a:?}"
+    );
+    send(&mut s, 6, 4, 6, 14);
+    let a = drain(&mut s);
+    assert!(
+        !a.iter().any(|x| matches!(x, ServerAction::Close(..))),
+        "{a:?}"
+    );
+    assert!(
+        a.contains(&ServerAction::Send(
+            1,
+            Message::ChunkDigests {
+                file: FileId(0),
+                first: 4,
+                digests: digests(4, 6)
+            }
+        )),
+        "{a:?}"
+    );
+    // A straddling batch whose old part differs is still refused.
+    send(&mut s, 6, 8, 2, 15);
+    assert!(
+        drain(&mut s).is_empty(),
+        "known and equal: taken in silence"
+    );
+    s.on_message(
+        6,
+        Message::ChunkDigests {
+            file: FileId(0),
+            first: 9,
+            digests: vec![[0; 16]],
+        },
+        16,
+    );
+    assert!(
+        matches!(drain(&mut s).as_slice(), [ServerAction::Close(6, r)] if r.contains("changed"))
+    );
+}
+
 #[test]
 fn a_run_nobody_can_progress_ends_after_the_rejoin_wait() {
     let mut s = two_started();

@@ -60,8 +60,7 @@ impl Scheduler {
     }
 
     /// The best chunk to ask of `p` by name. From a relay: the fewest other usable holders
-    /// first (0 ends the scan), then the lowest index, so each file's verified prefix grows
-    /// steadily for its whole-file MD5; rarity is judged among the `SCAN_LIMIT` lowest
+    /// first (0 ends the scan), then the lowest index; rarity is judged among the `SCAN_LIMIT` lowest
     /// candidates of each file (a scan of every missing chunk for every request costs more
     /// than it brings). From the owner: only chunks that left it but cannot be
     /// had elsewhere. Files are scanned from one that depends on the peer, so that different
@@ -149,10 +148,10 @@ impl Scheduler {
     /// From a peer that is no bottleneck: a chunk of another's file among the first
     /// `PREFIX_WINDOW` from where this node's held prefix of it ends, before any chunk of the
     /// peer's own file and before any rarer one (a few requests per file: each is asked once).
-    /// A file's whole-file MD5 is one sequential stream that waits at its first missing chunk;
-    /// rarest-first alone left such a chunk (held by two relays, so never the rarest) missing
-    /// until the end, and the MD5 of nearly the whole file was left to do after the last chunk
-    /// arrived.
+    /// It was made for the whole-file MD5 stream of before the chained digests, which waited
+    /// at a file's first missing chunk: rarest-first alone left such a chunk (held by two
+    /// relays, so never the rarest) missing until the end. Chunks are checked in any order
+    /// now; the rule stays until it is measured without it.
     fn pick_prefix(&self, p: PeerId) -> Option<ChunkId> {
         if self.precious.contains(&p) || self.owner_uplink_scarce(p) {
             return None;

@@ -505,6 +505,16 @@ pub fn client_cmd(
 /// until every process has exited 0. Client K (from 1) is named `clientK`, its file is
 /// `cK-data.bin` generated with seed `seed_base + K`.
 pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmRun {
+    run_swarm_args(dir, sizes, seed_base, &[])
+}
+
+/// As `run_swarm`, with `client_extra` added to every client's arguments.
+pub fn run_swarm_args(
+    dir: &TestDir,
+    sizes: &[Option<u64>],
+    seed_base: u64,
+    client_extra: &[String],
+) -> SwarmRun {
     run_swarm_full(
         dir,
         sizes,
@@ -513,6 +523,7 @@ pub fn run_swarm(dir: &TestDir, sizes: &[Option<u64>], seed_base: u64) -> SwarmR
         RUN_TIMEOUT,
         &[],
         &|_| Vec::new(),
+        client_extra,
     )
 }
 
@@ -525,7 +536,16 @@ pub fn run_swarm_on(
     hosts: &Hosts,
     timeout: Duration,
 ) -> SwarmRun {
-    run_swarm_full(dir, sizes, seed_base, hosts, timeout, &[], &|_| Vec::new())
+    run_swarm_full(
+        dir,
+        sizes,
+        seed_base,
+        hosts,
+        timeout,
+        &[],
+        &|_| Vec::new(),
+        &[],
+    )
 }
 
 /// [`run_swarm`] with extra server arguments, and extra environment variables for client K
@@ -545,10 +565,12 @@ pub fn run_swarm_with(
         RUN_TIMEOUT,
         server_extra,
         client_env,
+        &[],
     )
 }
 
 /// The swarm runs above, with every option.
+#[allow(clippy::too_many_arguments)]
 fn run_swarm_full(
     dir: &TestDir,
     sizes: &[Option<u64>],
@@ -557,6 +579,7 @@ fn run_swarm_full(
     timeout: Duration,
     server_extra: &[String],
     client_env: &dyn Fn(usize) -> Vec<(String, String)>,
+    client_extra: &[String],
 ) -> SwarmRun {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -602,6 +625,7 @@ fn run_swarm_full(
     for (k, c) in clients.iter().enumerate() {
         let file = c.owns.as_ref().map(|f| f.path.as_path());
         let mut a = client_cmd(&addr, &c.name, file, &c.out_dir, &log_dir);
+        a.extend_from_slice(client_extra);
         let (netns, _) = hosts.host(k + 1);
         if netns.is_some() {
             let listen = a.iter().position(|x| x == "--listen").expect("--listen") + 1;
