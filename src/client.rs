@@ -305,6 +305,11 @@ impl Client {
                 if let Some(s) = self.server.as_mut() {
                     let _ = s.flush();
                 }
+                // Every file gets its line, also one this node never touched (an empty one).
+                let ids: Vec<FileId> = self.core.file_ids().collect();
+                for id in ids {
+                    let _ = self.file_io(id);
+                }
                 for (id, f) in &self.files {
                     if let Some(slot) = self.core.file(*id) {
                         info!(
@@ -435,7 +440,9 @@ impl Client {
                     }
                     self.core.on_output_ready(file, resumed, now_us());
                 }
-                Err(e) => self.exit = Some((2, e)),
+                Err(e) => {
+                    self.exit.get_or_insert((2, e));
+                }
             }
         }
         while let Ok((file, r)) = self.finals_rx.try_recv() {

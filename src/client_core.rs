@@ -261,6 +261,11 @@ impl ClientCore {
         self.downloads().map(|f| f.size).sum()
     }
 
+    /// Every file of the run this node knows of, its own and its downloads.
+    pub fn file_ids(&self) -> impl Iterator<Item = FileId> + '_ {
+        self.files.keys().copied()
+    }
+
     /// The files this node downloads (the run's files it does not own).
     pub fn downloads(&self) -> impl Iterator<Item = &FileInfo> {
         self.files.values().filter(|f| !f.owned).map(|f| &f.info)

@@ -221,8 +221,9 @@ impl Output {
 /// allocates an output's blocks chunk by chunk (ext4's delayed allocation). On net-sym the
 /// runs came out a little shorter, and so did the time from the last chunk to the last file
 /// complete (Readme section 7). A filesystem that cannot preallocate keeps the sparse file
-/// (`set_len`). Runs on the reactor: on a disk it takes milliseconds (extents, no zeroing);
-/// on a tmpfs it takes the memory at once.
+/// (`set_len`). Runs on the output's open-output thread, off the reactor: on an idle disk it
+/// takes milliseconds (extents, no zeroing), behind another run's writeback up to 400 ms; on a
+/// tmpfs it takes the memory at once.
 fn reserve(file: &File, size: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let Ok(len) = libc::off64_t::try_from(size) else {

@@ -50,6 +50,16 @@ fn eight_clients() {
     eprintln!("eight clients: {:?}", run.elapsed);
 }
 
+/// An empty file is complete as soon as its output exists (created off the reactor): it is
+/// renamed to its final name, empty, at every other client.
+#[test]
+fn an_empty_file_arrives_too() {
+    let dir = TestDir::new("an_empty_file");
+    let sizes = [Some(MIB + 5), Some(0), Some(300_001)];
+    let run = run_swarm(&dir, &sizes, 500);
+    check_run(&dir, &run);
+}
+
 #[test]
 fn client_without_files() {
     let dir = TestDir::new("client_without_files");

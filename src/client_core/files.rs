@@ -100,7 +100,9 @@ impl ClientCore {
         let (Some(w), Some(c)) = (f.whole, f.computed) else {
             return;
         };
-        if f.finalizing || f.owned {
+        // An output still being created (on a thread of its own) cannot be renamed yet: an
+        // empty download is complete at once.
+        if f.finalizing || f.owned || f.out != resume::OutState::Ready {
             return;
         }
         if w == c {

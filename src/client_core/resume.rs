@@ -53,6 +53,8 @@ impl ClientCore {
             f.out = OutState::Ready;
             let known = f.digests.len() as u32;
             self.sched.set_known(file, 0, known);
+            self.maybe_complete(file);
+            self.maybe_finish(file);
             self.fill_all(now);
         }
     }
