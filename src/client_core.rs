@@ -534,6 +534,10 @@ impl ClientCore {
                 );
             }
         }
+        self.check_chain_end(file);
+        if self.phase == Phase::Exited {
+            return;
+        }
         self.manifest_check();
         if matches!(out, resume::OutState::Scanning { .. }) {
             self.scan(file);
@@ -572,6 +576,7 @@ impl ClientCore {
             }
             None => f.whole = Some(md5),
         }
+        self.check_chain_end(file);
         self.manifest_check();
         self.maybe_finish(file);
         Ok(())

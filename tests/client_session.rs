@@ -644,3 +644,43 @@ fn a_chunk_leaves_the_page_cache_once_held_here_and_by_every_other_member() {
     c.on_tick(18);
     assert_eq!(uncached(&drain(&mut c)), vec![(2, 0, 3)]);
 }
+
+/// A chain of chunk digests that does not end in the file's announced MD5 can never pass: the
+/// client stops as soon as it knows both, whichever comes first, before fetching the file.
+#[test]
+fn a_chain_that_does_not_end_in_the_announced_md5_stops_the_client_at_once() {
+    let digests = || Message::ChunkDigests {
+        file: FileId(2),
+        first: 0,
+        digests: vec![[1; 16], [2; 16], [3; 16]],
+    };
+    let whole = |b: u8| Message::FileDigest {
+        file: FileId(2),
+        md5: [b; 16],
+    };
+    for digests_first in [true, false] {
+        let mut c = started();
+        let (a, b) = if digests_first {
+            (digests(), whole(9))
+        } else {
+            (whole(9), digests())
+        };
+        c.on_server_message(a, 3);
+        c.on_server_message(b, 4);
+        let (code, reason) = exit_of(&mut c).expect("the client stops");
+        assert_eq!(code, 1);
+        assert!(
+            reason.contains(&format!("ends in the MD5 {}", "03".repeat(16)))
+                && reason.contains(&"09".repeat(16)),
+            "{reason}"
+        );
+    }
+    let mut c = started();
+    c.on_server_message(digests(), 3);
+    c.on_server_message(whole(3), 4);
+    assert_eq!(
+        exit_of(&mut c),
+        None,
+        "a chain that ends in the MD5 goes on"
+    );
+}

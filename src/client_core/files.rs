@@ -109,18 +109,43 @@ impl ClientCore {
             f.finalizing = true;
             self.actions.push_back(Action::Finalize { file });
         } else {
-            let reason = format!(
-                "{}: every chunk matched its owner's chain, which ends in the MD5 {}, but the file's announced MD5 is {}",
-                f.info.name,
-                hex(&c),
-                hex(&w)
-            );
-            warn!(
-                "file_failed event=file_md5_mismatch file={} reason={reason:?}",
-                f.info.name
-            );
-            self.exit(1, reason);
+            self.md5_mismatch(file, c, w);
         }
+    }
+
+    /// A download's chain is known to its end and its MD5 announced: if the chain does not end
+    /// in that MD5, no copy of the file can ever pass, so the run fails now rather than after
+    /// the whole file is fetched.
+    pub(super) fn check_chain_end(&mut self, file: FileId) {
+        let Some(f) = self.files.get(&file) else {
+            return;
+        };
+        if f.owned || f.digests.len() as u32 != f.geo.chunk_count() {
+            return;
+        }
+        if let (Some(&end), Some(w)) = (f.digests.last(), f.whole)
+            && end != w
+        {
+            self.md5_mismatch(file, end, w);
+        }
+    }
+
+    /// The owner's chain ends in `end`, but the file's announced MD5 is `announced`.
+    fn md5_mismatch(&mut self, file: FileId, end: Digest, announced: Digest) {
+        let Some(f) = self.files.get(&file) else {
+            return;
+        };
+        let reason = format!(
+            "{}: the owner's chain of chunk digests ends in the MD5 {}, but the file's announced MD5 is {}",
+            f.info.name,
+            hex(&end),
+            hex(&announced)
+        );
+        warn!(
+            "file_failed event=file_md5_mismatch file={} reason={reason:?}",
+            f.info.name
+        );
+        self.exit(1, reason);
     }
 
     /// The shell renamed the verified file to its final name.
