@@ -353,16 +353,19 @@ fn a_rejoined_owners_digests_may_straddle_what_the_server_holds() {
     s.on_message(1, big("b"), 2);
     let digests =
         |first: u8, n: u8| -> Vec<[u8; 16]> { (first..first + n).map(|i| [i; 16]).collect() };
-    let send = |s: &mut ServerCore, conn, first: u8, n: u8, now| {
+    let send_these = |s: &mut ServerCore, conn, first: u8, digests: Vec<[u8; 16]>, now| {
         s.on_message(
             conn,
             Message::ChunkDigests {
                 file: FileId(0),
                 first: u32::from(first),
-                digests: digests(first, n),
+                digests,
             },
             now,
         );
+    };
+    let send = |s: &mut ServerCore, conn, first: u8, n: u8, now| {
+        send_these(s, conn, first, digests(first, n), now);
     };
     send(&mut s, 0, 0, 3, 3);
     drain(&mut s);
@@ -407,15 +410,7 @@ fn a_rejoined_owners_digests_may_straddle_what_the_server_holds() {
         drain(&mut s).is_empty(),
         "known and equal: taken in silence"
     );
-    s.on_message(
-        6,
-        Message::ChunkDigests {
-            file: FileId(0),
-            first: 9,
-            digests: vec![[0; 16]],
-        },
-        16,
-    );
+    send_these(&mut s, 6, 9, vec![[0; 16]], 16);
     assert!(
         matches!(drain(&mut s).as_slice(), [ServerAction::Close(6, r)] if r.contains("changed"))
     );

@@ -14,15 +14,10 @@ use memmap2::Mmap;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-/// The bytes of chunk `i` of a mapped file (empty for an empty file).
-fn chunk_of<'a>(map: &'a Option<Arc<Mmap>>, geo: &Geometry, i: u32) -> &'a [u8] {
-    match map {
-        Some(m) => {
-            let end = (geo.offset(i + 1) as usize).min(m.len());
-            &m[(geo.offset(i) as usize).min(end)..end]
-        }
-        None => &[],
-    }
+/// The bytes of chunk `i` of a mapped file (no more than the map holds).
+fn chunk_of<'a>(map: &'a [u8], geo: &Geometry, i: u32) -> &'a [u8] {
+    let end = (geo.offset(i + 1) as usize).min(map.len());
+    &map[(geo.offset(i) as usize).min(end)..end]
 }
 
 /// Chunks a chain advances per batch at least: every peer waits for its values.
@@ -95,10 +90,8 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
             } => {
                 for (k, prev) in prevs.iter().enumerate() {
                     let i = *first + k as u32;
-                    let off = geo.offset(i) as usize;
-                    let end = (off + geo.chunk_len(i) as usize).min(map.len());
                     states.push(Md5State::resume(prev.as_ref(), geo.offset(i)));
-                    datas.push(&map[off.min(end)..end]);
+                    datas.push(chunk_of(map, geo, i));
                     lasts.push(i + 1 == geo.chunk_count());
                 }
             }
@@ -134,7 +127,7 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
                 state,
                 ..
             } = c;
-            let bytes = chunk_of(map, geo, *from + r);
+            let bytes = chunk_of(map.as_deref().map_or(&[], |m| &m[..]), geo, *from + r);
             lanes += bytes.len() as u64;
             items.push((state, bytes));
         }
