@@ -48,13 +48,19 @@ impl Default for Pacing {
 impl Pacing {
     /// Requests to keep in flight, for chunks of `chunk` bytes, when this node's requests wait
     /// `own_delay` µs behind its own outgoing pieces (not in the least latency, which is
-    /// measured before the uplink is busy).
-    pub fn window(&self, chunk: f64, own_delay: f64) -> usize {
+    /// measured before the uplink is busy). Without `margin` (a node far ahead of the slowest
+    /// downloader: `Scheduler::window`), only the bandwidth-delay product, at least `MIN_WINDOW`.
+    pub fn window(&self, chunk: f64, own_delay: f64, margin: bool) -> usize {
         if self.rate <= 0.0 || self.min_lat == u64::MAX {
             return INITIAL_WINDOW;
         }
         let bdp = self.rate * (self.min_lat as f64 + own_delay) / chunk;
-        ((bdp + WINDOW_MARGIN + self.extra).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW)
+        let margin = if margin {
+            WINDOW_MARGIN + self.extra
+        } else {
+            0.0
+        };
+        ((bdp + margin).ceil() as usize).clamp(MIN_WINDOW, MAX_WINDOW)
     }
 
     /// A piece of `chunk` bytes asked at `asked` arrived at `now`; `left` requests remain in
@@ -103,20 +109,20 @@ mod tests {
     #[test]
     fn window_is_rate_times_round_trip_plus_margin() {
         let mut p = Pacing::default();
-        assert_eq!(p.window(1000.0, 0.0), INITIAL_WINDOW);
+        assert_eq!(p.window(1000.0, 0.0, true), INITIAL_WINDOW);
         // Pieces every 10 µs, 1000 µs after their request: 100 B/µs x 1000 µs = 100 chunks.
         for k in 0..4 {
             p.on_arrival(1000.0, 0, 1000 + 10 * k, 8);
         }
         assert_eq!((p.rate, p.min_lat), (100.0, 1000));
-        assert_eq!(p.window(1000.0, 0.0), MAX_WINDOW);
+        assert_eq!(p.window(1000.0, 0.0, true), MAX_WINDOW);
         // A piece per 1000 µs, the first 1000 µs after the requests: 1 chunk covers the trip.
         let mut slow = Pacing::default();
         for k in 0..20 {
             slow.on_arrival(1000.0, 0, 1000 * (k + 1), 3);
         }
         assert_eq!(
-            slow.window(1000.0, 0.0),
+            slow.window(1000.0, 0.0, true),
             MIN_WINDOW.max(1 + WINDOW_MARGIN as usize)
         );
     }
@@ -132,9 +138,9 @@ mod tests {
         p.on_arrival(250_000.0, 0, 50_000 + 25_000 * 7 + 11, 8);
         assert_eq!(p.rate, 12.5, "a quarter of twice the rate more");
         assert!(
-            p.window(250_000.0, 0.0) < 16,
+            p.window(250_000.0, 0.0, true) < 16,
             "window {}",
-            p.window(250_000.0, 0.0)
+            p.window(250_000.0, 0.0, true)
         );
     }
 
@@ -144,12 +150,16 @@ mod tests {
         for k in 0..20 {
             p.on_arrival(1000.0, 0, 1000 * (k + 1), 3);
         }
-        let w = p.window(1000.0, 0.0);
+        let w = p.window(1000.0, 0.0, true);
         p.full = true;
         p.on_arrival(1000.0, 20_000, 21_000, 0);
-        assert_eq!(p.window(1000.0, 0.0), w + 2);
+        assert_eq!(p.window(1000.0, 0.0, true), w + 2);
         p.full = false;
         p.on_arrival(1000.0, 21_000, 22_000, 0);
-        assert_eq!(p.window(1000.0, 0.0), w + 2, "not the limit: no growth");
+        assert_eq!(
+            p.window(1000.0, 0.0, true),
+            w + 2,
+            "not the limit: no growth"
+        );
     }
 }

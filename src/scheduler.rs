@@ -59,6 +59,11 @@ const PREFIX_WINDOW: u32 = 16;
 /// most this many times the least of the owners of wanted files (see `owner_uplink_scarce`).
 const PREFIX_OWNER_SLACK: f64 = 1.5;
 
+/// A node more than this many chunks ahead of the connected peer with the most left to
+/// download keeps no margin in its request windows (`window`), so its flows give way at the
+/// senders' uplinks to the downloader that is behind, whose finish sets the total.
+const YIELD_LEAD: i64 = 16;
+
 struct SFile {
     owner: PeerId,
     wanted: bool,
@@ -384,7 +389,37 @@ impl Scheduler {
 
     /// Requests to keep in flight at a peer: its bandwidth-delay product plus the margin.
     fn window(&self, s: &SPeer) -> usize {
-        s.pacing.window(self.chunk, self.own_delay_us())
+        let margin = self.lead() <= YIELD_LEAD;
+        s.pacing.window(self.chunk, self.own_delay_us(), margin)
+    }
+
+    /// How many chunks this node has left to download fewer than the connected peer with the
+    /// most left (negative if this node is that far behind). A peer's count is what it
+    /// announced (bitfield and haves) of every file it does not own.
+    fn lead(&self) -> i64 {
+        let mine: i64 = self
+            .files
+            .iter()
+            .filter(|f| f.wanted)
+            .map(|f| i64::from(f.len() - f.have.count()))
+            .sum();
+        let most = self
+            .peers
+            .iter()
+            .map(|(p, s)| {
+                self.files
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.owner != *p)
+                    .map(|(i, f)| {
+                        let got = s.has.get(&FileId(i as u32)).map_or(0, |b| b.count());
+                        i64::from(f.len().saturating_sub(got))
+                    })
+                    .sum::<i64>()
+            })
+            .max()
+            .unwrap_or(0);
+        most - mine
     }
 
     /// How long (µs) a request of this node waits behind its own pieces before it leaves: about

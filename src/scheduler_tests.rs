@@ -2,6 +2,7 @@
 //! length).
 
 use super::*;
+use crate::pacing::{MIN_WINDOW, WINDOW_MARGIN};
 
 const CHUNK: u32 = 1000;
 
@@ -19,6 +20,17 @@ fn setup() -> Scheduler {
     s.add_file(FileId(1), PeerId(2), 4);
     s.set_known(FileId(0), 0, 8);
     s.set_known(FileId(1), 0, 4);
+    s
+}
+
+/// Me = 2; file 0 (`chunks` chunks, digests known) is owned by peer 1; peer 3, connected too,
+/// downloads it as well (and may relay it).
+fn owner_and_relay(chunks: u32) -> Scheduler {
+    let mut s = Scheduler::new(PeerId(2), CHUNK);
+    s.add_file(FileId(0), PeerId(1), chunks);
+    s.set_known(FileId(0), 0, chunks);
+    s.peer_connected(PeerId(1));
+    s.peer_connected(PeerId(3));
     s
 }
 
@@ -267,6 +279,29 @@ fn window_follows_rate_times_round_trip_and_the_global_cap_holds() {
 }
 
 #[test]
+fn a_node_far_ahead_of_the_slowest_downloader_drops_its_window_margin() {
+    let mut s = owner_and_relay(100);
+    let p1 = s.peers.get_mut(&PeerId(1)).unwrap();
+    p1.pacing.rate = 2.0; // B/µs: 2 chunks of 1000 B per 1000 µs of least latency
+    p1.pacing.min_lat = 1000;
+    let with_margin = (2.0 + WINDOW_MARGIN).ceil() as usize;
+    assert_eq!(s.window_of(PeerId(1)), with_margin);
+    // Ahead of peer 3 by exactly YIELD_LEAD chunks: the margin stays.
+    for i in 0..YIELD_LEAD as u32 {
+        s.mark_have(c(0, i));
+    }
+    assert_eq!(s.window_of(PeerId(1)), with_margin);
+    // One more: the window is the bandwidth-delay product alone (at least MIN_WINDOW).
+    s.mark_have(c(0, YIELD_LEAD as u32));
+    assert_eq!(s.window_of(PeerId(1)), MIN_WINDOW.max(2));
+    // Peer 3 catches up (its haves): the margin is back.
+    for i in 0..=YIELD_LEAD as u32 {
+        s.peer_has(PeerId(3), c(0, i));
+    }
+    assert_eq!(s.window_of(PeerId(1)), with_margin);
+}
+
+#[test]
 fn endgame_duplicates_at_a_faster_peer_and_cancels_the_loser() {
     let mut s2 = Scheduler::new(PeerId(2), CHUNK);
     s2.add_file(FileId(0), PeerId(1), 2);
@@ -353,11 +388,7 @@ fn disconnect_and_timeout_release_requests() {
 
 #[test]
 fn silent_relay_does_not_stall_the_run() {
-    let mut s = Scheduler::new(PeerId(2), CHUNK);
-    s.add_file(FileId(0), PeerId(1), 2);
-    s.set_known(FileId(0), 0, 2);
-    s.peer_connected(PeerId(1));
-    s.peer_connected(PeerId(3));
+    let mut s = owner_and_relay(2);
     s.peer_has(PeerId(3), c(0, 0));
     s.max_outstanding = 2;
     assert_eq!(s.next_request(PeerId(3), 0), Some(Ask::Chunk(c(0, 0))));
