@@ -85,11 +85,13 @@ impl SFile {
         self.have.len()
     }
 
-    fn set_have(&mut self, i: u32) {
-        self.have.set(i);
+    /// Marks chunk `i` held; true if it was not held (and is of a file I download).
+    fn set_have(&mut self, i: u32) -> bool {
+        let new = self.have.set(i) && self.wanted;
         while self.head < self.len() && self.have.get(self.head) {
             self.head += 1;
         }
+        new
     }
 }
 
@@ -131,6 +133,8 @@ struct SPeer {
     late_fresh: BTreeMap<FileId, u32>,
     fresh: BTreeMap<FileId, Fresh>,
     pacing: Pacing,
+    /// Chunks of files it does not own that it has not announced (see `lead`).
+    left: i64,
     /// Its last `Load`: own-file time (µs) and upload rate (bytes/µs).
     load: Option<(u64, f64)>,
     /// The scheduler's `epoch` when `pick_chunk` last found nothing here, for its own files and
@@ -163,6 +167,8 @@ pub struct Scheduler {
     precious: BTreeSet<PeerId>,
     /// Bumped by every change that can give any peer a new candidate chunk (see `idle`).
     epoch: u64,
+    /// Chunks of the files I download that I do not hold (see `lead`).
+    my_left: i64,
 }
 
 impl Scheduler {
@@ -178,6 +184,7 @@ impl Scheduler {
             my_load: None,
             precious: BTreeSet::new(),
             epoch: 0,
+            my_left: 0,
         }
     }
 
@@ -185,6 +192,14 @@ impl Scheduler {
     pub fn add_file(&mut self, id: FileId, owner: PeerId, chunks: u32) {
         debug_assert_eq!(id.0 as usize, self.files.len());
         let mine = owner == self.me;
+        if !mine {
+            self.my_left += i64::from(chunks);
+        }
+        for (p, s) in self.peers.iter_mut() {
+            if *p != owner {
+                s.left += i64::from(chunks);
+            }
+        }
         self.files.push(SFile {
             owner,
             wanted: !mine,
@@ -245,7 +260,9 @@ impl Scheduler {
     /// Marks a chunk held without verification through the network (resume, tests).
     pub fn mark_have(&mut self, c: ChunkId) {
         if let Some(f) = self.files.get_mut(c.file.0 as usize) {
-            f.set_have(c.index);
+            if f.set_have(c.index) {
+                self.my_left -= 1;
+            }
             f.open.clear(c.index);
         }
     }
@@ -274,9 +291,12 @@ impl Scheduler {
 
     pub fn peer_connected(&mut self, p: PeerId) {
         let mut has = BTreeMap::new();
+        let mut left = 0;
         for (i, f) in self.files.iter().enumerate() {
             if f.owner == p {
                 has.insert(FileId(i as u32), BitSet::full(f.len()));
+            } else {
+                left += i64::from(f.len());
             }
         }
         self.peers.insert(
@@ -288,6 +308,7 @@ impl Scheduler {
                 late_fresh: BTreeMap::new(),
                 fresh: BTreeMap::new(),
                 pacing: Pacing::default(),
+                left,
                 load: None,
                 idle: [NEVER; 2],
             },
@@ -363,6 +384,7 @@ impl Scheduler {
             .or_insert_with(|| BitSet::new(f.have.len()));
         if bits.set(c.index) && f.owner != p {
             f.avail[c.index as usize] += 1;
+            s.left -= 1;
         }
         // New for `p`, and perhaps for the owner (a chunk it may now relay or must resend).
         s.idle = [NEVER; 2];
@@ -389,37 +411,21 @@ impl Scheduler {
 
     /// Requests to keep in flight at a peer: its bandwidth-delay product plus the margin.
     fn window(&self, s: &SPeer) -> usize {
-        let margin = self.lead() <= YIELD_LEAD;
-        s.pacing.window(self.chunk, self.own_delay_us(), margin)
+        s.pacing
+            .window(self.chunk, self.own_delay_us(), self.margin())
+    }
+
+    /// Whether windows get their margin: not while this node yields (`YIELD_LEAD`).
+    fn margin(&self) -> bool {
+        self.lead() <= YIELD_LEAD
     }
 
     /// How many chunks this node has left to download fewer than the connected peer with the
     /// most left (negative if this node is that far behind). A peer's count is what it
     /// announced (bitfield and haves) of every file it does not own.
-    fn lead(&self) -> i64 {
-        let mine: i64 = self
-            .files
-            .iter()
-            .filter(|f| f.wanted)
-            .map(|f| i64::from(f.len() - f.have.count()))
-            .sum();
-        let most = self
-            .peers
-            .iter()
-            .map(|(p, s)| {
-                self.files
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, f)| f.owner != *p)
-                    .map(|(i, f)| {
-                        let got = s.has.get(&FileId(i as u32)).map_or(0, |b| b.count());
-                        i64::from(f.len().saturating_sub(got))
-                    })
-                    .sum::<i64>()
-            })
-            .max()
-            .unwrap_or(0);
-        most - mine
+    pub fn lead(&self) -> i64 {
+        let most = self.peers.values().map(|s| s.left).max().unwrap_or(0);
+        most - self.my_left
     }
 
     /// How long (µs) a request of this node waits behind its own pieces before it leaves: about
@@ -457,7 +463,10 @@ impl Scheduler {
         let s = self.peers.get(&p)?;
         let full = s.inflight.len() >= self.window(s);
         if full || self.outstanding >= self.max_outstanding {
-            self.peers.get_mut(&p)?.pacing.full = full;
+            // A bare window (yielding) runs dry by design: that is no sign that the round trip
+            // grew, so it does not grow the margin it will get back.
+            let margin = self.margin();
+            self.peers.get_mut(&p)?.pacing.full = full && margin;
             return None;
         }
         let ask = self.pick(p, now);
@@ -550,8 +559,8 @@ impl Scheduler {
         if !f.verifying.clear(c.index) {
             return Vec::new();
         }
-        if ok {
-            f.set_have(c.index);
+        if ok && f.set_have(c.index) {
+            self.my_left -= 1;
         }
         self.release(c);
         if !ok {

@@ -294,11 +294,20 @@ fn a_node_far_ahead_of_the_slowest_downloader_drops_its_window_margin() {
     // One more: the window is the bandwidth-delay product alone (at least MIN_WINDOW).
     s.mark_have(c(0, YIELD_LEAD as u32));
     assert_eq!(s.window_of(PeerId(1)), MIN_WINDOW.max(2));
-    // Peer 3 catches up (its haves): the margin is back.
+    // A bare window that runs dry is no sign of a longer round trip: it grows no margin.
+    assert_eq!(fill(&mut s, PeerId(1), 0).len(), MIN_WINDOW);
+    assert!(!s.peers[&PeerId(1)].pacing.full);
+    // Peer 3 catches up (its haves): the margin is back, and a full window counts again.
     for i in 0..=YIELD_LEAD as u32 {
         s.peer_has(PeerId(3), c(0, i));
     }
     assert_eq!(s.window_of(PeerId(1)), with_margin);
+    assert_eq!(fill(&mut s, PeerId(1), 0).len(), with_margin - MIN_WINDOW);
+    assert!(s.peers[&PeerId(1)].pacing.full);
+    // A file added later counts for everyone but its owner: peer 3 owns these 40 chunks, so
+    // I am now 40 behind it (peer 1 lacks them too, but has 83 fewer of file 0 to fetch).
+    s.add_file(FileId(1), PeerId(3), 40);
+    assert_eq!(s.lead(), -40);
 }
 
 #[test]

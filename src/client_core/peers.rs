@@ -436,8 +436,9 @@ impl ClientCore {
             }
         }
         debug!(
-            "peer_windows event=peer_windows outstanding={} peers={peers}",
-            self.sched.outstanding()
+            "peer_windows event=peer_windows outstanding={} lead={} peers={peers}",
+            self.sched.outstanding(),
+            self.sched.lead()
         );
     }
 
