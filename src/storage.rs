@@ -321,6 +321,13 @@ pub enum Writeback {
 /// How often the writeback thread makes what was written to an output durable (fdatasync).
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 
+/// How long the writeback thread gathers written ranges before it starts their writeback, one
+/// `sync_file_range` per output over the span of its ranges. Each call submits its I/O under
+/// one plug and ends in one notification of the disk; on a virtual disk that is an exit to the
+/// hypervisor, which cost about 7 % of all the machine's CPU with one call per chunk (perf
+/// record -a, net-sym). Pages in the span that are not dirty are skipped by the kernel.
+const GATHER: Duration = Duration::from_millis(20);
+
 /// An output as the writeback thread knows it.
 struct Synced {
     file: Arc<File>,
@@ -328,12 +335,15 @@ struct Synced {
     own: Option<File>,
     /// When it was first written since its last sync.
     since: Option<Instant>,
+    /// The span of the ranges written since its writeback was last started (`GATHER`).
+    unstarted: Option<(u64, u64)>,
     /// A sync of it failed: nothing of it is dropped from the page cache any more (pages
     /// whose writeback failed are left clean in the cache, and dropped they would be gone).
     failed: bool,
 }
 
-/// Starts the writeback of written ranges (`start_writeback`) on a thread of its own, every
+/// Starts the writeback of written ranges (`start_writeback`, gathered for `GATHER`, one call
+/// per output) on a thread of its own, every
 /// `SYNC_EVERY` makes each output written meanwhile durable (if `durable`; not with
 /// `--no-fsync`, where no rename waits for the disk), and drops spent ranges from the page
 /// cache (`uncache`).
@@ -363,19 +373,27 @@ pub fn writeback_thread(durable: bool) -> io::Result<Sender<Writeback>> {
                         file,
                         own,
                         since: None,
+                        unstarted: None,
                         failed: false,
                     });
                     outs.len() - 1
                 }
             };
+            // When the oldest range whose writeback is not started yet was written.
+            let mut gathering: Option<Instant> = None;
             loop {
-                match rx.recv_timeout(SYNC_EVERY / 2) {
+                let wait = gathering.map_or(SYNC_EVERY / 2, |t| GATHER.saturating_sub(t.elapsed()));
+                match rx.recv_timeout(wait) {
                     Ok(Writeback::Written(file, offset, len)) => {
-                        timed("sync_file_range", offset, || {
-                            start_writeback(&file, offset, len)
-                        });
                         let i = slot(&mut outs, file);
-                        outs[i].since.get_or_insert_with(Instant::now);
+                        let o = &mut outs[i];
+                        o.since.get_or_insert_with(Instant::now);
+                        let end = offset.saturating_add(len as u64);
+                        o.unstarted = Some(match o.unstarted {
+                            Some((lo, hi)) => (lo.min(offset), hi.max(end)),
+                            None => (offset, end),
+                        });
+                        gathering.get_or_insert_with(Instant::now);
                     }
                     Ok(Writeback::Uncache(file, map, offset, len)) => {
                         let i = slot(&mut outs, file);
@@ -386,6 +404,15 @@ pub fn writeback_thread(durable: bool) -> io::Result<Sender<Writeback>> {
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => return,
+                }
+                if gathering.is_some_and(|t| t.elapsed() >= GATHER) {
+                    gathering = None;
+                    for o in outs.iter_mut() {
+                        if let Some((lo, hi)) = o.unstarted.take() {
+                            let len = usize::try_from(hi - lo).unwrap_or(usize::MAX);
+                            timed("sync_file_range", lo, || start_writeback(&o.file, lo, len));
+                        }
+                    }
                 }
                 for o in outs.iter_mut().filter(|_| durable) {
                     if o.since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) {
