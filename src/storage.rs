@@ -278,6 +278,10 @@ pub fn check_space(dir: &Path, needed: u64) -> Result<(), StorageError> {
 /// Best effort: an error here only means the final fsync does the work.
 fn start_writeback(file: &File, offset: u64, len: usize) {
     use std::os::fd::AsRawFd;
+    // A length of 0 would mean "to the end of the file".
+    if len == 0 {
+        return;
+    }
     let (Ok(off), Ok(n)) = (
         libc::off64_t::try_from(offset),
         libc::off64_t::try_from(len),
@@ -288,8 +292,9 @@ fn start_writeback(file: &File, offset: u64, len: usize) {
     let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
-/// A hash worker's write of a chunk, or the writeback thread's start of a range's writeback
-/// or periodic fdatasync, that blocks this long or longer is logged (`io_slow`, debug).
+/// A hash worker's write of a chunk, or the writeback thread's start of the writeback of an
+/// output's gathered span or periodic fdatasync, that blocks this long or longer is logged
+/// (`io_slow`, debug).
 const SLOW_IO: Duration = Duration::from_millis(20);
 
 /// Runs `f`, the call named `call` (at `offset`), and logs it as slow if it took `SLOW_IO` or
@@ -321,12 +326,54 @@ pub enum Writeback {
 /// How often the writeback thread makes what was written to an output durable (fdatasync).
 const SYNC_EVERY: Duration = Duration::from_millis(250);
 
-/// How long the writeback thread gathers written ranges before it starts their writeback, one
-/// `sync_file_range` per output over the span of its ranges. Each call submits its I/O under
-/// one plug and ends in one notification of the disk; on a virtual disk that is an exit to the
-/// hypervisor, which cost about 7 % of all the machine's CPU with one call per chunk (perf
-/// record -a, net-sym). Pages in the span that are not dirty are skipped by the kernel.
-const GATHER: Duration = Duration::from_millis(20);
+/// How long the writeback thread gathers the written ranges that reach it before it starts
+/// their writeback (`Gather`), one `sync_file_range` per output over the span of its ranges.
+/// Each call submits its I/O under a plug and notifies the disk a few times, not once per
+/// chunk; on a virtual disk a notification is an exit to the hypervisor, and those cost about
+/// 7 % of all the machine's CPU with one call per chunk (perf record -a, net-sym). Pages in
+/// the span that are clean or already under writeback are skipped by the kernel.
+const WRITEBACK_GATHER: Duration = Duration::from_millis(20);
+
+/// Written ranges whose writeback is not started yet: per output (its index among the
+/// writeback thread's outputs) the span from the lowest offset to the highest end, all due
+/// `WRITEBACK_GATHER` after the first of them arrived. The clock is an argument.
+#[derive(Default)]
+struct Gather {
+    spans: Vec<(usize, u64, u64)>,
+    since: Option<Instant>,
+}
+
+impl Gather {
+    /// Output `out` had `len` bytes written at `offset`; `now` is when the thread learnt it.
+    fn add(&mut self, out: usize, offset: u64, len: usize, now: Instant) {
+        let end = offset.saturating_add(len as u64);
+        match self.spans.iter_mut().find(|s| s.0 == out) {
+            Some(s) => *s = (out, s.1.min(offset), s.2.max(end)),
+            None => self.spans.push((out, offset, end)),
+        }
+        self.since.get_or_insert(now);
+    }
+
+    /// How long the thread may wait for its next message at `now`: until the spans are due,
+    /// or `idle` when there are none.
+    fn wait(&self, now: Instant, idle: Duration) -> Duration {
+        self.since.map_or(idle, |t| {
+            WRITEBACK_GATHER.saturating_sub(now.saturating_duration_since(t))
+        })
+    }
+
+    /// The spans (output, start, end), taken if they are due at `now` (or `all`, at the end).
+    fn take(&mut self, now: Instant, all: bool) -> Vec<(usize, u64, u64)> {
+        let due = self
+            .since
+            .is_some_and(|t| all || now.saturating_duration_since(t) >= WRITEBACK_GATHER);
+        if !due {
+            return Vec::new();
+        }
+        self.since = None;
+        std::mem::take(&mut self.spans)
+    }
+}
 
 /// An output as the writeback thread knows it.
 struct Synced {
@@ -335,15 +382,13 @@ struct Synced {
     own: Option<File>,
     /// When it was first written since its last sync.
     since: Option<Instant>,
-    /// The span of the ranges written since its writeback was last started (`GATHER`).
-    unstarted: Option<(u64, u64)>,
     /// A sync of it failed: nothing of it is dropped from the page cache any more (pages
     /// whose writeback failed are left clean in the cache, and dropped they would be gone).
     failed: bool,
 }
 
-/// Starts the writeback of written ranges (`start_writeback`, gathered for `GATHER`, one call
-/// per output) on a thread of its own, every
+/// Starts the writeback of written ranges (`start_writeback`, gathered for `WRITEBACK_GATHER`,
+/// one call per output) on a thread of its own, every
 /// `SYNC_EVERY` makes each output written meanwhile durable (if `durable`; not with
 /// `--no-fsync`, where no rename waits for the disk), and drops spent ranges from the page
 /// cache (`uncache`).
@@ -373,27 +418,21 @@ pub fn writeback_thread(durable: bool) -> io::Result<Sender<Writeback>> {
                         file,
                         own,
                         since: None,
-                        unstarted: None,
                         failed: false,
                     });
                     outs.len() - 1
                 }
             };
-            // When the oldest range whose writeback is not started yet was written.
-            let mut gathering: Option<Instant> = None;
+            let mut gather = Gather::default();
             loop {
-                let wait = gathering.map_or(SYNC_EVERY / 2, |t| GATHER.saturating_sub(t.elapsed()));
-                match rx.recv_timeout(wait) {
+                let msg = rx.recv_timeout(gather.wait(Instant::now(), SYNC_EVERY / 2));
+                let gone = matches!(msg, Err(RecvTimeoutError::Disconnected));
+                match msg {
                     Ok(Writeback::Written(file, offset, len)) => {
                         let i = slot(&mut outs, file);
-                        let o = &mut outs[i];
-                        o.since.get_or_insert_with(Instant::now);
-                        let end = offset.saturating_add(len as u64);
-                        o.unstarted = Some(match o.unstarted {
-                            Some((lo, hi)) => (lo.min(offset), hi.max(end)),
-                            None => (offset, end),
-                        });
-                        gathering.get_or_insert_with(Instant::now);
+                        let now = Instant::now();
+                        outs[i].since.get_or_insert(now);
+                        gather.add(i, offset, len, now);
                     }
                     Ok(Writeback::Uncache(file, map, offset, len)) => {
                         let i = slot(&mut outs, file);
@@ -402,17 +441,17 @@ pub fn writeback_thread(durable: bool) -> io::Result<Sender<Writeback>> {
                             o.failed = !uncache(own, &map, offset, len);
                         }
                     }
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return,
+                    Err(_) => {}
                 }
-                if gathering.is_some_and(|t| t.elapsed() >= GATHER) {
-                    gathering = None;
-                    for o in outs.iter_mut() {
-                        if let Some((lo, hi)) = o.unstarted.take() {
-                            let len = usize::try_from(hi - lo).unwrap_or(usize::MAX);
-                            timed("sync_file_range", lo, || start_writeback(&o.file, lo, len));
-                        }
-                    }
+                // At the end too: the final fsyncs do not need it, but the disk can start.
+                for (i, lo, hi) in gather.take(Instant::now(), gone) {
+                    let len = usize::try_from(hi - lo).unwrap_or(usize::MAX);
+                    timed("sync_file_range", lo, || {
+                        start_writeback(&outs[i].file, lo, len)
+                    });
+                }
+                if gone {
+                    return;
                 }
                 for o in outs.iter_mut().filter(|_| durable) {
                     if o.since.is_some_and(|t| t.elapsed() >= SYNC_EVERY) {
@@ -513,6 +552,45 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("target")
             .join(format!("storage-{tag}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn written_ranges_are_gathered_into_one_span_per_output_and_fall_due_together() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let idle = Duration::from_millis(125);
+        let mut g = Gather::default();
+        assert_eq!(g.wait(t0, idle), idle);
+        g.add(0, 0, 1 << 18, t0);
+        g.add(0, 1 << 20, 1 << 18, ms(5));
+        g.add(1, 4096, 100, ms(7));
+        assert_eq!(g.wait(ms(5), idle), Duration::from_millis(15));
+        assert!(g.take(ms(19), false).is_empty());
+        assert_eq!(
+            g.take(ms(20), false),
+            [(0, 0, (1 << 20) + (1 << 18)), (1, 4096, 4196)]
+        );
+        // Taken: nothing is due, and the thread waits its idle time again (no spin).
+        assert!(g.take(ms(40), false).is_empty());
+        assert_eq!(g.wait(ms(40), idle), idle);
+        // At the end, what is gathered goes at once.
+        g.add(2, 0, 10, ms(41));
+        assert_eq!(g.take(ms(42), true), [(2, 0, 10)]);
+    }
+
+    #[test]
+    fn a_steady_stream_of_ranges_still_falls_due_every_gather_period() {
+        let t0 = Instant::now();
+        let mut g = Gather::default();
+        let mut due_at = Vec::new();
+        for n in 0..100u64 {
+            let now = t0 + Duration::from_millis(n);
+            g.add(0, n << 18, 1 << 18, now);
+            if !g.take(now, false).is_empty() {
+                due_at.push(n);
+            }
+        }
+        assert_eq!(due_at, [20, 41, 62, 83]);
     }
 
     #[test]
