@@ -20,6 +20,7 @@ use std::fs::File;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 mod batch;
 mod stats;
@@ -99,10 +100,17 @@ pub enum Done {
     },
 }
 
-/// The first worker waits up to `GATHER` for this much work before it runs a smaller batch: a
-/// lone 256 KiB verification costs a whole scalar pass, eight of them one pass of the lanes.
+/// The first worker waits for this much work before it runs a smaller batch, up to
+/// `GATHER_CHAIN` or `GATHER` after the oldest job queued: a lone 256 KiB verification costs a
+/// whole scalar pass, eight of them one pass of the lanes.
 const MIN_BATCH: usize = 8;
-const GATHER: std::time::Duration = std::time::Duration::from_millis(2);
+/// The wait while an own file's chain is queued: every peer waits for its values, and a batch
+/// with a chain costs its chain's rounds anyway, in whose lanes the checks ride for free.
+const GATHER_CHAIN: Duration = Duration::from_millis(2);
+/// The wait for received chunks alone (8 of them arrive in about 17 ms at 1 Gbit/s). It adds
+/// at most this to a chunk's time before it is held and served on. In net-sym the clients took
+/// 7.6 s of CPU with 20 ms, 8.1 s with 10 ms, 8.9 s with 2 ms (medians; Readme.txt section 7).
+const GATHER: Duration = Duration::from_millis(20);
 
 /// Work a worker takes at once, in chunks: 8 MiB at 256 KiB chunks, four rounds of eight lanes.
 const BATCH_CHUNKS: usize = 32;
@@ -111,11 +119,37 @@ const BATCH_CHUNKS: usize = 32;
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
+    /// When the oldest job waiting arrived (the queue's last turn from empty to not).
+    since: Option<Instant>,
 }
 
 impl Queue {
     fn weight(&self) -> usize {
         self.jobs.iter().map(Job::weight).sum()
+    }
+
+    /// How long the first worker gathers jobs before it runs fewer than `MIN_BATCH`.
+    fn gather(&self) -> Duration {
+        if self.jobs.iter().any(|j| matches!(j, Job::Chain { .. })) {
+            GATHER_CHAIN
+        } else {
+            GATHER
+        }
+    }
+
+    /// How long the first worker may still wait at `now` before it runs what is queued.
+    fn gather_left(&self, now: Instant) -> Duration {
+        let waited = self
+            .since
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+        self.gather().saturating_sub(waited)
+    }
+
+    fn push(&mut self, job: Job, now: Instant) {
+        if self.jobs.is_empty() {
+            self.since = Some(now);
+        }
+        self.jobs.push_back(job);
     }
 
     /// The next batch, up to the batch size (always at least one job): received chunks and own
@@ -134,6 +168,7 @@ impl Queue {
                     continue;
                 }
                 if !out.is_empty() && w + j.weight() > BATCH_CHUNKS {
+                    self.since = Some(Instant::now());
                     return out;
                 }
                 w += j.weight();
@@ -179,13 +214,20 @@ impl HashPool {
         })
     }
 
+    /// Queues `job`. The workers are woken only when it matters: the first worker when the
+    /// queue was empty (to start its gathering), when a chain arrives, or when `MIN_BATCH` is
+    /// reached; the others when a full batch is waiting.
     pub fn submit(&self, job: Job) {
         let (m, cv) = &*self.shared;
-        m.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .jobs
-            .push_back(job);
-        cv.notify_all();
+        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+        let before = q.weight();
+        let wake = before == 0 || matches!(job, Job::Chain { .. });
+        q.push(job, Instant::now());
+        let after = q.weight();
+        let crossed = |n: usize| before < n && after >= n;
+        if wake || crossed(MIN_BATCH) || crossed(BATCH_CHUNKS) {
+            cv.notify_all();
+        }
     }
 
     /// A finished job, if any.
@@ -224,24 +266,24 @@ fn worker(
     loop {
         let jobs = {
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
-            let mut waited = false;
             loop {
                 if q.closed {
                     return;
                 }
                 let w = q.weight();
-                if (index == 0 && (waited || w >= MIN_BATCH)) || w >= BATCH_CHUNKS {
+                let left = q.gather_left(Instant::now());
+                if (index == 0 && w > 0 && (left.is_zero() || w >= MIN_BATCH)) || w >= BATCH_CHUNKS
+                {
                     let jobs = q.pop();
                     if !jobs.is_empty() {
                         break jobs;
                     }
                 }
                 if index == 0 && w > 0 {
-                    let (g, t) = cv
-                        .wait_timeout(q, GATHER)
-                        .unwrap_or_else(|e| e.into_inner());
-                    q = g;
-                    waited = t.timed_out();
+                    q = cv
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 } else {
                     q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
                 }
@@ -257,6 +299,9 @@ fn worker(
         if !again.is_empty() {
             // Chains cut short ride along in the next batch, not behind the queue.
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+            if q.jobs.is_empty() {
+                q.since = Some(Instant::now());
+            }
             for j in again.into_iter().rev() {
                 q.jobs.push_front(j);
             }
@@ -332,6 +377,42 @@ mod tests {
             offset: u64::from(index * CHUNK),
             requested_at: 0,
         }
+    }
+
+    #[test]
+    fn received_chunks_gather_from_the_oldest_and_a_chain_cuts_the_wait_short() {
+        let (path, out, map) = mapped("gather", 8 * CHUNK as usize);
+        let geo = Geometry::new(map.len() as u64, CHUNK);
+        let chain = md5x::chain(&map, CHUNK as usize);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut q = Queue::default();
+        q.push(verify(&out, 0, vec![0; 4], &chain), t0);
+        // A later chunk does not restart the wait: it counts from the oldest.
+        q.push(verify(&out, 1, vec![0; 4], &chain), ms(4));
+        assert_eq!(q.gather_left(ms(4)), GATHER - Duration::from_millis(4));
+        assert_eq!(q.gather_left(t0 + GATHER), Duration::ZERO);
+        q.push(
+            Job::Chain {
+                file: FileId(0),
+                map: Some(Arc::clone(&map)),
+                geo,
+                from: 0,
+                to: 8,
+                ctx: Box::default(),
+            },
+            ms(5),
+        );
+        assert_eq!(
+            q.gather_left(ms(1)),
+            GATHER_CHAIN - Duration::from_millis(1)
+        );
+        assert_eq!(q.gather_left(ms(5)), Duration::ZERO);
+        // Emptied and filled again: the wait starts at the new oldest job.
+        assert_eq!(q.pop().len(), 3);
+        q.push(verify(&out, 2, vec![0; 4], &chain), ms(50));
+        assert_eq!(q.gather_left(ms(52)), GATHER - Duration::from_millis(2));
+        let _ = std::fs::remove_file(path);
     }
 
     #[test]
