@@ -109,7 +109,8 @@ const MIN_BATCH: usize = 8;
 const GATHER_CHAIN: Duration = Duration::from_millis(2);
 /// The wait for received chunks alone (8 of them arrive in about 17 ms at 1 Gbit/s). It adds
 /// at most this to a chunk's time before it is held and served on. In net-sym the clients took
-/// 7.6 s of CPU with 20 ms, 8.1 s with 10 ms, 8.9 s with 2 ms (medians; Readme.txt section 7).
+/// 7.64 s of CPU with 20 ms and 8.12 s with 10 ms against 8.19 s before (medians of 6
+/// alternating runs; Readme.txt section 7).
 const GATHER: Duration = Duration::from_millis(20);
 
 /// Work a worker takes at once, in chunks: 8 MiB at 256 KiB chunks, four rounds of eight lanes.
@@ -119,8 +120,15 @@ const BATCH_CHUNKS: usize = 32;
 struct Queue {
     jobs: VecDeque<Job>,
     closed: bool,
-    /// When the oldest job waiting arrived (the queue's last turn from empty to not).
+    /// When the queue last turned from empty to not: no job waiting arrived before it.
     since: Option<Instant>,
+}
+
+/// What a worker does next (`Queue::next`).
+enum Next {
+    Take(Vec<Job>),
+    /// Wait for a wake-up, or this long at most.
+    Wait(Option<Duration>),
 }
 
 impl Queue {
@@ -152,6 +160,30 @@ impl Queue {
         self.jobs.push_back(job);
     }
 
+    /// Queues `job` at `now`; says whether to wake the workers: when the queue was empty (the
+    /// first worker starts its gathering), for a chain, and when the weight reaches
+    /// `MIN_BATCH` (the first worker) or `BATCH_CHUNKS` (the others). Not for every chunk.
+    fn add(&mut self, job: Job, now: Instant) -> bool {
+        let before = self.weight();
+        let chain = matches!(job, Job::Chain { .. });
+        self.push(job, now);
+        let after = self.weight();
+        let crossed = |n: usize| before < n && after >= n;
+        before == 0 || chain || crossed(MIN_BATCH) || crossed(BATCH_CHUNKS)
+    }
+
+    /// What worker `index` does at `now`: the first takes a batch once `MIN_BATCH` wait or
+    /// its gathering is over, the others only a full batch (`BATCH_CHUNKS`).
+    fn next(&mut self, index: usize, now: Instant) -> Next {
+        let w = self.weight();
+        let left = self.gather_left(now);
+        let first = index == 0 && w > 0;
+        if (first && (left.is_zero() || w >= MIN_BATCH)) || w >= BATCH_CHUNKS {
+            return Next::Take(self.pop());
+        }
+        Next::Wait(first.then_some(left))
+    }
+
     /// The next batch, up to the batch size (always at least one job): received chunks and own
     /// files' chains first, in FIFO order, then the checks of a resumed `.part`. A received
     /// chunk waits for its check before it counts, is written or is served, and every peer
@@ -168,7 +200,7 @@ impl Queue {
                     continue;
                 }
                 if !out.is_empty() && w + j.weight() > BATCH_CHUNKS {
-                    self.since = Some(Instant::now());
+                    // What is left keeps `since`: it waited that long already.
                     return out;
                 }
                 w += j.weight();
@@ -214,18 +246,11 @@ impl HashPool {
         })
     }
 
-    /// Queues `job`. The workers are woken only when it matters: the first worker when the
-    /// queue was empty (to start its gathering), when a chain arrives, or when `MIN_BATCH` is
-    /// reached; the others when a full batch is waiting.
+    /// Queues `job`, and wakes the workers only when it matters (`Queue::add`).
     pub fn submit(&self, job: Job) {
         let (m, cv) = &*self.shared;
         let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
-        let before = q.weight();
-        let wake = before == 0 || matches!(job, Job::Chain { .. });
-        q.push(job, Instant::now());
-        let after = q.weight();
-        let crossed = |n: usize| before < n && after >= n;
-        if wake || crossed(MIN_BATCH) || crossed(BATCH_CHUNKS) {
+        if q.add(job, Instant::now()) {
             cv.notify_all();
         }
     }
@@ -270,23 +295,16 @@ fn worker(
                 if q.closed {
                     return;
                 }
-                let w = q.weight();
-                let left = q.gather_left(Instant::now());
-                if (index == 0 && w > 0 && (left.is_zero() || w >= MIN_BATCH)) || w >= BATCH_CHUNKS
-                {
-                    let jobs = q.pop();
-                    if !jobs.is_empty() {
-                        break jobs;
+                q = match q.next(index, Instant::now()) {
+                    Next::Take(jobs) if !jobs.is_empty() => break jobs,
+                    Next::Take(_) => cv.wait(q).unwrap_or_else(|e| e.into_inner()),
+                    Next::Wait(Some(left)) => {
+                        cv.wait_timeout(q, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0
                     }
-                }
-                if index == 0 && w > 0 {
-                    q = cv
-                        .wait_timeout(q, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                } else {
-                    q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
-                }
+                    Next::Wait(None) => cv.wait(q).unwrap_or_else(|e| e.into_inner()),
+                };
             }
         };
         let counted = stats
@@ -412,6 +430,83 @@ mod tests {
         assert_eq!(q.pop().len(), 3);
         q.push(verify(&out, 2, vec![0; 4], &chain), ms(50));
         assert_eq!(q.gather_left(ms(52)), GATHER - Duration::from_millis(2));
+        let _ = std::fs::remove_file(path);
+    }
+
+    fn taken(n: Next) -> Option<usize> {
+        match n {
+            Next::Take(jobs) => Some(jobs.len()),
+            Next::Wait(_) => None,
+        }
+    }
+
+    #[test]
+    fn workers_are_woken_for_a_new_gathering_a_chain_and_a_batch_not_for_every_chunk() {
+        let (path, out, map) = mapped("wake", 64 * CHUNK as usize);
+        let geo = Geometry::new(map.len() as u64, CHUNK);
+        let chain = md5x::chain(&map, CHUNK as usize);
+        let t0 = Instant::now();
+        let mut q = Queue::default();
+        let wakes: Vec<bool> = (0..33)
+            .map(|i| q.add(verify(&out, i, vec![0; 4], &chain), t0))
+            .collect();
+        // The jobs (counted from 1) whose arrival woke the workers.
+        let woke: Vec<usize> = (1..=wakes.len()).filter(|n| wakes[n - 1]).collect();
+        assert_eq!(woke, [1, MIN_BATCH, BATCH_CHUNKS]);
+        let mut q = Queue::default();
+        assert!(q.add(verify(&out, 0, vec![0; 4], &chain), t0));
+        assert!(!q.add(verify(&out, 1, vec![0; 4], &chain), t0));
+        let own = Job::Chain {
+            file: FileId(0),
+            map: Some(Arc::clone(&map)),
+            geo,
+            from: 0,
+            to: 8,
+            ctx: Box::default(),
+        };
+        assert!(q.add(own, t0));
+        // A resume check that jumps over a threshold wakes too.
+        let check = Job::Check {
+            file: FileId(0),
+            map: Arc::clone(&map),
+            geo,
+            first: 0,
+            prevs: vec![None; 8],
+        };
+        assert!(q.add(check, t0));
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[test]
+    fn the_first_worker_takes_a_batch_when_its_gathering_ends_and_the_others_only_a_full_one() {
+        let (path, out, map) = mapped("next", 64 * CHUNK as usize);
+        let chain = md5x::chain(&map, CHUNK as usize);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut q = Queue::default();
+        assert!(matches!(q.next(0, t0), Next::Wait(None)));
+        q.add(verify(&out, 0, vec![0; 4], &chain), t0);
+        let left = |n: Next| match n {
+            Next::Wait(d) => d,
+            Next::Take(_) => panic!("took a batch"),
+        };
+        assert_eq!(left(q.next(0, ms(19))), Some(Duration::from_millis(1)));
+        assert_eq!(left(q.next(1, ms(19))), None);
+        assert_eq!(taken(q.next(0, t0 + GATHER)), Some(1));
+        // 7 wait, the 8th makes a batch at once.
+        for i in 1..MIN_BATCH as u32 {
+            q.add(verify(&out, i, vec![0; 4], &chain), ms(30));
+        }
+        assert!(matches!(q.next(0, ms(31)), Next::Wait(Some(_))));
+        q.add(verify(&out, 8, vec![0; 4], &chain), ms(31));
+        assert_eq!(taken(q.next(0, ms(31))), Some(MIN_BATCH));
+        // A helper takes only a full batch; what is left keeps the wait it already had.
+        for i in 0..BATCH_CHUNKS as u32 + 3 {
+            q.add(verify(&out, i, vec![0; 4], &chain), ms(40));
+        }
+        assert_eq!(taken(q.next(1, ms(41))), Some(BATCH_CHUNKS));
+        assert_eq!(left(q.next(1, ms(41))), None);
+        assert_eq!(taken(q.next(0, ms(40) + GATHER)), Some(3));
         let _ = std::fs::remove_file(path);
     }
 
