@@ -397,11 +397,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn received_chunks_gather_from_the_oldest_and_a_chain_cuts_the_wait_short() {
-        let (path, out, map) = mapped("gather", 8 * CHUNK as usize);
+    /// A mapped file of `chunks` chunks, its geometry and its chain (for queue tests).
+    #[allow(clippy::type_complexity)]
+    fn queue_file(
+        tag: &str,
+        chunks: usize,
+    ) -> (
+        std::path::PathBuf,
+        Arc<File>,
+        Arc<Mmap>,
+        Geometry,
+        Vec<Digest>,
+    ) {
+        let (path, out, map) = mapped(tag, chunks * CHUNK as usize);
         let geo = Geometry::new(map.len() as u64, CHUNK);
         let chain = md5x::chain(&map, CHUNK as usize);
+        (path, out, map, geo, chain)
+    }
+
+    /// The chain job of chunks `0..to` of `map`.
+    fn own_chain(map: &Arc<Mmap>, geo: Geometry, to: u32) -> Job {
+        Job::Chain {
+            file: FileId(0),
+            map: Some(Arc::clone(map)),
+            geo,
+            from: 0,
+            to,
+            ctx: Box::default(),
+        }
+    }
+
+    #[test]
+    fn received_chunks_gather_from_the_oldest_and_a_chain_cuts_the_wait_short() {
+        let (path, out, map, geo, chain) = queue_file("gather", 8);
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut q = Queue::default();
@@ -410,17 +438,7 @@ mod tests {
         q.push(verify(&out, 1, vec![0; 4], &chain), ms(4));
         assert_eq!(q.gather_left(ms(4)), GATHER - Duration::from_millis(4));
         assert_eq!(q.gather_left(t0 + GATHER), Duration::ZERO);
-        q.push(
-            Job::Chain {
-                file: FileId(0),
-                map: Some(Arc::clone(&map)),
-                geo,
-                from: 0,
-                to: 8,
-                ctx: Box::default(),
-            },
-            ms(5),
-        );
+        q.push(own_chain(&map, geo, 8), ms(5));
         assert_eq!(
             q.gather_left(ms(1)),
             GATHER_CHAIN - Duration::from_millis(1)
@@ -442,9 +460,7 @@ mod tests {
 
     #[test]
     fn workers_are_woken_for_a_new_gathering_a_chain_and_a_batch_not_for_every_chunk() {
-        let (path, out, map) = mapped("wake", 64 * CHUNK as usize);
-        let geo = Geometry::new(map.len() as u64, CHUNK);
-        let chain = md5x::chain(&map, CHUNK as usize);
+        let (path, out, map, geo, chain) = queue_file("wake", 64);
         let t0 = Instant::now();
         let mut q = Queue::default();
         let wakes: Vec<bool> = (0..33)
@@ -456,15 +472,7 @@ mod tests {
         let mut q = Queue::default();
         assert!(q.add(verify(&out, 0, vec![0; 4], &chain), t0));
         assert!(!q.add(verify(&out, 1, vec![0; 4], &chain), t0));
-        let own = Job::Chain {
-            file: FileId(0),
-            map: Some(Arc::clone(&map)),
-            geo,
-            from: 0,
-            to: 8,
-            ctx: Box::default(),
-        };
-        assert!(q.add(own, t0));
+        assert!(q.add(own_chain(&map, geo, 8), t0));
         // A resume check that jumps over a threshold wakes too.
         let check = Job::Check {
             file: FileId(0),
@@ -479,8 +487,7 @@ mod tests {
 
     #[test]
     fn the_first_worker_takes_a_batch_when_its_gathering_ends_and_the_others_only_a_full_one() {
-        let (path, out, map) = mapped("next", 64 * CHUNK as usize);
-        let chain = md5x::chain(&map, CHUNK as usize);
+        let (path, out, _map, _, chain) = queue_file("next", 64);
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut q = Queue::default();
