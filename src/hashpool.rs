@@ -101,10 +101,11 @@ pub enum Done {
 }
 
 /// The first worker waits for this much work before it runs a smaller batch, up to
-/// `GATHER_CHAIN` or `GATHER` after the oldest job queued: a lone 256 KiB verification costs a
+/// `GATHER_CHAIN`, `GATHER` or `CHAIN_PAUSE` after the oldest job queued (`Queue::gather`): a lone 256 KiB verification costs a
 /// whole scalar pass, eight of them one pass of the lanes.
 const MIN_BATCH: usize = 8;
-/// The wait while an own file's chain is queued: every peer waits for its values, and a batch
+/// The wait while an own file's chain is queued beside other work, or is to start: every peer
+/// waits for its values, and a batch
 /// with a chain costs its chain's rounds anyway, in whose lanes the checks ride for free.
 const GATHER_CHAIN: Duration = Duration::from_millis(2);
 /// The wait for received chunks alone (8 of them arrive in about 17 ms at 1 Gbit/s). It adds
@@ -115,10 +116,11 @@ const GATHER: Duration = Duration::from_millis(20);
 
 /// The pause between the batches of an own file's chain when nothing else is queued, after its
 /// first batch (whose values every peer waits for). Alone, a chain runs `CHAIN_SOLO` chunks a
-/// batch, about 16 ms of a core; with the pause it takes about half a core, not a whole one,
-/// while the reactors start the transfers, and at about 1000 chunks a second (256 MB/s) it
-/// still stays ahead of what a 1 Gbit/s uplink can send of the file. Once received chunks are
-/// being checked, the chain rides beside them (`GATHER_CHAIN`).
+/// batch, 16 to 20 ms of a core; with the pause it takes about half a core, not a whole one,
+/// while the reactors start the transfers, and at 900 to 1000 chunks a second it still stays
+/// ahead of what a 1 Gbit/s uplink can send of the file. Once received chunks (or a resumed
+/// `.part`'s checks) are queued, the chain rides beside them (`GATHER_CHAIN`), and their
+/// arrival ends the pause (`Queue::add`).
 const CHAIN_PAUSE: Duration = Duration::from_millis(16);
 
 /// Work a worker takes at once, in chunks: 8 MiB at 256 KiB chunks, four rounds of eight lanes.
@@ -177,15 +179,17 @@ impl Queue {
     }
 
     /// Queues `job` at `now`; says whether to wake the workers: when the queue was empty (the
-    /// first worker starts its gathering), for a chain, and when the weight reaches
-    /// `MIN_BATCH` (the first worker) or `BATCH_CHUNKS` (the others). Not for every chunk.
+    /// first worker starts its gathering), for a chain, when the job shortens the gathering
+    /// (it ends a chain's pause), and when the weight reaches `MIN_BATCH` (the first worker)
+    /// or `BATCH_CHUNKS` (the others). Not for every chunk.
     fn add(&mut self, job: Job, now: Instant) -> bool {
         let before = self.weight();
+        let wait = self.gather();
         let chain = matches!(job, Job::Chain { .. });
         self.push(job, now);
         let after = self.weight();
         let crossed = |n: usize| before < n && after >= n;
-        before == 0 || chain || crossed(MIN_BATCH) || crossed(BATCH_CHUNKS)
+        before == 0 || chain || self.gather() < wait || crossed(MIN_BATCH) || crossed(BATCH_CHUNKS)
     }
 
     /// What worker `index` does at `now`: the first takes a batch once `MIN_BATCH` wait or
@@ -472,8 +476,10 @@ mod tests {
         let mut rest = Queue::default();
         rest.push(under_way, t0);
         assert_eq!(rest.gather_left(t0), CHAIN_PAUSE);
-        rest.push(verify(&out, 0, vec![0; 4], &chain), t0);
+        // A received chunk ends the pause, and wakes the worker to say so.
+        assert!(rest.add(verify(&out, 0, vec![0; 4], &chain), t0));
         assert_eq!(rest.gather_left(t0), GATHER_CHAIN);
+        assert!(!rest.add(verify(&out, 1, vec![0; 4], &chain), t0));
         // Emptied and filled again: the wait starts at the new oldest job.
         assert_eq!(q.pop().len(), 3);
         q.push(verify(&out, 2, vec![0; 4], &chain), ms(50));

@@ -22,7 +22,7 @@ fn chunk_of<'a>(map: &'a [u8], geo: &Geometry, i: u32) -> &'a [u8] {
 
 /// Chunks a chain advances per batch at least: every peer waits for its values.
 const CHAIN_FLOOR: u32 = 4;
-/// Chunks a chain advances in a batch without chunk checks beside it (about 20 ms of one lane
+/// Chunks a chain advances in a batch without chunk checks beside it (16 to 20 ms of one lane
 /// at 256 KiB chunks), so that work queued meanwhile waits little.
 const CHAIN_SOLO: u32 = 32;
 
