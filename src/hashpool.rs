@@ -115,7 +115,9 @@ const GATHER_CHAIN: Duration = Duration::from_millis(2);
 const GATHER: Duration = Duration::from_millis(20);
 
 /// The pause between the batches of an own file's chain when nothing else is queued, after its
-/// first batch (whose values every peer waits for). Alone, a chain runs `CHAIN_SOLO` chunks a
+/// first batch (whose values every peer waits for), until the first received chunk arrives:
+/// the start, when the reactors set up the transfers. (Later, where a fast network makes the
+/// chain the last thing to finish, as on loopback, a pause would only delay it.) Alone, a chain runs `CHAIN_SOLO` chunks a
 /// batch, 16 to 20 ms of a core; with the pause it takes about half a core, not a whole one,
 /// while the reactors start the transfers, and at 900 to 1000 chunks a second it still stays
 /// ahead of what a 1 Gbit/s uplink can send of the file. Once received chunks (or a resumed
@@ -132,6 +134,8 @@ struct Queue {
     closed: bool,
     /// When the queue last turned from empty to not: no job waiting arrived before it.
     since: Option<Instant>,
+    /// A received chunk was queued: the transfers are under way, and a chain no longer pauses.
+    received: bool,
 }
 
 /// What a worker does next (`Queue::next`).
@@ -149,7 +153,8 @@ impl Queue {
     /// How long the first worker gathers jobs before it runs fewer than `MIN_BATCH`: a chain
     /// that is under way and alone pauses (`CHAIN_PAUSE`).
     fn gather(&self) -> Duration {
-        let chain_only = !self.jobs.is_empty()
+        let chain_only = !self.received
+            && !self.jobs.is_empty()
             && self
                 .jobs
                 .iter()
@@ -175,6 +180,7 @@ impl Queue {
         if self.jobs.is_empty() {
             self.since = Some(now);
         }
+        self.received |= matches!(job, Job::Verify { .. });
         self.jobs.push_back(job);
     }
 
@@ -480,6 +486,14 @@ mod tests {
         assert!(rest.add(verify(&out, 0, vec![0; 4], &chain), t0));
         assert_eq!(rest.gather_left(t0), GATHER_CHAIN);
         assert!(!rest.add(verify(&out, 1, vec![0; 4], &chain), t0));
+        // Once transfers are under way, a chain alone no longer pauses.
+        let _ = rest.pop();
+        let mut again = own_chain(&map, geo, 8);
+        if let Job::Chain { from, .. } = &mut again {
+            *from = 6;
+        }
+        rest.push(again, ms(9));
+        assert_eq!(rest.gather_left(ms(9)), GATHER_CHAIN);
         // Emptied and filled again: the wait starts at the new oldest job.
         assert_eq!(q.pop().len(), 3);
         q.push(verify(&out, 2, vec![0; 4], &chain), ms(50));
