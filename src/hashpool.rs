@@ -101,12 +101,12 @@ pub enum Done {
 }
 
 /// The first worker waits for this much work before it runs a smaller batch, up to
-/// `GATHER_CHAIN`, `GATHER` or `CHAIN_PAUSE` after the oldest job queued (`Queue::gather`): a lone 256 KiB verification costs a
-/// whole scalar pass, eight of them one pass of the lanes.
+/// `GATHER_CHAIN`, `GATHER` or `CHAIN_PAUSE` after the oldest job queued (`Queue::gather`):
+/// a lone 256 KiB verification costs a whole scalar pass, eight of them one pass of the lanes.
 const MIN_BATCH: usize = 8;
 /// The wait while an own file's chain is queued beside other work, or is to start: every peer
-/// waits for its values, and a batch
-/// with a chain costs its chain's rounds anyway, in whose lanes the checks ride for free.
+/// waits for its values, and a batch with a chain costs its chain's rounds anyway, in whose
+/// lanes the checks ride for free.
 const GATHER_CHAIN: Duration = Duration::from_millis(2);
 /// The wait for received chunks alone (8 of them arrive in about 17 ms at 1 Gbit/s). It adds
 /// at most this to a chunk's time before it is held and served on. In net-sym the clients took
@@ -117,10 +117,10 @@ const GATHER: Duration = Duration::from_millis(20);
 /// The pause between the batches of an own file's chain when nothing else is queued, after its
 /// first batch (whose values every peer waits for), until the first received chunk arrives:
 /// the start, when the reactors set up the transfers. (Later, where a fast network makes the
-/// chain the last thing to finish, as on loopback, a pause would only delay it.) Alone, a chain runs `CHAIN_SOLO` chunks a
-/// batch, 16 to 20 ms of a core; with the pause it takes about half a core, not a whole one,
-/// while the reactors start the transfers, and at 900 to 1000 chunks a second it still stays
-/// ahead of what a 1 Gbit/s uplink can send of the file. Once received chunks (or a resumed
+/// chain the last thing to finish, as on loopback, a pause would only delay it.) Alone, a
+/// chain runs `CHAIN_SOLO` chunks a batch, 16 to 20 ms of a core; with the pause it takes
+/// about half a core, not a whole one, and at 900 to 1000 chunks a second it still stays ahead
+/// of what a 1 Gbit/s uplink can send of the file. Once received chunks (or a resumed
 /// `.part`'s checks) are queued, the chain rides beside them (`GATHER_CHAIN`), and their
 /// arrival ends the pause (`Queue::add`).
 const CHAIN_PAUSE: Duration = Duration::from_millis(16);
@@ -441,13 +441,13 @@ mod tests {
         (path, out, map, geo, chain)
     }
 
-    /// The chain job of chunks `0..to` of `map`.
-    fn own_chain(map: &Arc<Mmap>, geo: Geometry, to: u32) -> Job {
+    /// The chain job of chunks `from..to` of `map`.
+    fn own_chain(map: &Arc<Mmap>, geo: Geometry, from: u32, to: u32) -> Job {
         Job::Chain {
             file: FileId(0),
             map: Some(Arc::clone(map)),
             geo,
-            from: 0,
+            from,
             to,
             ctx: Box::default(),
         }
@@ -464,7 +464,7 @@ mod tests {
         q.push(verify(&out, 1, vec![0; 4], &chain), ms(4));
         assert_eq!(q.gather_left(ms(4)), GATHER - Duration::from_millis(4));
         assert_eq!(q.gather_left(t0 + GATHER), Duration::ZERO);
-        q.push(own_chain(&map, geo, 8), ms(5));
+        q.push(own_chain(&map, geo, 0, 8), ms(5));
         assert_eq!(
             q.gather_left(ms(1)),
             GATHER_CHAIN - Duration::from_millis(1)
@@ -473,14 +473,10 @@ mod tests {
         // A chain alone: its first batch waits as any chain does; under way, it pauses
         // between batches, unless received chunks are queued beside it.
         let mut alone = Queue::default();
-        alone.push(own_chain(&map, geo, 8), t0);
+        alone.push(own_chain(&map, geo, 0, 8), t0);
         assert_eq!(alone.gather_left(t0), GATHER_CHAIN);
-        let mut under_way = own_chain(&map, geo, 8);
-        if let Job::Chain { from, .. } = &mut under_way {
-            *from = 4;
-        }
         let mut rest = Queue::default();
-        rest.push(under_way, t0);
+        rest.push(own_chain(&map, geo, 4, 8), t0);
         assert_eq!(rest.gather_left(t0), CHAIN_PAUSE);
         // A received chunk ends the pause, and wakes the worker to say so.
         assert!(rest.add(verify(&out, 0, vec![0; 4], &chain), t0));
@@ -488,11 +484,7 @@ mod tests {
         assert!(!rest.add(verify(&out, 1, vec![0; 4], &chain), t0));
         // Once transfers are under way, a chain alone no longer pauses.
         let _ = rest.pop();
-        let mut again = own_chain(&map, geo, 8);
-        if let Job::Chain { from, .. } = &mut again {
-            *from = 6;
-        }
-        rest.push(again, ms(9));
+        rest.push(own_chain(&map, geo, 6, 8), ms(9));
         assert_eq!(rest.gather_left(ms(9)), GATHER_CHAIN);
         // Emptied and filled again: the wait starts at the new oldest job.
         assert_eq!(q.pop().len(), 3);
@@ -522,7 +514,7 @@ mod tests {
         let mut q = Queue::default();
         assert!(q.add(verify(&out, 0, vec![0; 4], &chain), t0));
         assert!(!q.add(verify(&out, 1, vec![0; 4], &chain), t0));
-        assert!(q.add(own_chain(&map, geo, 8), t0));
+        assert!(q.add(own_chain(&map, geo, 0, 8), t0));
         // A resume check that jumps over a threshold wakes too.
         let check = Job::Check {
             file: FileId(0),
