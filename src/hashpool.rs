@@ -101,29 +101,17 @@ pub enum Done {
 }
 
 /// The first worker waits for this much work before it runs a smaller batch, up to
-/// `GATHER_CHAIN`, `GATHER` or `CHAIN_PAUSE` after the oldest job queued (`Queue::gather`):
-/// a lone 256 KiB verification costs a whole scalar pass, eight of them one pass of the lanes.
+/// `GATHER_CHAIN` or `GATHER` after the oldest job queued: a lone 256 KiB verification costs a
+/// whole scalar pass, eight of them one pass of the lanes.
 const MIN_BATCH: usize = 8;
-/// The wait while an own file's chain is queued beside other work, or is to start: every peer
-/// waits for its values, and a batch with a chain costs its chain's rounds anyway, in whose
-/// lanes the checks ride for free.
+/// The wait while an own file's chain is queued: every peer waits for its values, and a batch
+/// with a chain costs its chain's rounds anyway, in whose lanes the checks ride for free.
 const GATHER_CHAIN: Duration = Duration::from_millis(2);
 /// The wait for received chunks alone (8 of them arrive in about 17 ms at 1 Gbit/s). It adds
 /// at most this to a chunk's time before it is held and served on. In net-sym the clients took
 /// 7.64 s of CPU with 20 ms and 8.12 s with 10 ms against 8.19 s before (medians of 6
 /// alternating runs; Readme.txt section 7).
 const GATHER: Duration = Duration::from_millis(20);
-
-/// The pause between the batches of an own file's chain when nothing else is queued, after its
-/// first batch (whose values every peer waits for), until the first received chunk arrives:
-/// the start, when the reactors set up the transfers. (Later, where a fast network makes the
-/// chain the last thing to finish, as on loopback, a pause would only delay it.) Alone, a
-/// chain runs `CHAIN_SOLO` chunks a batch, 16 to 20 ms of a core; with the pause it takes
-/// about half a core, not a whole one, and at 900 to 1000 chunks a second it still stays ahead
-/// of what a 1 Gbit/s uplink can send of the file. Once received chunks (or a resumed
-/// `.part`'s checks) are queued, the chain rides beside them (`GATHER_CHAIN`), and their
-/// arrival ends the pause (`Queue::add`).
-const CHAIN_PAUSE: Duration = Duration::from_millis(16);
 
 /// Work a worker takes at once, in chunks: 8 MiB at 256 KiB chunks, four rounds of eight lanes.
 const BATCH_CHUNKS: usize = 32;
@@ -134,8 +122,6 @@ struct Queue {
     closed: bool,
     /// When the queue last turned from empty to not: no job waiting arrived before it.
     since: Option<Instant>,
-    /// A received chunk was queued: the transfers are under way, and a chain no longer pauses.
-    received: bool,
 }
 
 /// What a worker does next (`Queue::next`).
@@ -150,18 +136,9 @@ impl Queue {
         self.jobs.iter().map(Job::weight).sum()
     }
 
-    /// How long the first worker gathers jobs before it runs fewer than `MIN_BATCH`: a chain
-    /// that is under way and alone pauses (`CHAIN_PAUSE`).
+    /// How long the first worker gathers jobs before it runs fewer than `MIN_BATCH`.
     fn gather(&self) -> Duration {
-        let chain_only = !self.received
-            && !self.jobs.is_empty()
-            && self
-                .jobs
-                .iter()
-                .all(|j| matches!(j, Job::Chain { from, .. } if *from > 0));
-        if chain_only {
-            CHAIN_PAUSE
-        } else if self.jobs.iter().any(|j| matches!(j, Job::Chain { .. })) {
+        if self.jobs.iter().any(|j| matches!(j, Job::Chain { .. })) {
             GATHER_CHAIN
         } else {
             GATHER
@@ -180,22 +157,19 @@ impl Queue {
         if self.jobs.is_empty() {
             self.since = Some(now);
         }
-        self.received |= matches!(job, Job::Verify { .. });
         self.jobs.push_back(job);
     }
 
     /// Queues `job` at `now`; says whether to wake the workers: when the queue was empty (the
-    /// first worker starts its gathering), for a chain, when the job shortens the gathering
-    /// (it ends a chain's pause), and when the weight reaches `MIN_BATCH` (the first worker)
-    /// or `BATCH_CHUNKS` (the others). Not for every chunk.
+    /// first worker starts its gathering), for a chain, and when the weight reaches
+    /// `MIN_BATCH` (the first worker) or `BATCH_CHUNKS` (the others). Not for every chunk.
     fn add(&mut self, job: Job, now: Instant) -> bool {
         let before = self.weight();
-        let wait = self.gather();
         let chain = matches!(job, Job::Chain { .. });
         self.push(job, now);
         let after = self.weight();
         let crossed = |n: usize| before < n && after >= n;
-        before == 0 || chain || self.gather() < wait || crossed(MIN_BATCH) || crossed(BATCH_CHUNKS)
+        before == 0 || chain || crossed(MIN_BATCH) || crossed(BATCH_CHUNKS)
     }
 
     /// What worker `index` does at `now`: the first takes a batch once `MIN_BATCH` wait or
@@ -441,13 +415,13 @@ mod tests {
         (path, out, map, geo, chain)
     }
 
-    /// The chain job of chunks `from..to` of `map`.
-    fn own_chain(map: &Arc<Mmap>, geo: Geometry, from: u32, to: u32) -> Job {
+    /// The chain job of chunks `0..to` of `map`.
+    fn own_chain(map: &Arc<Mmap>, geo: Geometry, to: u32) -> Job {
         Job::Chain {
             file: FileId(0),
             map: Some(Arc::clone(map)),
             geo,
-            from,
+            from: 0,
             to,
             ctx: Box::default(),
         }
@@ -464,28 +438,12 @@ mod tests {
         q.push(verify(&out, 1, vec![0; 4], &chain), ms(4));
         assert_eq!(q.gather_left(ms(4)), GATHER - Duration::from_millis(4));
         assert_eq!(q.gather_left(t0 + GATHER), Duration::ZERO);
-        q.push(own_chain(&map, geo, 0, 8), ms(5));
+        q.push(own_chain(&map, geo, 8), ms(5));
         assert_eq!(
             q.gather_left(ms(1)),
             GATHER_CHAIN - Duration::from_millis(1)
         );
         assert_eq!(q.gather_left(ms(5)), Duration::ZERO);
-        // A chain alone: its first batch waits as any chain does; under way, it pauses
-        // between batches, unless received chunks are queued beside it.
-        let mut alone = Queue::default();
-        alone.push(own_chain(&map, geo, 0, 8), t0);
-        assert_eq!(alone.gather_left(t0), GATHER_CHAIN);
-        let mut rest = Queue::default();
-        rest.push(own_chain(&map, geo, 4, 8), t0);
-        assert_eq!(rest.gather_left(t0), CHAIN_PAUSE);
-        // A received chunk ends the pause, and wakes the worker to say so.
-        assert!(rest.add(verify(&out, 0, vec![0; 4], &chain), t0));
-        assert_eq!(rest.gather_left(t0), GATHER_CHAIN);
-        assert!(!rest.add(verify(&out, 1, vec![0; 4], &chain), t0));
-        // Once transfers are under way, a chain alone no longer pauses.
-        let _ = rest.pop();
-        rest.push(own_chain(&map, geo, 6, 8), ms(9));
-        assert_eq!(rest.gather_left(ms(9)), GATHER_CHAIN);
         // Emptied and filled again: the wait starts at the new oldest job.
         assert_eq!(q.pop().len(), 3);
         q.push(verify(&out, 2, vec![0; 4], &chain), ms(50));
@@ -514,7 +472,7 @@ mod tests {
         let mut q = Queue::default();
         assert!(q.add(verify(&out, 0, vec![0; 4], &chain), t0));
         assert!(!q.add(verify(&out, 1, vec![0; 4], &chain), t0));
-        assert!(q.add(own_chain(&map, geo, 0, 8), t0));
+        assert!(q.add(own_chain(&map, geo, 8), t0));
         // A resume check that jumps over a threshold wakes too.
         let check = Job::Check {
             file: FileId(0),
