@@ -39,10 +39,13 @@ struct ChainRun {
 }
 
 /// How many rounds the chains of a batch run: the fewest in which the `checks` fill the lanes
-/// beside the chains, at least `CHAIN_FLOOR`; `CHAIN_SOLO` without checks.
-fn rounds(checks: usize, chains: usize) -> u32 {
+/// beside the chains, at least `CHAIN_FLOOR`. Without checks, `CHAIN_SOLO`, but no more than
+/// the least advanced chain has done (`done`, at least `CHAIN_FLOOR`): at the start every peer
+/// waits for a chain's first values before it can ask for any chunk of its file, so they go out
+/// after 4 chunks (about 2 ms of a core), not 32, and the batches double up to `CHAIN_SOLO`.
+fn rounds(checks: usize, chains: usize, done: u32) -> u32 {
     if checks == 0 {
-        return CHAIN_SOLO;
+        return done.clamp(CHAIN_FLOOR, CHAIN_SOLO);
     }
     let free = md5x::LANES.saturating_sub(chains).max(1);
     (checks.div_ceil(free) as u32).max(CHAIN_FLOOR)
@@ -110,7 +113,8 @@ pub(super) fn run_batch(mut jobs: Vec<Job>, flush: &Flush) -> (Vec<Done>, Vec<Jo
         }
     }
     let mut lanes: u64 = datas.iter().map(|d| d.len() as u64).sum();
-    let k = rounds(datas.len(), chains.len());
+    let done = chains.iter().map(|c| c.from).min().unwrap_or(0);
+    let k = rounds(datas.len(), chains.len(), done);
     for c in chains.iter_mut() {
         c.cut = k.min(c.to.saturating_sub(c.from));
     }
@@ -390,14 +394,23 @@ mod tests {
     #[test]
     fn chains_run_the_rounds_their_chunk_checks_fill_in_8_lanes() {
         // 30 checks beside one chain: 7 lanes free, 5 rounds.
-        assert_eq!(rounds(30, 1), 5);
+        assert_eq!(rounds(30, 1, 0), 5);
         // 30 beside 4 chains: 4 lanes free, 8 rounds.
-        assert_eq!(rounds(30, 4), 8);
+        assert_eq!(rounds(30, 4, 64), 8);
         // A few checks: the chain still goes CHAIN_FLOOR chunks.
-        assert_eq!(rounds(3, 1), CHAIN_FLOOR);
-        // None: CHAIN_SOLO.
-        assert_eq!(rounds(0, 1), CHAIN_SOLO);
+        assert_eq!(rounds(3, 1, 64), CHAIN_FLOOR);
+        // None: CHAIN_SOLO once under way; at the start, batches of 4, 4, 8, 16, then 32.
+        assert_eq!(rounds(0, 1, 64), CHAIN_SOLO);
+        let mut done = 0;
+        let ramp: Vec<u32> = (0..6)
+            .map(|_| {
+                let k = rounds(0, 1, done);
+                done += k;
+                k
+            })
+            .collect();
+        assert_eq!(ramp, [4, 4, 8, 16, 32, 32]);
         // As many chains as lanes: one check a round beside them.
-        assert_eq!(rounds(16, 8), 16);
+        assert_eq!(rounds(16, 8, 0), 16);
     }
 }
