@@ -14,7 +14,7 @@ use crate::hashpool::{Done, HashPool, Job};
 use crate::ids::{FileId, PeerId};
 use crate::logging::{self, LogSink, now_us};
 use crate::storage::{Output, Source, Writeback};
-use log::{info, warn};
+use log::{debug, info, warn};
 use memmap2::Mmap;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -62,8 +62,9 @@ pub struct ClientConfig {
 }
 
 /// An output opened off the reactor: the file, and the output and whether an earlier life of
-/// this node left it, or why it could not be opened.
-type Opened = (FileId, Result<(Output, bool), String>);
+/// this node left it, or why it could not be opened; when its thread was started, and how long
+/// `Output::open` took (the debug event `output_ready`).
+type Opened = (FileId, Result<(Output, bool), String>, Instant, Duration);
 
 struct PeerConn {
     conn: Conn,
@@ -431,7 +432,13 @@ impl Client {
     }
 
     fn results(&mut self) {
-        while let Ok((file, r)) = self.opened_rx.try_recv() {
+        while let Ok((file, r, spawned, took)) = self.opened_rx.try_recv() {
+            debug!(
+                "output event=output_ready file={} open_ms={:.1} ready_ms={:.1}",
+                file.0,
+                took.as_secs_f64() * 1e3,
+                spawned.elapsed().as_secs_f64() * 1e3
+            );
             match r {
                 Ok((out, resumed)) => {
                     if let Some(f) = self.file_io(file) {
@@ -562,11 +569,13 @@ impl Client {
                     // and on the reactor that held off every peer connection for half a
                     // second. So it runs on a thread of its own, like the fsync at the end.
                     let (tx, waker) = (self.opened_tx.clone(), Arc::clone(&self.waker));
+                    let spawned_at = Instant::now();
                     let spawned = std::thread::Builder::new()
                         .name("open-output".into())
                         .spawn(move || {
+                            let t = Instant::now();
                             let r = Output::open(&dir, &name, size).map_err(|e| e.to_string());
-                            let _ = tx.send((file, r));
+                            let _ = tx.send((file, r, spawned_at, t.elapsed()));
                             let _ = waker.wake();
                         });
                     if let Err(e) = spawned {
