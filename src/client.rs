@@ -61,9 +61,9 @@ pub struct ClientConfig {
     pub durable: bool,
 }
 
-/// An output opened off the reactor: the file, and the output and whether an earlier life of
-/// this node left it, or why it could not be opened; when its thread was started, and how long
-/// `Output::open` took (the debug event `output_ready`).
+/// An output opened off the reactor: the file; the output and whether an earlier life of this
+/// node left it, or why it could not be opened; when its thread was spawned; how long
+/// `Output::open` took (the last two for the debug event `output_ready`).
 type Opened = (FileId, Result<(Output, bool), String>, Instant, Duration);
 
 struct PeerConn {
@@ -432,12 +432,12 @@ impl Client {
     }
 
     fn results(&mut self) {
-        while let Ok((file, r, spawned, took)) = self.opened_rx.try_recv() {
+        while let Ok((file, r, spawned_at, took)) = self.opened_rx.try_recv() {
             debug!(
                 "output event=output_ready file={} open_ms={:.1} ready_ms={:.1}",
                 file.0,
                 took.as_secs_f64() * 1e3,
-                spawned.elapsed().as_secs_f64() * 1e3
+                spawned_at.elapsed().as_secs_f64() * 1e3
             );
             match r {
                 Ok((out, resumed)) => {

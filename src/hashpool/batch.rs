@@ -292,7 +292,7 @@ mod tests {
             panic!("one chain comes back");
         };
         assert_eq!((*from, *to), (CHAIN_FLOOR, 100));
-        // Alone, it runs as many chunks a batch as it has done (8, 16), then CHAIN_SOLO, and
+        // Alone, it runs as many chunks a batch as it has done (4, 8, 16), then CHAIN_SOLO, and
         // the rest; its values are the file's chain, and the last one the file's MD5.
         let mut sizes = Vec::new();
         let mut job = again.into_iter().next();
