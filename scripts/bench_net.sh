@@ -15,8 +15,10 @@
 # shaping (scripts/raw_copy.py: every owner sends its file to every other host with sendfile; no
 # protocol, no MD5), and its ratio to T_lb.
 # Also printed per run: the clients' CPU seconds, how busy the whole machine was (other users
-# too), and how many times each owner uploaded its own file (file_uploaded in the client logs). Needs root, iproute2 (installed if missing) and, for --baseline,
-# python3.
+# too), the MiB all clients received in the first second of the system clock (the start: a
+# steadier sign of a change there than the total), and how many times each owner uploaded its
+# own file (file_uploaded in the client logs). Needs root, iproute2 (installed if missing) and,
+# for --baseline, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -116,8 +118,13 @@ for r in $(seq 1 "$runs"); do
     own+=" client$i $(ratio "${up:-0}" "${sizes[$((i - 1))]}")"
   done
   busy=$(grep -o 'machine busy [0-9]*%' "$work/bench_net.swarm$r.txt" | awk '{print $3}')
+  # MiB all clients had received and checked by 1000 ms of the system clock (chunk_received).
+  early=$(cat "$out"/logs/client*.log | awk '/event=chunk_received / {
+            s = $0; sub(/^\[ */, "", s)
+            if (s + 0 < 1000) for (k = 1; k <= NF; k++) if ($k ~ /^bytes=/) b += substr($k, 7) }
+          END { printf "%.0f", b / 1048576 }')
   echo "run $r: total ${total} s, T_lb ${tlb} s, ratio $(ratio "$total" "$tlb"); client cpu ${cpu} s," \
-    "machine busy ${busy}; own file uploaded x:${own}"
+    "machine busy ${busy}; first second ${early} MiB; own file uploaded x:${own}"
   totals+=("$total")
   rm -rf "$out"/client*/
   if [[ $baseline -eq 1 ]]; then
