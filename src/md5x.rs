@@ -163,6 +163,17 @@ macro_rules! md5_schedule {
 
 /// One scalar MD5 step: `a = b + rotl(a + f(b, c, d) + K[k] + m[i], s)`.
 macro_rules! scalar_step {
+    // G = (b & d) | (c & !d), whose two terms never share a bit: so it is also their sum, and
+    // `c & !d` (no `b`) is added while `b`, the previous step's result, is still being computed.
+    (G, $m:ident, $a:ident, $b:ident, $c:ident, $d:ident, $mi:literal, $ki:literal, $s:literal) => {
+        $a = $b.wrapping_add(
+            $a.wrapping_add(K[$ki])
+                .wrapping_add($m[$mi])
+                .wrapping_add($c & !$d)
+                .wrapping_add($b & $d)
+                .rotate_left($s),
+        );
+    };
     ($f:ident, $m:ident, $a:ident, $b:ident, $c:ident, $d:ident, $mi:literal, $ki:literal, $s:literal) => {
         $a = $b.wrapping_add(
             $a.wrapping_add(K[$ki])
@@ -181,8 +192,9 @@ macro_rules! scalar_fun {
     (G, $b:ident, $c:ident, $d:ident) => {
         $c ^ ($d & ($b ^ $c))
     };
+    // `c ^ d` first: it does not wait for `b`.
     (H, $b:ident, $c:ident, $d:ident) => {
-        $b ^ $c ^ $d
+        $b ^ ($c ^ $d)
     };
     (I, $b:ident, $c:ident, $d:ident) => {
         $c ^ ($b | !$d)
