@@ -160,6 +160,17 @@ impl Queue {
         self.jobs.push_back(job);
     }
 
+    /// Puts the chains a batch cut short back at the front, in their order: they ride along in
+    /// the next batch, not behind the queue.
+    fn put_back(&mut self, jobs: Vec<Job>, now: Instant) {
+        if self.jobs.is_empty() && !jobs.is_empty() {
+            self.since = Some(now);
+        }
+        for j in jobs.into_iter().rev() {
+            self.jobs.push_front(j);
+        }
+    }
+
     /// Queues `job` at `now`; says whether to wake the workers: when the queue was empty (the
     /// first worker starts its gathering), for a chain, and when the weight reaches
     /// `MIN_BATCH` (the first worker) or `BATCH_CHUNKS` (the others). Not for every chunk.
@@ -315,14 +326,8 @@ fn worker(
             st.batch(started, verified, asked - chained(&again), cost);
         }
         if !again.is_empty() {
-            // Chains cut short ride along in the next batch, not behind the queue.
             let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
-            if q.jobs.is_empty() {
-                q.since = Some(Instant::now());
-            }
-            for j in again.into_iter().rev() {
-                q.jobs.push_front(j);
-            }
+            q.put_back(again, Instant::now());
             cv.notify_all();
         }
         for d in done {
