@@ -17,8 +17,11 @@
 # Also printed per run: the clients' CPU seconds, how busy the whole machine was (other users
 # too), the MiB all clients received in the first second of the system clock (the start: a
 # steadier sign of a change there than the total), and how many times each owner uploaded its
-# own file (file_uploaded in the client logs). Needs root, iproute2 (installed if missing) and,
-# for --baseline, python3.
+# own file (file_uploaded in the client logs), and how busy each client's links were ("link use
+# %": the bytes its shapers passed, headers included, over rate x total). In net-sym the TCP/IP
+# headers and the ACKs of a client's uploads take 5 % of its downlink: a run at ratio 1.05 with
+# every downlink 100 % busy is as fast as TCP allows. Needs root, iproute2 (installed if missing)
+# and, for --baseline, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -123,8 +126,14 @@ for r in $(seq 1 "$runs"); do
             s = $0; sub(/^\[ */, "", s)
             if (s + 0 < 1000) for (k = 1; k <= NF; k++) if ($k ~ /^bytes=/) b += substr($k, 7) }
           END { printf "%.0f", b / 1048576 }')
+  # Per client, the share of the total time its shaped links were busy: bytes they passed
+  # (netem.sh's OUT/wire.txt, headers included) / (rate x total).
+  use=$(awk -v U="$ups" -v D="$downs" -v T="$total" 'BEGIN { split(U, u, ","); split(D, d, ",") }
+          $2 > 0 { up = up sep sprintf("%.1f", 100 * $4 * 8 / (u[$2] * 1e6 * T))
+                   dn = dn sep sprintf("%.1f", 100 * $6 * 8 / (d[$2] * 1e6 * T)); sep = "," }
+          END { print "up " up ", down " dn }' "$out/wire.txt" 2>/dev/null || echo "unknown")
   echo "run $r: total ${total} s, T_lb ${tlb} s, ratio $(ratio "$total" "$tlb"); client cpu ${cpu} s," \
-    "machine busy ${busy}; first second ${early} MiB; own file uploaded x:${own}"
+    "machine busy ${busy}; first second ${early} MiB; own file uploaded x:${own}; link use % ${use}"
   totals+=("$total")
   rm -rf "$out"/client*/
   if [[ $baseline -eq 1 ]]; then
