@@ -128,10 +128,13 @@ for r in $(seq 1 "$runs"); do
           END { printf "%.0f", b / 1048576 }')
   # Per client, the share of the total time its shaped links were busy: bytes they passed
   # (netem.sh's OUT/wire.txt, headers included) / (rate x total).
-  use=$(awk -v U="$ups" -v D="$downs" -v T="$total" 'BEGIN { split(U, u, ","); split(D, d, ",") }
-          $2 > 0 { up = up sep sprintf("%.1f", 100 * $4 * 8 / (u[$2] * 1e6 * T))
-                   dn = dn sep sprintf("%.1f", 100 * $6 * 8 / (d[$2] * 1e6 * T)); sep = "," }
-          END { print "up " up ", down " dn }' "$out/wire.txt" 2>/dev/null || echo "unknown")
+  use=unknown
+  if [[ -s "$out/wire.txt" ]] && awk -v t="$total" 'BEGIN { exit !(t > 0) }'; then
+    use=$(awk -v U="$ups" -v D="$downs" -v T="$total" 'BEGIN { split(U, u, ","); split(D, d, ",") }
+            $2 > 0 { up = up sep sprintf("%.1f", 100 * $4 * 8 / (u[$2] * 1e6 * T))
+                     dn = dn sep sprintf("%.1f", 100 * $6 * 8 / (d[$2] * 1e6 * T)); sep = "," }
+            END { print "up " up ", down " dn }' "$out/wire.txt")
+  fi
   echo "run $r: total ${total} s, T_lb ${tlb} s, ratio $(ratio "$total" "$tlb"); client cpu ${cpu} s," \
     "machine busy ${busy}; first second ${early} MiB; own file uploaded x:${own}; link use % ${use}"
   totals+=("$total")

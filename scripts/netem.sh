@@ -139,10 +139,11 @@ busy_jiffies() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/sta
 # wire_bytes PREFIX N: per host, "K UP DOWN": the bytes its uplink shaper (tbf on its eth0) and
 # its downlink shaper (tbf on its port of the bridge) have passed so far, headers included.
 wire_bytes() {
-  local k
+  local k up down
   for k in $(seq 0 "$2"); do
-    echo "$k $(tc -s -n "$1h$k" qdisc show dev eth0 | awk '/Sent/ {print $2; exit}')" \
-      "$(tc -s -n "$1br" qdisc show dev "vh$k" | awk '/Sent/ {print $2; exit}')"
+    up=$(tc -s -n "$1h$k" qdisc show dev eth0 2>/dev/null | awk '/Sent/ {print $2; exit}') || true
+    down=$(tc -s -n "$1br" qdisc show dev "vh$k" 2>/dev/null | awk '/Sent/ {print $2; exit}') || true
+    echo "$k ${up:--} ${down:--}"
   done
 }
 
@@ -157,12 +158,14 @@ cmd_swarm() { # PREFIX N WORK OUT PORT FLAGS...
   # clients started here can join the server, and only they can pull chunks from each other.
   local -x P2PSHARE_TOKEN
   P2PSHARE_TOKEN=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+  # Before the server starts its clock: nothing crosses the links until the clients start.
+  local wire0
+  wire0=$(wire_bytes "$p" "$n")
   ip netns exec "${p}h0" "$bin" server --listen "$server_addr" --clients "$n" --log-dir "$out/logs" \
     2>"$out/server.err" &
   swarm_pids+=("$!")
-  local b0 i0 b1 i1 wire0
+  local b0 i0 b1 i1
   read -r b0 i0 < <(busy_jiffies)
-  wire0=$(wire_bytes "$p" "$n")
   for i in $(seq 1 "$n"); do
     # The client's CPU seconds (user system) go to OUT/clientK.cpu when GNU time is there.
     local -a timer=()
@@ -192,8 +195,9 @@ cmd_swarm() { # PREFIX N WORK OUT PORT FLAGS...
   swarm_pids=()
   read -r b1 i1 < <(busy_jiffies)
   # What each host's shapers passed during the run (headers included), for OUT/wire.txt.
+  # A counter tc did not give ("-") leaves that host out.
   paste -d' ' <(echo "$wire0") <(wire_bytes "$p" "$n") |
-    awk '{print "host", $1, "up", $5 - $2, "down", $6 - $3}' >"$out/wire.txt" || true
+    awk 'NF == 6 && $0 !~ /-/ {print "host", $1, "up", $5 - $2, "down", $6 - $3}' >"$out/wire.txt" || true
   # The whole machine, other users included: a busy machine slows the run down.
   echo "machine busy $((100 * (b1 - b0) / (b1 - b0 + i1 - i0 + 1)))% during the run"
   local bad=0
