@@ -2,7 +2,7 @@
 //! length).
 
 use super::*;
-use crate::pacing::{MIN_WINDOW, WINDOW_MARGIN};
+use crate::pacing::{MIN_WINDOW, SPAN_US, WINDOW_MARGIN};
 
 const CHUNK: u32 = 1000;
 
@@ -260,17 +260,23 @@ fn window_follows_rate_times_round_trip_and_the_global_cap_holds() {
     s.set_known(FileId(0), 0, 100);
     s.peer_connected(PeerId(1));
     assert_eq!(fill(&mut s, PeerId(1), 0).len(), INITIAL_WINDOW);
-    // Pieces every 10 µs, 1000 µs after the request: 100 B/µs x 1000 µs = 100 chunks of 1000 B.
-    for k in 0..4u32 {
-        s.on_piece(PeerId(1), c(0, k), 1000 + 10 * k as u64);
+    // A piece of 1000 B per 1000 µs, the first 100 ms after its request: 1 B/µs x 100 ms =
+    // 100 chunks in flight. The rate counts once SPAN_US of pieces arrived.
+    let base = 100_000;
+    for k in 0..INITIAL_WINDOW as u32 {
+        if u64::from(k) * 1000 <= SPAN_US {
+            assert_eq!(s.window_of(PeerId(1)), INITIAL_WINDOW, "piece {k}");
+        }
+        s.on_piece(PeerId(1), c(0, k), base + 1000 * k as u64);
     }
     assert_eq!(s.window_of(PeerId(1)), MAX_WINDOW);
-    // Slower: one piece per 1000 µs -> about 1 + the margin.
-    for k in 4..40u32 {
-        fill(&mut s, PeerId(1), 1000 * k as u64);
-        s.on_piece(PeerId(1), c(0, k), 1000 + 1000 * k as u64);
+    // Then 1000 µs after their requests: 1 in flight plus the margin, plus the 2 requests a
+    // full window adds when it runs dry (the first 16 all arrived before the next fill).
+    for k in 16..60u32 {
+        fill(&mut s, PeerId(1), base + 1000 * k as u64);
+        s.on_piece(PeerId(1), c(0, k), base + 1000 + 1000 * k as u64);
     }
-    assert!(s.window_of(PeerId(1)) <= 8, "{}", s.window_of(PeerId(1)));
+    assert_eq!(s.window_of(PeerId(1)), 1 + WINDOW_MARGIN as usize + 2);
     let mut s = setup();
     s.max_outstanding = 5;
     s.peer_connected(PeerId(1));
