@@ -12,7 +12,7 @@ pub const MAX_WINDOW: usize = 64;
 /// Time (µs) over which one sample of a peer's delivery rate is measured. Pieces read in one
 /// go, or delivered after a reactor waited for a CPU, arrive microseconds apart: taken one gap
 /// at a time, a burst raised the estimate by a quarter a piece, to 1 to 100 GB/s in every
-/// net-sym run, and held the window at that peer at the maximum for the first 0.3 s or more,
+/// net-sym run, and held the window at that peer at the maximum for the first 0.3 to 0.6 s,
 /// so the node hogged its peers' uplinks while another one starved.
 pub const SPAN_US: u64 = 10_000;
 /// Requests per peer beyond its bandwidth-delay product: the pieces the peer has already
@@ -167,8 +167,9 @@ mod tests {
 
     #[test]
     fn pieces_read_in_one_go_after_a_wait_keep_the_rate() {
-        // 10 B/µs; then the reader waits 400 ms for a CPU and reads the 16 pieces that arrived
-        // meanwhile, 1 µs apart (one gap at a time, the estimate grew 1.25 times a piece).
+        // 10 B/µs; then no piece for 425 ms (the reader waits for a CPU), and the 16 that
+        // arrived meanwhile are read 1 µs apart (one gap at a time, the estimate grew 1.25
+        // times a piece, to about 20 times the rate).
         let mut p = Pacing::default();
         let mut now = 50_000;
         for _ in 0..8 {

@@ -270,8 +270,9 @@ fn window_follows_rate_times_round_trip_and_the_global_cap_holds() {
         s.on_piece(PeerId(1), c(0, k), base + 1000 * k as u64);
     }
     assert_eq!(s.window_of(PeerId(1)), MAX_WINDOW);
-    // Then 1000 µs after their requests: 1 in flight plus the margin, plus the 2 requests a
-    // full window adds when it runs dry (the first 16 all arrived before the next fill).
+    // Then a piece per 1000 µs again, the first 1000 µs after the fill that asked for it (the
+    // least latency falls to 1000 µs): 1 in flight plus the margin, plus the 2 requests a full
+    // window adds when it runs dry (the first 16 all arrived before the next fill).
     for k in 16..60u32 {
         fill(&mut s, PeerId(1), base + 1000 * k as u64);
         s.on_piece(PeerId(1), c(0, k), base + 1000 + 1000 * k as u64);
