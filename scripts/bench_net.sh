@@ -16,12 +16,12 @@
 # protocol, no MD5), and its ratio to T_lb.
 # Also printed per run: the clients' CPU seconds, how busy the whole machine was (other users
 # too), the MiB all clients received in the first second of the system clock (the start: a
-# steadier sign of a change there than the total), and how many times each owner uploaded its
-# own file (file_uploaded in the client logs), and how busy each client's links were ("link use
-# %": the bytes its shapers passed, headers included, over rate x total). In net-sym the TCP/IP
-# headers and the ACKs of a client's uploads take 5 % of its downlink: a run at ratio 1.05 with
-# every downlink 100 % busy is as fast as TCP allows. Needs root, iproute2 (installed if missing)
-# and, for --baseline, python3.
+# steadier sign of a change there than the total), how many times each owner uploaded its own
+# file (file_uploaded in the client logs), and how busy each client's links were ("link use %":
+# the bytes its shapers passed, headers included, over rate x total). In net-sym the TCP/IP
+# headers, the ACKs of a client's uploads and the control frames take about 5 % of its
+# downlink: a run at about 1.05 with every downlink 100 % busy is as fast as TCP allows.
+# Needs root, iproute2 (installed if missing) and, for --baseline, python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
